@@ -1,0 +1,5 @@
+"""``python -m service`` is ``consumergen``."""
+
+from service.cli import main
+
+main()

@@ -1,0 +1,30 @@
+"""The ``consumergen`` command line: one module per verb, registered here."""
+
+from __future__ import annotations
+
+import click
+
+from service import __version__
+from service.cli import archive, db, produce, pseudonym, replay, run, show, topics, verify
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A file of CONSUMERGEN_*=value lines (environment variables win over it).",
+)
+@click.version_option(__version__, prog_name="consumergen")
+def cli(config_file: str | None) -> None:
+    """Keep the authoritative record of consumers and their generation, fed by Kafka events."""
+
+
+for _module in (produce, run, replay, archive, verify, show, db, topics, pseudonym):
+    cli.add_command(_module.command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="consumergen")

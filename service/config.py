@@ -1,0 +1,162 @@
+"""Service configuration from ``CONSUMERGEN_*`` environment variables and an optional file.
+
+One settings object is shared by every entry point so that a typo in a variable fails
+at start-up, naming the variable, instead of surfacing later as odd behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CONSUMERGEN_"
+CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
+#: Variables for the test suite (e.g. an existing broker); not service settings.
+TEST_PREFIX = f"{ENV_PREFIX}TEST_"
+
+#: Placement's placeholder owner for consumers created without project/user.
+INCOMPLETE_OWNER = "00000000-0000-0000-0000-000000000000"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the offending setting."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each default is what a local run wants."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        case_sensitive=False,
+    )
+
+    # --- Kafka --------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    topic: str = Field("consumer-events", min_length=1, description="The events topic.")
+    dlq_topic: str = Field("consumer-events.dlq", min_length=1, description="Dead-letter topic.")
+    outcomes_topic: str | None = Field(
+        None, description="Optional topic receiving one outcome record per event."
+    )
+    group_id: str = Field("consumergen", min_length=1, description="Daemon consumer group.")
+    group_instance_id: str | None = Field(
+        None, description="Static membership id (group.instance.id) of this daemon."
+    )
+    client_id: str = Field("consumergen", min_length=1)
+    topic_partitions: int = Field(6, ge=1, description="Partitions when creating topics.")
+    topic_replication_factor: int = Field(1, ge=1)
+    max_event_bytes: int = Field(
+        1_048_576, ge=1024, description="Events larger than this are dead-lettered as too_large."
+    )
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="Bound on any single broker request, so nothing hangs."
+    )
+
+    # --- Broker security ----------------------------------------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_keyfile_password: SecretStr | None = None
+
+    # --- Database -----------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite+aiosqlite:///consumergen.sqlite3",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+    )
+    database_pool_size: int = Field(5, ge=1)
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+
+    # --- Domain -------------------------------------------------------------------
+    incomplete_project_id: str = Field(INCOMPLETE_OWNER, min_length=1, max_length=255)
+    incomplete_user_id: str = Field(INCOMPLETE_OWNER, min_length=1, max_length=255)
+
+    # --- CAS retries of unconditional events --------------------------------------
+    cas_retry_attempts: int = Field(10, ge=1, description="Attempts before an event fails.")
+    cas_retry_timeout_seconds: float = Field(5.0, gt=0, description="Total time bound.")
+    cas_retry_wait_initial_seconds: float = Field(0.005, ge=0)
+    cas_retry_wait_max_seconds: float = Field(0.5, gt=0)
+
+    # --- Logging ------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+    log_redaction_key: SecretStr | None = Field(
+        None, description="HMAC key for UUID pseudonyms; random per process when unset."
+    )
+
+    # --- Daemon -------------------------------------------------------------------
+    batch_max_events: int = Field(500, ge=1)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
+
+    @field_validator("log_level", "security_protocol", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                "(the service only speaks asyncio drivers)"
+            )
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _build(env_file: str | Path | None, values: dict[str, Any]) -> Settings:
+    return Settings(_env_file=env_file, **values)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+    """Read the settings, turning any validation error into a one-line ``ConfigError``.
+
+    ``config_file`` (or ``CONSUMERGEN_CONFIG_FILE``) names a dotenv-style file of
+    ``CONSUMERGEN_*=value`` lines; real environment variables win over it, and
+    explicit ``overrides`` (from CLI options) win over both.
+    """
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() != CONFIG_FILE_VARIABLE
+        and not name.upper().startswith(TEST_PREFIX)
+        and name.upper()[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]} (is it misspelt?)")
+    path = config_file or os.environ.get(CONFIG_FILE_VARIABLE)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}: no such file: {path}")
+    clean: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(_env_file=path, **clean)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "?"
+            problems.append(f"{env_name(field)}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,125 @@
+"""Session-wide real infrastructure: one Kafka broker and one PostgreSQL cluster per run.
+
+Both are started by the project's own launchers (service/embedded) unless pointed at
+existing servers with CONSUMERGEN_TEST_BOOTSTRAP_SERVERS / CONSUMERGEN_TEST_POSTGRES_URL.
+A server that cannot start is an error, never a skip: a skipped real test is not a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from service.embedded.kafka import KafkaBroker
+from service.embedded.postgres import PostgresCluster
+
+# Extra pytest plugins of the suite (the whole-suite log guard registers here).
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of the session's broker."""
+    existing = os.environ.get("CONSUMERGEN_TEST_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    print(
+        f"\n[infra] Kafka broker pid {broker.process.pid if broker.process else '?'} "
+        f"on {broker.bootstrap_servers}, started in {broker.started_in:.1f}s"
+    )
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """asyncpg URL of the session's PostgreSQL server, maintenance database."""
+    existing = os.environ.get("CONSUMERGEN_TEST_POSTGRES_URL")
+    if existing:
+        yield existing
+        return
+    import tempfile
+
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="consumergen-pg-")))
+    cluster.start()
+    print(
+        f"\n[infra] PostgreSQL pid {cluster.process.pid if cluster.process else '?'} "
+        f"on port {cluster.port}, started in {cluster.started_in:.1f}s"
+    )
+    try:
+        yield cluster.url()
+    finally:
+        cluster.remove()
+
+
+async def _create_database(server_url: str, name: str) -> None:
+    import asyncpg
+
+    plain = server_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    conn = await asyncpg.connect(plain)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty PostgreSQL database for one test (same server for the session)."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _create_database(postgres_server_url, name)
+    return postgres_server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite file for one test."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'consumergen.sqlite3'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh empty database, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    server = request.getfixturevalue("postgres_server_url")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _create_database(server, name)
+    return str(server).rsplit("/", 1)[0] + "/" + name
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
+    """Create uniquely named topics: ``await new_topic(partitions=3)`` returns the name."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+
+    async def create(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+        # Metadata propagation is asynchronous: wait until the topic is visible.
+        for _ in range(100):
+            topics = await admin.list_topics()
+            if name in topics:
+                return name
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"topic {name} not visible after creation")
+
+    try:
+        yield create
+    finally:
+        await admin.close()
