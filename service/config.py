@@ -122,10 +122,6 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
-def _build(env_file: str | Path | None, values: dict[str, Any]) -> Settings:
-    return Settings(_env_file=env_file, **values)
-
-
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     return f"{ENV_PREFIX}{field.upper()}"
@@ -153,7 +149,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: object) ->
         raise ConfigError(f"{CONFIG_FILE_VARIABLE}: no such file: {path}")
     clean: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(_env_file=path, **clean)  # type: ignore[call-arg]
+        return Settings(_env_file=path, **clean)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
