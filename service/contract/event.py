@@ -1,0 +1,102 @@
+"""The validated consumer event, as the rest of the service sees it.
+
+Decoding (bytes -> ``ConsumerEvent``) lives in ``service.contract.decode``; this
+module is the plain value the apply rules take, with no Kafka and no SQL in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+
+class EventType(StrEnum):
+    UPSERT = "consumer.upsert"
+    DELETE = "consumer.delete"
+
+
+class _Unconditional:
+    """``expected_generation`` absent: apply on top of whatever is current."""
+
+    _instance: _Unconditional | None = None
+
+    def __new__(cls) -> _Unconditional:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCONDITIONAL"
+
+    def __reduce__(self) -> str:
+        return "UNCONDITIONAL"
+
+
+#: The precondition of an event without ``expected_generation``.
+UNCONDITIONAL: Final = _Unconditional()
+
+#: ``UNCONDITIONAL``; ``None`` (must not exist); or ``N`` (must exist at generation N).
+Precondition = _Unconditional | None | int
+
+SCHEMA_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerEvent:
+    """One logical change of one consumer; UUIDs are canonical lower-case dashed strings."""
+
+    event_id: str
+    type: EventType
+    consumer_uuid: str
+    occurred_at: datetime
+    expected_generation: Precondition = UNCONDITIONAL
+    project_id: str | None = None
+    user_id: str | None = None
+    consumer_type: str | None = None
+    producer: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def is_unconditional(self) -> bool:
+        return self.expected_generation is UNCONDITIONAL
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON document of this event (absent fields stay absent)."""
+        doc: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "event_id": self.event_id,
+            "type": self.type.value,
+            "consumer_uuid": self.consumer_uuid,
+            "occurred_at": _rfc3339(self.occurred_at),
+        }
+        if self.expected_generation is not UNCONDITIONAL:
+            doc["expected_generation"] = self.expected_generation
+        for name in ("project_id", "user_id", "consumer_type", "producer"):
+            value = getattr(self, name)
+            if value is not None:
+                doc[name] = value
+        return doc
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(self.to_document(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def payload_hash(self) -> str:
+        """SHA-256 of the canonical document: equal for the same logical event however it was
+        serialised (key order, spacing, UUID case), different for any change of meaning.
+        ``producer`` is left out: it says who sent it, not what the change is."""
+        doc = self.to_document()
+        doc.pop("producer", None)
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _rfc3339(moment: datetime) -> str:
+    """UTC with a ``Z``: one spelling per instant, so the payload hash is stable."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
