@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,43 +25,57 @@ pytest_plugins: list[str] = []
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """host:port of the session's broker."""
-    existing = os.environ.get("CONSUMERGEN_TEST_BOOTSTRAP_SERVERS")
-    if existing:
-        yield existing
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker | None]:
+    """The broker this session started, or None when pointed at an existing one."""
+    if os.environ.get("CONSUMERGEN_TEST_BOOTSTRAP_SERVERS"):
+        yield None
         return
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     broker.start()
+    pid = broker.process.pid if broker.process else "?"
     print(
-        f"\n[infra] Kafka broker pid {broker.process.pid if broker.process else '?'} "
-        f"on {broker.bootstrap_servers}, started in {broker.started_in:.1f}s"
+        f"\n[infra] Kafka broker pid {pid} on {broker.bootstrap_servers}, "
+        f"started in {broker.started_in:.1f}s"
     )
     try:
-        yield broker.bootstrap_servers
+        yield broker
     finally:
         broker.stop()
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """asyncpg URL of the session's PostgreSQL server, maintenance database."""
-    existing = os.environ.get("CONSUMERGEN_TEST_POSTGRES_URL")
-    if existing:
-        yield existing
-        return
-    import tempfile
+def kafka_bootstrap(kafka_broker: KafkaBroker | None) -> str:
+    """host:port of the session's broker."""
+    if kafka_broker is None:
+        return os.environ["CONSUMERGEN_TEST_BOOTSTRAP_SERVERS"]
+    return kafka_broker.bootstrap_servers
 
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster | None]:
+    """The PostgreSQL cluster this session made, or None when pointed at an existing server."""
+    if os.environ.get("CONSUMERGEN_TEST_POSTGRES_URL"):
+        yield None
+        return
     cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="consumergen-pg-")))
     cluster.start()
+    pid = cluster.process.pid if cluster.process else "?"
     print(
-        f"\n[infra] PostgreSQL pid {cluster.process.pid if cluster.process else '?'} "
-        f"on port {cluster.port}, started in {cluster.started_in:.1f}s"
+        f"\n[infra] PostgreSQL pid {pid} on port {cluster.port}, "
+        f"started in {cluster.started_in:.1f}s"
     )
     try:
-        yield cluster.url()
+        yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(postgres_cluster: PostgresCluster | None) -> str:
+    """asyncpg URL of the session's PostgreSQL server, maintenance database."""
+    if postgres_cluster is None:
+        return os.environ["CONSUMERGEN_TEST_POSTGRES_URL"]
+    return postgres_cluster.url()
 
 
 async def _create_database(server_url: str, name: str) -> None:

@@ -6,6 +6,7 @@ import click
 
 from service import __version__
 from service.cli import archive, db, produce, pseudonym, replay, run, show, topics, verify
+from service.cli._common import settings_from
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -17,8 +18,12 @@ from service.cli import archive, db, produce, pseudonym, replay, run, show, topi
     help="A file of CONSUMERGEN_*=value lines (environment variables win over it).",
 )
 @click.version_option(__version__, prog_name="consumergen")
-def cli(config_file: str | None) -> None:
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
     """Keep the authoritative record of consumers and their generation, fed by Kafka events."""
+    # Validate the configuration before any verb runs, so a bad setting fails at start-up
+    # with its name, whatever the verb.
+    settings_from(ctx)
 
 
 for _module in (produce, run, replay, archive, verify, show, db, topics, pseudonym):

@@ -1,0 +1,87 @@
+"""Killing a test run with SIGKILL leaves no Kafka or PostgreSQL process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROBE = Path(__file__).parent / "probes" / "hold_servers.py"
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def _postgres_children(postmaster: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == postmaster:
+                children.append(int(entry.name))
+    return children
+
+
+def test_sigkill_of_the_test_run_leaves_no_server(tmp_path: Path) -> None:
+    report = tmp_path / "pids.json"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CONSUMERGEN_TEST_")  # the inner run must start its own servers
+    }
+    env["ORPHAN_PROBE_REPORT"] = str(report)
+    inner = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PROBE)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not report.exists():
+            assert inner.poll() is None, inner.stdout.read().decode() if inner.stdout else ""
+            assert time.monotonic() < deadline, "inner test run did not start its servers"
+            time.sleep(0.2)
+        pids = json.loads(report.read_text())
+        servers = [
+            pids["kafka_pid"],
+            pids["postgres_pid"],
+            *_postgres_children(pids["postgres_pid"]),
+        ]
+        assert all(_alive(pid) for pid in servers), "servers should be up before the kill"
+        assert len(servers) >= 3, "PostgreSQL should have background workers"
+        os.kill(inner.pid, signal.SIGKILL)
+        inner.wait(10)
+        survivors = _wait_gone(servers, timeout=30)
+        assert survivors == [], f"processes outlived the killed test run: {survivors}"
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait()
+        if report.exists():
+            shutil.rmtree(json.loads(report.read_text())["postgres_root"], ignore_errors=True)

@@ -1,0 +1,57 @@
+"""compose.yaml cannot run here (no container engine); check it agrees with the code instead."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import yaml
+
+from service.config import Settings, load_settings
+
+COMPOSE = Path(__file__).parents[2] / "compose.yaml"
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_services_are_wired() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"kafka", "postgres", "init", "daemon"}
+    assert services["daemon"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "db upgrade" in " ".join(services["init"]["entrypoint"])
+    assert services["kafka"]["image"].startswith("apache/kafka:4.")
+    assert services["postgres"]["image"] == "postgres:15"
+
+
+def test_every_variable_is_a_valid_setting() -> None:
+    services = _compose()["services"]
+    for name in ("init", "daemon"):
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        assert env, f"{name} has no CONSUMERGEN_* environment"
+        for key in env:
+            assert key.startswith("CONSUMERGEN_"), key
+            assert key.removeprefix("CONSUMERGEN_").lower() in Settings.model_fields, key
+        # ${VAR:-default} interpolation is compose's; give it the default it would use.
+        env = {
+            k: v.replace("${CONSUMERGEN_LOG_REDACTION_KEY:-change-me}", "change-me")
+            for k, v in env.items()
+        }
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMERGEN_")}
+        with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+            settings = load_settings()
+        assert settings.bootstrap_servers == "kafka:9092"
+        assert settings.database_url.startswith("postgresql+asyncpg://")
+        assert settings.outcomes_topic == "consumer-events.outcomes"
+        assert settings.log_redaction_key is not None
+        assert settings.log_redaction_key.get_secret_value() == "change-me"
+
+
+def test_daemon_port_matches_health_setting() -> None:
+    daemon = _compose()["services"]["daemon"]
+    port = int(daemon["environment"]["CONSUMERGEN_HEALTH_PORT"])
+    assert daemon["ports"] == [f"127.0.0.1:{port}:{port}"]
