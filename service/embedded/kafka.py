@@ -121,6 +121,9 @@ class KafkaBroker:
     port: int = 0
     heap: str = "512m"
     extra_properties: dict[str, str] = field(default_factory=dict)
+    #: SCRAM users (name -> password) for an extra SASL_PLAINTEXT listener on ``sasl_port``.
+    scram_users: dict[str, str] = field(default_factory=dict)
+    sasl_port: int = 0
     controller_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
@@ -159,8 +162,21 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "-1",
         }
+        if self.scram_users:
+            props["listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["advertised.listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512"
+            for mechanism in ("scram-sha-256", "scram-sha-512"):
+                props[f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
         props.update(self.extra_properties)
         return props
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
 
     def start(self, timeout: float = 90.0) -> KafkaBroker:
         """Format (first time) and start the node; returns once it accepts clients."""
@@ -171,6 +187,8 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.controller_port = self.controller_port or free_port()
+        if self.scram_users:
+            self.sasl_port = self.sasl_port or free_port()
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{key}={value}\n" for key, value in self._properties().items()))
         classpath = f"{libs}/*"
@@ -187,8 +205,23 @@ class KafkaBroker:
             classpath,
         ]
         if not (self.data_dir / "logs" / "meta.properties").exists():
+            scram = [
+                arg
+                for name, password in self.scram_users.items()
+                for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+            ]
             formatted = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(config),
+                    *scram,
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
