@@ -21,7 +21,7 @@ from service.embedded.kafka import KafkaBroker
 from service.embedded.postgres import PostgresCluster
 
 # Extra pytest plugins of the suite (the whole-suite log guard registers here).
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["log_guard"]
 
 
 @pytest.fixture(scope="session")
