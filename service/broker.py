@@ -1,0 +1,172 @@
+"""Kafka connection options and topic administration shared by every Kafka client.
+
+The producer, the admin client and the daemon's consumer must connect the same way
+(TLS, SASL, timeouts), so the settings -> aiokafka keyword translation lives in one place.
+Secrets go into the options dict and nowhere else: nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from service.config import Settings
+
+log = structlog.get_logger(__name__)
+
+_TOPIC_ALREADY_EXISTS: Final = 36
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached or did not answer in time; the message says which."""
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments common to ``AIOKafkaProducer``, ``AIOKafkaConsumer`` and
+    ``AIOKafkaAdminClient``."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",") if s],
+        "client_id": settings.client_id,
+        "request_timeout_ms": int(settings.request_timeout_seconds * 1000),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        password = settings.ssl_keyfile_password
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_cafile,
+            certfile=settings.ssl_certfile,
+            keyfile=settings.ssl_keyfile,
+            password=password.get_secret_value() if password else None,
+        )
+    if settings.security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.sasl_username
+        secret = settings.sasl_password
+        options["sasl_plain_password"] = secret.get_secret_value() if secret else None
+    return options
+
+
+def describe_servers(settings: Settings) -> str:
+    """What to name in an error: the bootstrap list (never credentials)."""
+    return settings.bootstrap_servers
+
+
+async def start_bounded(client: Any, settings: Settings, what: str) -> None:
+    """``await client.start()``, but never longer than the request timeout.
+
+    aiokafka gives up quickly on a refused connection, but a black-holed address could
+    keep it waiting on the operating system; an operator needs an answer, not a hang.
+    """
+    timeout = settings.request_timeout_seconds
+    try:
+        await asyncio.wait_for(client.start(), timeout)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        await _close_quietly(client)
+        detail = "no answer" if isinstance(exc, TimeoutError) else _error_text(exc)
+        raise BrokerUnavailable(
+            f"cannot connect the {what} to Kafka at {describe_servers(settings)} "
+            f"within {timeout:g} s: {detail}"
+        ) from None
+
+
+async def ensure_topics(
+    settings: Settings,
+    *,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+) -> dict[str, str]:
+    """Create the events, dead-letter and (if configured) outcomes topics.
+
+    Idempotent: returns ``{topic: "created" | "exists"}``. An existing topic is left as
+    it is (its partition count is not changed: that would re-key every consumer).
+    """
+    wanted = [settings.topic, settings.dlq_topic]
+    if settings.outcomes_topic:
+        wanted.append(settings.outcomes_topic)
+    count = partitions or settings.topic_partitions
+    replicas = replication_factor or settings.topic_replication_factor
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await start_bounded(admin, settings, "admin client")
+    try:
+        existing = set(await _bounded(admin.list_topics(), settings))
+        missing = [name for name in dict.fromkeys(wanted) if name not in existing]
+        result = {name: "exists" for name in wanted if name in existing}
+        if missing:
+            response = await _bounded(
+                admin.create_topics([NewTopic(name, count, replicas) for name in missing]),
+                settings,
+            )
+            for topic, code, message in _topic_errors(response):
+                if code == 0:
+                    result[topic] = "created"
+                elif code == _TOPIC_ALREADY_EXISTS:  # created by someone else meanwhile
+                    result[topic] = "exists"
+                else:
+                    raise BrokerUnavailable(f"cannot create topic {topic}: {message} ({code})")
+            await _wait_visible(admin, missing, settings)
+    finally:
+        await _close_quietly(admin)
+    return result
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str]]:
+    """(topic, error code, message) whatever the CreateTopics response version."""
+    rows = []
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 and entry[2] else "error"
+        rows.append((str(topic), int(code), str(message)))
+    return rows
+
+
+async def _wait_visible(admin: Any, names: list[str], settings: Settings) -> None:
+    """Creation is asynchronous in the cluster: wait until every partition has a leader."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout_seconds
+    while True:
+        described = await _bounded(admin.describe_topics(names), settings)
+        if len(described) == len(names) and all(_ready(topic) for topic in described):
+            return
+        if loop.time() > deadline:
+            raise BrokerUnavailable(f"topics {', '.join(names)} not ready after creation")
+        await asyncio.sleep(0.05)
+
+
+def _ready(topic: dict[str, Any]) -> bool:
+    partitions = topic.get("partitions") or []
+    return (
+        topic.get("error_code") == 0
+        and bool(partitions)
+        and all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in partitions)
+    )
+
+
+async def _bounded(awaitable: Any, settings: Settings) -> Any:
+    try:
+        return await asyncio.wait_for(awaitable, settings.request_timeout_seconds)
+    except TimeoutError:
+        raise BrokerUnavailable(
+            f"Kafka at {describe_servers(settings)} did not answer within "
+            f"{settings.request_timeout_seconds:g} s"
+        ) from None
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka error: {_error_text(exc)}") from None
+
+
+async def _close_quietly(client: Any) -> None:
+    """Producers and consumers ``stop()``, the admin client ``close()``s."""
+    closer = getattr(client, "stop", None) or client.close
+    try:
+        await closer()
+    except Exception as exc:  # closing a half-started client: nothing more to do
+        log.debug("kafka_client_close_failed", error=type(exc).__name__)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

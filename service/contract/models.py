@@ -1,0 +1,264 @@
+"""Pydantic models of the three documents in ``schemas/``.
+
+The JSON Schema files are the contract; these models restate them so that Python code
+gets typed values and the exact same accept/reject decisions (tests/contract proves the
+two agree on a shared corpus). Everything is strict: no type coercion beyond what JSON
+Schema itself considers equal (``1.0`` *is* the integer 1 there, ``true`` is not).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+#: Dashed hexadecimal UUID, any letter case (normalised to lower case after validation).
+UUID_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+#: Canonical form: what the service itself writes (outcome records, Kafka keys).
+CANONICAL_UUID_PATTERN: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+#: RFC 3339 with a zone; years 1970-2999 so that no offset can push it out of range.
+TIMESTAMP_PATTERN: Final = (
+    r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]"
+    r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+#: No NUL (PostgreSQL text cannot hold it). Unpaired surrogates are refused by pydantic
+#: itself (``string_unicode``), which is what the schema's ``\ud800-\udfff`` range says.
+TEXT_PATTERN: Final = r"^[^\x00]*$"
+CONSUMER_TYPE_PATTERN: Final = r"^[A-Z0-9_]+$"
+#: Largest ``expected_generation``: 2**53 - 1, exact in every JSON implementation.
+MAX_GENERATION: Final = 9_007_199_254_740_991
+
+_TIMESTAMP_RE: Final = re.compile(TIMESTAMP_PATTERN)
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer: ``3.0`` is 3, ``true`` is not a number at all."""
+    if isinstance(value, bool):
+        raise ValueError("booleans are not integers")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _timestamp(value: Any) -> Any:
+    """Parse an RFC 3339 string (pattern first, then the calendar: no 30 February)."""
+    if isinstance(value, datetime):  # built in Python, not decoded: must carry a zone
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("a timestamp needs a time zone")
+        return value
+    if not isinstance(value, str) or not _TIMESTAMP_RE.match(value):
+        raise ValueError("should be an RFC 3339 timestamp with a time zone, years 1970-2999")
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError as exc:
+        raise ValueError(f"not a calendar date: {exc}") from None
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+def _rfc3339_text(value: str) -> str:
+    """Check a timestamp kept as text (header values are strings)."""
+    _timestamp(value)
+    return value
+
+
+def _absent_not_null(value: Any) -> Any:
+    """Optional text fields may be left out, but ``null`` is not a string (as in the schema)."""
+    if value is None:
+        raise ValueError("leave the field out instead of sending null")
+    return value
+
+
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN), AfterValidator(_lower)]
+CanonicalUuid = Annotated[str, Field(pattern=CANONICAL_UUID_PATTERN)]
+Name = Annotated[str, Field(min_length=1, max_length=255, pattern=TEXT_PATTERN)]
+ConsumerType = Annotated[str, Field(min_length=1, max_length=255, pattern=CONSUMER_TYPE_PATTERN)]
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+Generation = Annotated[int, Field(ge=0, le=MAX_GENERATION), BeforeValidator(_integral)]
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_integral)]
+
+_STRICT: Final = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _EventBase(BaseModel):
+    model_config = _STRICT
+
+    schema_version: SchemaVersion
+    event_id: Uuid
+    consumer_uuid: Uuid
+    occurred_at: Timestamp
+    #: ``None`` means JSON ``null`` *only* if the field is in ``model_fields_set``;
+    #: absent (unconditional) is told apart by ``expected_generation_given``.
+    expected_generation: Generation | None = None
+    producer: Name | None = None
+
+    @field_validator("producer", mode="before")
+    @classmethod
+    def _producer_not_null(cls, value: Any) -> Any:
+        return _absent_not_null(value)
+
+    @property
+    def expected_generation_given(self) -> bool:
+        return "expected_generation" in self.model_fields_set
+
+
+class ConsumerUpsertV1(_EventBase):
+    """``consumer.upsert``: create the consumer or change its owner/type."""
+
+    type: Literal["consumer.upsert"]
+    project_id: Name | None = None
+    user_id: Name | None = None
+    consumer_type: ConsumerType | None = None
+
+    @field_validator("project_id", "user_id", "consumer_type", mode="before")
+    @classmethod
+    def _owner_not_null(cls, value: Any) -> Any:
+        return _absent_not_null(value)
+
+
+class ConsumerDeleteV1(_EventBase):
+    """``consumer.delete``: leave a tombstone that keeps the generation. No owner fields."""
+
+    type: Literal["consumer.delete"]
+
+
+ConsumerEventV1 = Annotated[ConsumerUpsertV1 | ConsumerDeleteV1, Field(discriminator="type")]
+#: Validates a parsed JSON document into one of the two event models.
+EVENT_ADAPTER: Final[TypeAdapter[ConsumerUpsertV1 | ConsumerDeleteV1]] = TypeAdapter(
+    ConsumerEventV1
+)
+
+
+class Outcome(StrEnum):
+    """The one outcome every event ends in (DESIGN.md, Outcomes)."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+
+REJECTED_REASONS: Final = frozenset(
+    {"consumer_exists", "generation_conflict", "consumer_not_found", "event_id_reused"}
+)
+INVALID_REASONS: Final = frozenset(
+    {"not_json", "not_utf8", "schema_violation", "unsupported_version", "too_large"}
+)
+FAILED_REASONS: Final = frozenset({"cas_retries_exhausted"})
+_REASONS_BY_OUTCOME: Final = {
+    Outcome.REJECTED: REJECTED_REASONS,
+    Outcome.INVALID: INVALID_REASONS,
+    Outcome.FAILED: FAILED_REASONS,
+}
+OutcomeReason = Literal[
+    "consumer_exists",
+    "generation_conflict",
+    "consumer_not_found",
+    "event_id_reused",
+    "not_json",
+    "not_utf8",
+    "schema_violation",
+    "unsupported_version",
+    "too_large",
+    "cas_retries_exhausted",
+]
+
+
+class SourcePosition(BaseModel):
+    """Where an event was read: topic, partition, offset."""
+
+    model_config = _STRICT
+
+    topic: Annotated[str, Field(min_length=1)]
+    partition: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
+
+
+class OutcomeRecord(BaseModel):
+    """``schemas/outcome.schema.json``: the value of one outcomes-topic record."""
+
+    model_config = _STRICT
+
+    schema_version: SchemaVersion = 1
+    event_id: CanonicalUuid | None
+    consumer_uuid: CanonicalUuid | None
+    outcome: Outcome
+    reason: OutcomeReason | None
+    message: Annotated[str, Field(max_length=500)] | None = None
+    generation_after: Annotated[int, Field(ge=0)] | None
+    original_outcome: Literal["applied", "rejected", "invalid", "failed"] | None = None
+    source: SourcePosition
+    processed_at: Timestamp
+
+    @model_validator(mode="after")
+    def _reason_fits_outcome(self) -> OutcomeRecord:
+        if self.outcome is Outcome.APPLIED:
+            if self.reason is not None or self.generation_after is None:
+                raise ValueError("applied needs reason null and a generation_after")
+        elif (
+            self.outcome in _REASONS_BY_OUTCOME
+            and self.reason not in _REASONS_BY_OUTCOME[self.outcome]
+        ):
+            raise ValueError(f"reason {self.reason!r} does not fit outcome {self.outcome}")
+        if (self.outcome is Outcome.DUPLICATE) != (self.original_outcome is not None):
+            raise ValueError("original_outcome is required for duplicate and only there")
+        return self
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON document (``original_outcome`` only when it is a duplicate)."""
+        doc = self.model_dump(mode="json", exclude_none=False)
+        if self.original_outcome is None:
+            del doc["original_outcome"]
+        return doc
+
+
+_DECIMAL = r"^(0|[1-9][0-9]*)$"
+
+
+class DeadLetterHeaders(BaseModel):
+    """``schemas/dead-letter.schema.json``: the error headers of a dead-letter record."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, populate_by_name=True)
+
+    error_class: Literal["invalid", "failed"] = Field(alias="error.class")
+    error_reason: Literal[
+        "not_json",
+        "not_utf8",
+        "schema_violation",
+        "unsupported_version",
+        "too_large",
+        "cas_retries_exhausted",
+    ] = Field(alias="error.reason")
+    error_message: Annotated[str, Field(max_length=500)] = Field(alias="error.message")
+    error_path: Annotated[str, Field(pattern=r"^\$")] | None = Field(None, alias="error.path")
+    origin_topic: Annotated[str, Field(min_length=1)] = Field(alias="origin.topic")
+    origin_partition: Annotated[str, Field(pattern=_DECIMAL)] = Field(alias="origin.partition")
+    origin_offset: Annotated[str, Field(pattern=_DECIMAL)] = Field(alias="origin.offset")
+    attempts: Annotated[str, Field(pattern=r"^[1-9][0-9]*$")]
+    first_failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
+    failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
+
+    @model_validator(mode="after")
+    def _extra_are_strings(self) -> DeadLetterHeaders:
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, str):
+                raise ValueError(f"header {name!r} should be a string")
+        return self

@@ -1,0 +1,185 @@
+"""Build (and read back) the records the daemon writes besides its database rows.
+
+Dead-letter headers and outcome records are part of the contract (``schemas/``), so they
+are built here, next to the models that validate them, rather than ad hoc in the daemon:
+every record leaves validated against the same rules the schema files state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from pydantic import ValidationError
+
+from service.contract.decode import InvalidEvent
+from service.contract.models import DeadLetterHeaders, OutcomeRecord
+
+#: Header names the service owns on a dead-letter record (replaced if already present).
+ERROR_HEADERS: Final = (
+    "error.class",
+    "error.reason",
+    "error.message",
+    "error.path",
+    "origin.topic",
+    "origin.partition",
+    "origin.offset",
+    "attempts",
+    "first_failed_at",
+    "failed_at",
+)
+
+#: Optional header the producer sets; the daemon never relies on it (the body is the truth).
+CONTENT_TYPE_HEADER: Final = "content-type"
+EVENT_CONTENT_TYPE: Final = "application/vnd.consumergen.event.v1+json"
+
+DeadLetterReason = Literal[
+    "not_json",
+    "not_utf8",
+    "schema_violation",
+    "unsupported_version",
+    "too_large",
+    "cas_retries_exhausted",
+]
+
+
+def dead_letter_headers(
+    original_headers: Iterable[tuple[str, bytes]],
+    *,
+    error_class: str,
+    reason: str,
+    message: str,
+    origin_topic: str,
+    origin_partition: int,
+    origin_offset: int,
+    attempts: int,
+    first_failed_at: datetime,
+    failed_at: datetime,
+    path: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """The headers of a dead-letter record: the original ones (minus any of ours, which a
+    record re-driven from the dead-letter topic carries), then the error headers.
+
+    ``error_class`` is ``invalid`` or ``failed``; ``reason`` one of the dead-letter reasons
+    (enum members are fine: they are strings). Anything else raises ``ValueError``.
+    """
+    values = {
+        "error.class": str(error_class),
+        "error.reason": str(reason),
+        "error.message": _bounded(message),
+        "origin.topic": origin_topic,
+        "origin.partition": str(origin_partition),
+        "origin.offset": str(origin_offset),
+        "attempts": str(attempts),
+        "first_failed_at": utc_timestamp(first_failed_at.astimezone(UTC)),
+        "failed_at": utc_timestamp(failed_at.astimezone(UTC)),
+    }
+    if path is not None:
+        values["error.path"] = path
+    try:  # a bug in the caller must not write a record the contract does not allow
+        DeadLetterHeaders.model_validate(values)
+    except ValidationError as exc:
+        raise ValueError(f"invalid dead-letter headers: {exc}") from None
+    kept = [(name, value) for name, value in original_headers if name not in ERROR_HEADERS]
+    return kept + [(name, text.encode("utf-8")) for name, text in values.items()]
+
+
+def invalid_event_headers(
+    error: InvalidEvent,
+    *,
+    original_headers: Iterable[tuple[str, bytes]],
+    origin_topic: str,
+    origin_partition: int,
+    origin_offset: int,
+    failed_at: datetime | None = None,
+) -> list[tuple[str, bytes]]:
+    """Dead-letter headers for a record ``decode_event`` refused (one attempt)."""
+    moment = failed_at or datetime.now(UTC)
+    return dead_letter_headers(
+        original_headers,
+        error_class="invalid",
+        reason=error.reason.value,
+        message=error.message,
+        path=error.path,
+        origin_topic=origin_topic,
+        origin_partition=origin_partition,
+        origin_offset=origin_offset,
+        attempts=1,
+        first_failed_at=moment,
+        failed_at=moment,
+    )
+
+
+def parse_dead_letter_headers(headers: Iterable[tuple[str, bytes]]) -> DeadLetterHeaders:
+    """Read the error headers back (last value wins, as Kafka consumers usually do)."""
+    return DeadLetterHeaders.model_validate(
+        {name: value.decode("utf-8", "replace") for name, value in headers}
+    )
+
+
+def outcome_record(
+    *,
+    event_id: str | None,
+    consumer_uuid: str | None,
+    outcome: str,
+    reason: str | None,
+    generation_after: int | None,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    processed_at: datetime | None = None,
+    original_outcome: str | None = None,
+    message: str | None = None,
+) -> bytes:
+    """The value of an outcomes-topic record (UTF-8 JSON); key it with ``outcome_key``.
+
+    ``outcome``, ``reason`` and ``original_outcome`` take the names of
+    ``schemas/outcome.schema.json`` (any ``StrEnum`` with those values will do); a
+    combination the schema forbids (e.g. applied with a reason) raises ``ValueError``.
+    """
+    try:
+        record = OutcomeRecord.model_validate_json(
+            json.dumps(
+                {
+                    "event_id": event_id,
+                    "consumer_uuid": consumer_uuid,
+                    "outcome": str(outcome),
+                    "reason": None if reason is None else str(reason),
+                    "message": None if message is None else _bounded(message),
+                    "generation_after": generation_after,
+                    "original_outcome": None if original_outcome is None else str(original_outcome),
+                    "source": {
+                        "topic": source_topic,
+                        "partition": source_partition,
+                        "offset": source_offset,
+                    },
+                    "processed_at": utc_timestamp(processed_at or datetime.now(UTC)),
+                }
+            )
+        )
+    except ValidationError as exc:
+        raise ValueError(f"invalid outcome record: {exc}") from None
+    doc = record.to_document()
+    doc["processed_at"] = utc_timestamp(record.processed_at)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def outcome_key(event_id: str | None) -> bytes | None:
+    """Outcome records are keyed by event id (none when it could not be read)."""
+    return None if event_id is None else event_id.encode("utf-8")
+
+
+def parse_outcome_record(value: bytes) -> OutcomeRecord:
+    return OutcomeRecord.model_validate_json(value)
+
+
+def utc_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with millisecond precision and a ``Z``: one spelling per instant."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _bounded(text: str, limit: int = 500) -> str:
+    flat = " ".join(text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,23 @@
+"""The producer side: build, validate and publish consumer events (async Python API).
+
+async with EventProducer(settings) as producer:
+    sent = await producer.upsert(consumer_uuid, expected_generation=None)
+"""
+
+from service.broker import BrokerUnavailable
+from service.contract.decode import InvalidEvent, InvalidReason
+from service.producer.client import EventProducer, ItemResult, ProduceError, SendResult
+from service.producer.events import event_from_document, event_from_line, new_event
+
+__all__ = [
+    "BrokerUnavailable",
+    "EventProducer",
+    "InvalidEvent",
+    "InvalidReason",
+    "ItemResult",
+    "ProduceError",
+    "SendResult",
+    "event_from_document",
+    "event_from_line",
+    "new_event",
+]

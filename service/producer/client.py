@@ -1,0 +1,303 @@
+"""``EventProducer``: the async Python API that publishes consumer events.
+
+Idempotent producer with ``acks="all"``: a retried send can neither be lost nor be
+written twice by the producer itself (the daemon's inbox covers everything else).
+Every event is validated with the daemon's own rules before it is handed to Kafka and
+keyed by its consumer UUID, so the events of one consumer share a partition and an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from service.broker import BrokerUnavailable, client_options, describe_servers, start_bounded
+from service.config import Settings
+from service.contract.decode import InvalidEvent, InvalidReason, decode_event
+from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
+from service.producer.events import encode, event_from_document, new_event
+
+log = structlog.get_logger(__name__)
+
+#: Room for the record overhead on top of the largest event a producer may send.
+_REQUEST_OVERHEAD: Final = 64 * 1024
+_HEADERS: Final = [(CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE.encode())]
+
+EventInput = ConsumerEvent | Mapping[str, Any] | bytes
+
+
+class ProduceError(Exception):
+    """Kafka did not take the event (unreachable, timed out, topic missing, refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Where an event was written: it is durable (acks=all) once you hold this."""
+
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The fate of item ``index`` of a bulk send: ``result`` or ``error``, never both."""
+
+    index: int
+    event_id: str | None
+    result: SendResult | None = None
+    error: InvalidEvent | ProduceError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+class EventProducer:
+    """``async with EventProducer(settings) as producer: await producer.upsert(uuid)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topic: str | None = None,
+        producer_name: str | None = None,
+        max_in_flight: int = 5000,
+    ) -> None:
+        self._settings = settings
+        self.topic = topic or settings.topic
+        self._producer_name = producer_name
+        self._max_in_flight = max_in_flight
+        self._max_bytes = settings.max_event_bytes
+        self._kafka: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect; ``BrokerUnavailable`` within the request timeout if Kafka is not there."""
+        kafka = AIOKafkaProducer(
+            **client_options(self._settings),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=self._max_bytes + _REQUEST_OVERHEAD,
+        )
+        await start_bounded(kafka, self._settings, "producer")
+        self._kafka = kafka
+
+    async def close(self) -> None:
+        """Flush what was handed over and disconnect (bounded: a dead broker cannot hang it)."""
+        kafka, self._kafka = self._kafka, None
+        if kafka is None:
+            return
+        try:
+            await asyncio.wait_for(kafka.stop(), 2 * self._settings.request_timeout_seconds)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("producer_close_unclean", error=type(exc).__name__)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- single events --------------------------------------------------------------
+
+    async def upsert(
+        self,
+        consumer_uuid: str,
+        *,
+        expected_generation: Precondition = UNCONDITIONAL,
+        project_id: str | None = None,
+        user_id: str | None = None,
+        consumer_type: str | None = None,
+    ) -> SendResult:
+        """Create or update a consumer. ``expected_generation``: leave it out for an
+        unconditional change, ``None`` for "must be new", ``N`` for "must be at N"."""
+        return await self.send(
+            new_event(
+                EventType.UPSERT,
+                consumer_uuid,
+                expected_generation=expected_generation,
+                project_id=project_id,
+                user_id=user_id,
+                consumer_type=consumer_type,
+                producer=self._producer_name,
+                max_bytes=self._max_bytes,
+            )
+        )
+
+    async def delete(
+        self, consumer_uuid: str, *, expected_generation: Precondition = UNCONDITIONAL
+    ) -> SendResult:
+        """Delete a consumer (a tombstone that keeps its generation)."""
+        return await self.send(
+            new_event(
+                EventType.DELETE,
+                consumer_uuid,
+                expected_generation=expected_generation,
+                producer=self._producer_name,
+                max_bytes=self._max_bytes,
+            )
+        )
+
+    async def send(self, event: EventInput) -> SendResult:
+        """Validate, send and wait for the acknowledgement."""
+        return await (await self.submit(event))
+
+    async def submit(self, event: EventInput) -> asyncio.Future[SendResult]:
+        """Validate and hand the event to Kafka; the returned future resolves on the ack.
+
+        Raises ``InvalidEvent`` (nothing sent) or ``ProduceError``. Awaiting this may wait
+        for buffer space: that is the back-pressure that keeps memory bounded.
+        """
+        event_id, delivery = await self._hand_over(event)
+        result: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+        delivery.add_done_callback(lambda done: self._settle(done, result, event_id))
+        return result
+
+    # --- many events ----------------------------------------------------------------
+
+    async def send_many(
+        self, events: Iterable[EventInput] | AsyncIterable[EventInput]
+    ) -> list[ItemResult]:
+        """Send many events, pipelined (up to ``max_in_flight`` unacknowledged), and report
+        each one: a bad item is reported and skipped, the others are still sent."""
+        started = time.monotonic()
+        results: list[ItemResult] = []
+        pending: deque[tuple[int, str, asyncio.Future[Any]]] = deque()
+        index = 0
+        async for event in _aiter(events):
+            try:
+                event_id, delivery = await self._hand_over(event)
+                pending.append((index, event_id, delivery))
+            except (InvalidEvent, ProduceError) as exc:
+                results.append(ItemResult(index, _event_id_or_none(event), error=exc))
+            index += 1
+            while len(pending) >= self._max_in_flight:
+                results.append(await self._collect(*pending.popleft()))
+        while pending:
+            results.append(await self._collect(*pending.popleft()))
+        results.sort(key=lambda item: item.index)
+        failed = sum(1 for item in results if not item.ok)
+        log.info(
+            "bulk_send_finished",
+            events=len(results),
+            failed=failed,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return results
+
+    # --- internals ------------------------------------------------------------------
+
+    def _require_started(self) -> AIOKafkaProducer:
+        if self._kafka is None:
+            raise RuntimeError("EventProducer is not started (use 'async with')")
+        return self._kafka
+
+    async def _hand_over(self, event: EventInput) -> tuple[str, asyncio.Future[Any]]:
+        """Validate and append to aiokafka's buffer: (event id, aiokafka's delivery future)."""
+        kafka = self._require_started()
+        checked, value = self._prepare(event)
+        try:
+            delivery = await kafka.send(
+                self.topic, value, key=checked.consumer_uuid.encode(), headers=_HEADERS
+            )
+        except KafkaError as exc:
+            raise self._produce_error(exc) from None
+        return checked.event_id, delivery
+
+    async def _collect(
+        self, index: int, event_id: str, delivery: asyncio.Future[Any]
+    ) -> ItemResult:
+        try:
+            meta = await delivery
+        except KafkaError as exc:
+            return ItemResult(index, event_id, error=self._produce_error(exc))
+        except asyncio.CancelledError:
+            if not delivery.cancelled():
+                raise  # we are being cancelled, not the send
+            return ItemResult(index, event_id, error=ProduceError("the send was cancelled"))
+        return ItemResult(
+            index, event_id, SendResult(event_id, meta.topic, meta.partition, meta.offset)
+        )
+
+    def _prepare(self, event: EventInput) -> tuple[ConsumerEvent, bytes]:
+        """Round trip through ``decode_event``: exactly the daemon's rules, size included."""
+        if isinstance(event, ConsumerEvent):
+            first = encode(event)
+        else:
+            first = encode(event_from_document(event, max_bytes=self._max_bytes))
+        checked = decode_event(first, max_bytes=2**62)
+        value = checked.to_json_bytes()
+        if len(value) > self._max_bytes:
+            raise InvalidEvent(
+                InvalidReason.TOO_LARGE,
+                f"{len(value)} bytes, more than the limit of {self._max_bytes}",
+            )
+        return checked, value
+
+    def _settle(
+        self, done: asyncio.Future[Any], result: asyncio.Future[SendResult], event_id: str
+    ) -> None:
+        if result.done():
+            return
+        if done.cancelled():
+            result.set_exception(ProduceError("the send was cancelled (producer closed)"))
+        elif (exc := done.exception()) is not None:
+            result.set_exception(self._produce_error(exc))
+        else:
+            meta = done.result()
+            result.set_result(SendResult(event_id, meta.topic, meta.partition, meta.offset))
+
+    def _produce_error(self, exc: BaseException) -> ProduceError:
+        kind = type(exc).__name__
+        text = " ".join(str(exc).split()) or kind
+        return ProduceError(
+            f"Kafka at {describe_servers(self._settings)} did not take the event for topic "
+            f"{self.topic} ({kind}: {text}); within "
+            f"{self._settings.request_timeout_seconds:g} s"
+        )
+
+
+async def _aiter(events: Iterable[EventInput] | AsyncIterable[EventInput]) -> Any:
+    if isinstance(events, AsyncIterable):
+        async for event in events:
+            yield event
+    else:
+        for event in events:
+            yield event
+
+
+def _event_id_or_none(event: EventInput) -> str | None:
+    """The id as given, for reporting (raw bytes are not parsed a second time)."""
+    if isinstance(event, ConsumerEvent):
+        return event.event_id
+    if isinstance(event, Mapping):
+        value = event.get("event_id")
+        return value if isinstance(value, str) else None
+    return None
+
+
+__all__ = [
+    "BrokerUnavailable",
+    "EventProducer",
+    "ItemResult",
+    "ProduceError",
+    "SendResult",
+]

@@ -1,0 +1,187 @@
+"""The models and the ``schemas/`` files accept and reject the same documents.
+
+The corpus under ``corpus/`` is the shared evidence (producers in other languages can use
+it too); hypothesis then throws many near-valid documents at both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+from contract_schemas import CORPUS, DEAD_LETTER, EVENT, OUTCOME, load, schema_accepts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from service.contract.decode import InvalidEvent, decode_document, decode_event
+
+#: The corpus is decoded with the smallest limit the settings allow.
+MAX_BYTES = 1024
+VALID = sorted((CORPUS / "valid").glob("*.json"))
+INVALID = sorted((CORPUS / "invalid").glob("*/*.json"))
+#: Reasons decided on the bytes, before any schema can apply.
+BYTE_LEVEL = {"not_json", "not_utf8", "too_large"}
+
+
+def _id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+def model_accepts(document: Any) -> bool:
+    try:
+        decode_document(document)
+    except InvalidEvent:
+        return False
+    return True
+
+
+def test_corpus_covers_every_reason() -> None:
+    reasons = {path.parent.name for path in INVALID}
+    assert reasons == {
+        "not_json",
+        "not_utf8",
+        "schema_violation",
+        "unsupported_version",
+        "too_large",
+    }
+    assert len(VALID) >= 15
+
+
+@pytest.mark.parametrize("name", [EVENT, DEAD_LETTER, OUTCOME])
+def test_schema_files_are_valid_draft_2020_12_with_valid_examples(name: str) -> None:
+    schema = load(name)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"].endswith("/" + name)
+    assert schema["description"]
+    assert schema["examples"]
+    for example in schema["examples"]:
+        assert schema_accepts(name, example), example
+
+
+def test_event_schema_examples_decode_with_the_model() -> None:
+    for example in load(EVENT)["examples"]:
+        event = decode_document(example)
+        assert event.event_id == example["event_id"]
+
+
+@pytest.mark.parametrize("path", VALID, ids=_id)
+def test_valid_documents_are_accepted_by_both(path: Path) -> None:
+    value = path.read_bytes()
+    event = decode_event(value, max_bytes=MAX_BYTES)
+    document = json.loads(value)
+    assert schema_accepts(EVENT, document)
+    # Canonical form: lower-case UUIDs, whatever case was sent.
+    assert event.event_id == document["event_id"].lower()
+    assert event.consumer_uuid == document["consumer_uuid"].lower()
+    # Re-encoding gives a document both sides still accept, with the same meaning.
+    again = decode_event(event.to_json_bytes(), max_bytes=MAX_BYTES)
+    assert again == event
+    assert schema_accepts(EVENT, event.to_document())
+
+
+@pytest.mark.parametrize("path", INVALID, ids=_id)
+def test_invalid_documents_are_rejected_with_their_reason(path: Path) -> None:
+    reason = path.parent.name
+    value = path.read_bytes()
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(value, max_bytes=MAX_BYTES)
+    assert caught.value.reason.value == reason
+    assert "\n" not in caught.value.message
+    if reason == "schema_violation":
+        field = path.stem.split("--")[0]
+        assert caught.value.path == ("$" if field == "_root" else f"$.{field}")
+    if reason in BYTE_LEVEL:
+        return
+    document = json.loads(value)
+    assert not schema_accepts(EVENT, document), "the schema accepts what the model rejects"
+
+
+def test_byte_level_cases_are_what_they_claim() -> None:
+    for path in INVALID:
+        value = path.read_bytes()
+        reason = path.parent.name
+        if reason == "not_utf8":
+            with pytest.raises(UnicodeDecodeError):
+                value.decode("utf-8")
+        elif reason == "too_large":
+            assert len(value) > MAX_BYTES
+            assert schema_accepts(EVENT, json.loads(value))  # only the size is wrong
+        elif reason == "not_json":
+            value.decode("utf-8")  # it is text, just not (strict, single) JSON
+
+
+# --- hypothesis: near-valid documents ------------------------------------------------
+
+_UUID = "0b7e4a52-9c1d-4f3e-8a26-5d9b1c7e3f80"
+
+uuids = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.uuids().map(lambda u: u.hex),
+    st.sampled_from([_UUID + "\n", "{" + _UUID + "}", _UUID[:-1] + "g", "", 7, None]),
+)
+texts = st.one_of(
+    st.text(min_size=0, max_size=260),
+    st.text(alphabet=string.ascii_uppercase + string.digits + "_", min_size=0, max_size=5),
+    st.sampled_from(["a\x00", "\ud800", "ok\n", "X" * 255, "X" * 256, None, 3, True]),
+)
+timestamps = st.one_of(
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),
+    st.sampled_from(
+        [
+            "2024-02-29T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-05-01T12:00:00Z\n",
+            "2024-05-01T12:00:00.1234567890Z",
+            "1970-01-01T00:00:00-23:59",
+            "2999-12-31T23:59:59.999999999+23:59",
+            "2024-05-01T12:00:60Z",
+            1714564800,
+        ]
+    ),
+)
+generations = st.one_of(
+    st.none(),
+    st.integers(min_value=-3, max_value=2**54),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, 5.0, 2.0**53, "1"]),
+)
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "schema_version": st.sampled_from([1, 1.0, 2, 0, "1", True, None, 1.5]),
+    "event_id": uuids,
+    "type": st.sampled_from(["consumer.upsert", "consumer.delete", "consumer.update", None]),
+    "consumer_uuid": uuids,
+    "expected_generation": generations,
+    "project_id": texts,
+    "user_id": texts,
+    "consumer_type": texts,
+    "occurred_at": timestamps,
+    "producer": texts,
+    "unknown": st.just("x"),
+}
+VALID_BASE = json.loads((CORPUS / "valid" / "minimal-upsert.json").read_bytes())
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, Any]:
+    doc = dict(VALID_BASE)
+    for name in draw(st.sets(st.sampled_from(sorted(FIELDS)), max_size=3)):
+        if draw(st.booleans()) and name in doc:
+            del doc[name]
+        else:
+            doc[name] = draw(FIELDS[name])
+    return doc
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_models_and_schema_agree_on_generated_documents(document: dict[str, Any]) -> None:
+    assert model_accepts(document) == schema_accepts(EVENT, document), document
