@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(5, ge=1)
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    prune_older_than: str = Field(
+        "90d",
+        pattern=r"^\s*(\d+(\.\d+)?\s*[wdhmsWDHMS]\s*)+$",
+        description="Default age bound of `db prune` (inbox rows and tombstones); keep it "
+        "longer than the topic retention and the oldest archive you may replay.",
+    )
 
     # --- Domain -------------------------------------------------------------------
     incomplete_project_id: str = Field(INCOMPLETE_OWNER, min_length=1, max_length=255)
@@ -99,6 +105,12 @@ class Settings(BaseSettings):
     # --- Daemon -------------------------------------------------------------------
     batch_max_events: int = Field(500, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    infra_retry_wait_initial_seconds: float = Field(
+        0.2, gt=0, description="First wait after a database or broker failure."
+    )
+    infra_retry_wait_max_seconds: float = Field(
+        5.0, gt=0, description="Cap of the backoff while the infrastructure is down."
+    )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
 

@@ -1,0 +1,1 @@
+"""Applying validated events: pure rules (``rules``), outcomes, and the transactional engine."""

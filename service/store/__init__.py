@@ -1,0 +1,38 @@
+"""The consumer store: tables, engine, migrations, the unit of work and housekeeping."""
+
+from service.store.engine import create_engine
+from service.store.errors import SchemaNotCurrentError, TransientDatabaseError, is_transient
+from service.store.migrate import (
+    current_revision,
+    ensure_schema_current,
+    head_revision,
+    upgrade,
+    upgrade_engine,
+)
+from service.store.prune import PruneResult, prune
+from service.store.repository import (
+    ConsumerRecord,
+    ProcessedEvent,
+    applied_counts,
+    get_consumer,
+    recent_events,
+)
+
+__all__ = [
+    "ConsumerRecord",
+    "ProcessedEvent",
+    "PruneResult",
+    "SchemaNotCurrentError",
+    "TransientDatabaseError",
+    "applied_counts",
+    "create_engine",
+    "current_revision",
+    "ensure_schema_current",
+    "get_consumer",
+    "head_revision",
+    "is_transient",
+    "prune",
+    "recent_events",
+    "upgrade",
+    "upgrade_engine",
+]
