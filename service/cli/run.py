@@ -1,14 +1,109 @@
-"""`consumergen run`: the daemon that applies events to the database."""
+"""`consumergen run`: the daemon."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import click
+import structlog
 
-from service.cli._common import not_built
+from service.cli._common import EXIT_USAGE, settings_from
+from service.config import Settings
+
+log = structlog.get_logger(__name__)
+
+LOCAL_DATA = Path(".local")
+LOCAL_OUTCOMES_TOPIC = "consumer-events.outcomes"
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@not_built("run", 6)
-def command(args: tuple[str, ...]) -> None:
-    """the daemon that applies events to the database (not built yet)."""
+@click.command("run")
+@click.option(
+    "--bootstrap-server", "bootstrap_servers", help="Overrides CONSUMERGEN_BOOTSTRAP_SERVERS."
+)
+@click.option("--database-url", help="Overrides CONSUMERGEN_DATABASE_URL.")
+@click.option(
+    "--health-port", type=click.IntRange(0, 65535), help="Overrides CONSUMERGEN_HEALTH_PORT."
+)
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Embedded default: start a local Kafka broker (data in .local/kafka), migrate the "
+    "database, create the topics (outcomes topic on), then run.",
+)
+@click.pass_context
+def command(
+    ctx: click.Context,
+    bootstrap_servers: str | None,
+    database_url: str | None,
+    health_port: int | None,
+    local: bool,
+) -> None:
+    """Apply events from the topic to the database until SIGTERM/SIGINT.
+
+    Readiness, liveness and Prometheus metrics are served on CONSUMERGEN_HEALTH_HOST:PORT
+    at /readyz, /livez and /metrics.
+    """
+    settings = settings_from(
+        ctx,
+        bootstrap_servers=bootstrap_servers,
+        database_url=database_url,
+        health_port=health_port,
+    )
+    from service.logging import configure_logging
+
+    configure_logging(settings)
+    if local:
+        raise SystemExit(_run_local(settings))
+    raise SystemExit(asyncio.run(_run(settings)))
+
+
+async def _run(settings: Settings) -> int:
+    from service.daemon.runner import run_daemon
+    from service.store.engine import create_engine
+    from service.store.errors import SchemaNotCurrentError
+    from service.store.migrate import ensure_schema_current
+
+    engine = create_engine(settings)
+    try:
+        try:
+            await ensure_schema_current(engine)
+        except SchemaNotCurrentError as exc:
+            click.echo(f"consumergen run: {exc}", err=True)
+            return EXIT_USAGE
+        return await run_daemon(settings, engine)
+    finally:
+        await engine.dispose()
+
+
+def _run_local(settings: Settings) -> int:
+    """Start the embedded broker, prepare database and topics, run; stop the broker after."""
+    from service.broker import ensure_topics
+    from service.embedded.kafka import KafkaBroker
+    from service.store.migrate import upgrade
+
+    host, _, port = settings.bootstrap_servers.partition(":")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit() or "," in port:
+        raise click.UsageError(
+            "--local starts a broker on 127.0.0.1; CONSUMERGEN_BOOTSTRAP_SERVERS must be "
+            f"127.0.0.1:PORT, not {settings.bootstrap_servers}"
+        )
+    if settings.outcomes_topic is None:
+        settings = settings.model_copy(update={"outcomes_topic": LOCAL_OUTCOMES_TOPIC})
+    broker = KafkaBroker((LOCAL_DATA / "kafka").resolve(), port=int(port))
+    broker.start()
+    log.info(
+        "local broker started",
+        bootstrap=broker.bootstrap_servers,
+        seconds=round(broker.started_in, 1),
+    )
+    try:
+
+        async def prepare_and_run() -> int:
+            await upgrade(settings)
+            await ensure_topics(settings)
+            return await _run(settings)
+
+        return asyncio.run(prepare_and_run())
+    finally:
+        broker.stop()

@@ -1,0 +1,202 @@
+"""One partition, strictly in offset order, in batches.
+
+For each batch: decode every record (invalid ones become dead letters), apply the
+valid ones in one call to the apply engine (one transaction when possible), write
+the dead letters and the outcome records and wait for the broker's acks, and only
+then commit the offset after the batch.  Any infrastructure failure along the way
+pauses the partition and retries the *same* batch with capped backoff, so nothing is
+committed past an event whose outcome is not durable and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
+
+import stamina
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from service.apply.engine import TransientDatabaseError
+from service.apply.outcomes import EventSource, Outcome, OutcomeKind
+from service.contract.decode import InvalidEvent, decode_event
+from service.contract.event import ConsumerEvent
+from service.contract.records import dead_letter_headers, invalid_event_headers
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+    from service.daemon.runner import Daemon
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+#: Failures of the infrastructure, never of the event: retried, never dead-lettered.
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
+    TransientDatabaseError,
+    KafkaError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record bound for the dead-letter topic, with its error headers already built."""
+
+    record: ConsumerRecord
+    reason: str
+    invalid: bool
+    headers: list[tuple[str, bytes]]
+
+
+class PartitionWorker:
+    """Owns one assigned partition until it is revoked or the daemon stops."""
+
+    def __init__(self, daemon: Daemon, tp: TopicPartition) -> None:
+        self.daemon = daemon
+        self.tp = tp
+        self.queue: asyncio.Queue[ConsumerRecord] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._busy = False
+        self._label = f"{tp.topic}/{tp.partition}"
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"partition-{self._label}")
+
+    def feed(self, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            self.queue.put_nowait(record)
+
+    @property
+    def backlog(self) -> int:
+        return self.queue.qsize()
+
+    async def stop(self, grace: float) -> bool:
+        """Take no new batch; let the one in flight finish within ``grace`` seconds.
+
+        Returns False when the in-flight batch had to be abandoned (its offset is then
+        not committed, so its events come again and the inbox makes them duplicates).
+        """
+        self._stopping = True
+        task = self._task
+        if task is None or task.done():
+            return True
+        if not self._busy:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+            return True
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            log.warning("batch abandoned at stop", partition=self._label, grace_seconds=grace)
+            return False
+
+    async def _run(self) -> None:
+        limit = self.daemon.settings.batch_max_events
+        while not self._stopping:
+            batch = [await self.queue.get()]
+            while len(batch) < limit and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            self._busy = True
+            try:
+                await self._process(batch)
+            finally:
+                self._busy = False
+            self.daemon.relieve_backpressure(self.tp, self.backlog)
+
+    # -- one batch ----------------------------------------------------------------------
+    async def _process(self, batch: list[ConsumerRecord]) -> None:
+        began = time.perf_counter()
+        settings = self.daemon.settings
+        valid: list[tuple[ConsumerEvent, EventSource]] = []
+        records_of_valid: list[ConsumerRecord] = []
+        dead: list[DeadLetter] = []
+        invalid_reports: list[tuple[ConsumerRecord, InvalidEvent]] = []
+        for record in batch:
+            try:
+                event = decode_event(record.value, max_bytes=settings.max_event_bytes)
+            except InvalidEvent as exc:
+                headers = invalid_event_headers(
+                    exc,
+                    original_headers=list(record.headers or ()),
+                    origin_topic=record.topic,
+                    origin_partition=record.partition,
+                    origin_offset=record.offset,
+                )
+                dead.append(DeadLetter(record, exc.reason.value, True, headers))
+                invalid_reports.append((record, exc))
+                continue
+            valid.append((event, EventSource(record.topic, record.partition, record.offset)))
+            records_of_valid.append(record)
+
+        outcomes: list[Outcome] = []
+        if valid:
+            outcomes = await self._retry_infrastructure(
+                "database", lambda: self.daemon.applier.apply_batch(valid)
+            )
+        settled = list(zip(records_of_valid, outcomes, strict=True))
+        now = datetime.now(UTC)
+        for record, outcome in settled:
+            if outcome.kind is OutcomeKind.FAILED:
+                headers = dead_letter_headers(
+                    list(record.headers or ()),
+                    error_class="failed",
+                    reason="cas_retries_exhausted",
+                    message=f"compare-and-swap lost {outcome.attempts} times to other writers",
+                    origin_topic=record.topic,
+                    origin_partition=record.partition,
+                    origin_offset=record.offset,
+                    attempts=outcome.attempts,
+                    first_failed_at=now,
+                    failed_at=now,
+                )
+                dead.append(DeadLetter(record, "cas_retries_exhausted", False, headers))
+        if dead:
+            await self._retry_infrastructure(
+                "dead_letter", lambda: self.daemon.publisher.dead_letters(dead)
+            )
+        if self.daemon.publisher.outcomes_enabled:
+            await self._retry_infrastructure(
+                "outcomes",
+                lambda: self.daemon.publisher.outcomes(settled, invalid_reports),
+            )
+        next_offset = batch[-1].offset + 1
+        await self._retry_infrastructure("commit", lambda: self.daemon.commit(self.tp, next_offset))
+        self.daemon.record_batch(self.tp, batch, outcomes, dead, time.perf_counter() - began)
+
+    async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` until it succeeds: pause the partition and report not-ready
+        while it fails, resume once it works.  Never gives up on its own; only a stop or
+        a revocation (which cancel this task) ends it."""
+        failing = False
+        try:
+            async for attempt in stamina.retry_context(
+                on=INFRASTRUCTURE_ERRORS,
+                attempts=None,
+                timeout=None,
+                wait_initial=self.daemon.settings.infra_retry_wait_initial_seconds,
+                wait_max=self.daemon.settings.infra_retry_wait_max_seconds,
+            ):
+                with attempt:
+                    try:
+                        return await operation()
+                    except INFRASTRUCTURE_ERRORS as exc:
+                        if not failing:
+                            failing = True
+                            self.daemon.infrastructure_failed(self.tp, what, exc)
+                        raise
+        finally:
+            if failing:
+                self.daemon.infrastructure_recovered(self.tp, what)
+        raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover
