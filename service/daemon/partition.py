@@ -24,7 +24,8 @@ from aiokafka.errors import KafkaError
 
 from service.apply.engine import TransientDatabaseError
 from service.apply.outcomes import EventSource, Outcome, OutcomeKind
-from service.contract.decode import InvalidEvent, decode_event
+from service.apply.rules import InvalidEventError, validate
+from service.contract.decode import InvalidEvent, InvalidReason, decode_event
 from service.contract.event import ConsumerEvent
 from service.contract.records import dead_letter_headers, invalid_event_headers
 
@@ -53,6 +54,17 @@ class DeadLetter:
     reason: str
     invalid: bool
     headers: list[tuple[str, bytes]]
+
+
+def _decode(value: bytes | None, max_bytes: int) -> ConsumerEvent:
+    """The contract's decoder, then the apply rules' own guard (which the schema already
+    implies; should they ever disagree, the event is dead-lettered, not crashed on)."""
+    event = decode_event(value, max_bytes=max_bytes)
+    try:
+        validate(event)
+    except InvalidEventError as exc:
+        raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, str(exc)) from None
+    return event
 
 
 class PartitionWorker:
@@ -103,6 +115,17 @@ class PartitionWorker:
             return False
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug, not an infrastructure failure: stop loudly rather than stall the
+            # partition silently.  Nothing past the failing batch was committed.
+            log.exception("partition worker crashed", partition=self._label)
+            self.daemon.fatal(exc)
+
+    async def _loop(self) -> None:
         limit = self.daemon.settings.batch_max_events
         while not self._stopping:
             batch = [await self.queue.get()]
@@ -125,7 +148,7 @@ class PartitionWorker:
         invalid_reports: list[tuple[ConsumerRecord, InvalidEvent]] = []
         for record in batch:
             try:
-                event = decode_event(record.value, max_bytes=settings.max_event_bytes)
+                event = _decode(record.value, settings.max_event_bytes)
             except InvalidEvent as exc:
                 headers = invalid_event_headers(
                     exc,

@@ -86,6 +86,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._high_water = settings.batch_max_events * 4
         self.health: HealthServer | None = None
+        self.fatal_error: BaseException | None = None
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         settings = self.settings
@@ -99,6 +100,12 @@ class Daemon:
         )
 
     # -- life cycle -----------------------------------------------------------------------
+    def fatal(self, exc: BaseException) -> None:
+        """A worker hit a bug: stop the whole daemon, which then exits non-zero."""
+        if self.fatal_error is None:
+            self.fatal_error = exc
+        self.request_stop()
+
     def request_stop(self) -> None:
         self._stop.set()
         self.readiness.stopping = True
@@ -336,5 +343,10 @@ async def run_daemon(settings: Settings, engine: AsyncEngine) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if daemon.fatal_error is not None:
+        log.error(
+            "daemon exited after an internal error", error_class=type(daemon.fatal_error).__name__
+        )
+        return 1
     log.info("daemon exited", seconds=round(time.monotonic() - began, 1))
     return 0
