@@ -7,6 +7,7 @@ import click
 from service import __version__
 from service.cli import archive, db, produce, pseudonym, replay, run, show, topics, verify
 from service.cli._common import settings_from
+from service.logging import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,8 +23,9 @@ from service.cli._common import settings_from
 def cli(ctx: click.Context, config_file: str | None) -> None:
     """Keep the authoritative record of consumers and their generation, fed by Kafka events."""
     # Validate the configuration before any verb runs, so a bad setting fails at start-up
-    # with its name, whatever the verb.
-    settings_from(ctx)
+    # with its name, whatever the verb; and route every log record (ours and the
+    # libraries') through the redacting set-up before anything can log.
+    configure_logging(settings_from(ctx), warn_missing_key=False)
 
 
 for _module in (produce, run, replay, archive, verify, show, db, topics, pseudonym):

@@ -52,7 +52,7 @@ def command(
     )
     from service.logging import configure_logging
 
-    configure_logging(settings)
+    configure_logging(settings)  # again: the options above may have changed the settings
     if local:
         raise SystemExit(_run_local(settings))
     raise SystemExit(asyncio.run(_run(settings)))

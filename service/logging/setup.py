@@ -213,6 +213,7 @@ def configure_logging(
     *,
     stream: TextIO | None = None,
     force_format: Renderer | None = None,
+    warn_missing_key: bool = True,
 ) -> None:
     """Configure structlog and the root logger from ``settings``; safe to call again.
 
@@ -221,7 +222,8 @@ def configure_logging(
     renderer on a terminal and JSON lines otherwise. Each call replaces the handler
     an earlier call installed and leaves other handlers (pytest's, say) alone.
     Without ``CONSUMERGEN_LOG_REDACTION_KEY`` a random per-process key is used and one
-    warning is logged, once per process.
+    warning is logged, once per process (``warn_missing_key=False`` leaves that warning to
+    a later call: short CLI verbs should not print it on every run, the daemon should).
     """
     configure_structlog()
     key, generated = _key_for(settings)
@@ -246,7 +248,7 @@ def configure_logging(
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
 
-    if generated and not _KeyState.warned:
+    if generated and warn_missing_key and not _KeyState.warned:
         _KeyState.warned = True
         _log.warning(
             "log_redaction_key_missing",
