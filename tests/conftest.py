@@ -126,13 +126,15 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
     async def create(partitions: int = 1, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         await admin.create_topics([NewTopic(name, partitions, 1)])
-        # Metadata propagation is asynchronous: wait until the topic is visible.
-        for _ in range(100):
-            topics = await admin.list_topics()
-            if name in topics:
+        # Creation is asynchronous: wait until every partition has a leader, or the
+        # first produce gets NotLeaderForPartition and retries (with warnings).
+        for _ in range(200):
+            described = await admin.describe_topics([name])
+            parts = described[0].get("partitions") or []
+            if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
                 return name
             await asyncio.sleep(0.05)
-        raise AssertionError(f"topic {name} not visible after creation")
+        raise AssertionError(f"topic {name} has no leaders 10 s after creation")
 
     try:
         yield create
