@@ -23,21 +23,9 @@ import pytest
 
 from service.embedded._process import free_port
 from tests.support.kafka_io import read_all
+from tests.support.processes import children, wait_gone
 
 pytestmark = [pytest.mark.kafka]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _ready(port: int) -> bool:
@@ -88,7 +76,7 @@ def test_run_local_from_a_bare_folder(tmp_path: Path) -> None:
             assert daemon.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "not ready in 120 s:\n" + log.read_text()[-3000:]
             time.sleep(0.2)
-        brokers = _children(daemon.pid)
+        brokers = children(daemon.pid)
         assert brokers, "the local broker should be a child of the daemon"
 
         produced = subprocess.run(
@@ -128,10 +116,7 @@ def test_run_local_from_a_bare_folder(tmp_path: Path) -> None:
 
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0, log.read_text()[-3000:]
-        deadline = time.monotonic() + 30
-        while any(Path(f"/proc/{pid}").exists() for pid in brokers):
-            assert time.monotonic() < deadline, "the local broker outlived the daemon"
-            time.sleep(0.1)
+        assert wait_gone(brokers, within=30) == [], "the local broker outlived the daemon"
         assert (tmp_path / ".local" / "kafka" / "logs" / "meta.properties").exists()
     finally:
         if daemon.poll() is None:

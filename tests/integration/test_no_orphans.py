@@ -11,39 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.processes import alive, children, wait_gone
+
 PROBE = Path(__file__).parent / "probes" / "hold_servers.py"
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if _alive(pid)]
-        if not alive:
-            return []
-        time.sleep(0.1)
-    return [pid for pid in pids if _alive(pid)]
-
-
-def _postgres_children(postmaster: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == postmaster:
-                children.append(int(entry.name))
-    return children
 
 
 def test_sigkill_of_the_test_run_leaves_no_server(tmp_path: Path) -> None:
@@ -71,13 +41,13 @@ def test_sigkill_of_the_test_run_leaves_no_server(tmp_path: Path) -> None:
         servers = [
             pids["kafka_pid"],
             pids["postgres_pid"],
-            *_postgres_children(pids["postgres_pid"]),
+            *children(pids["postgres_pid"]),
         ]
-        assert all(_alive(pid) for pid in servers), "servers should be up before the kill"
+        assert all(alive(pid) for pid in servers), "servers should be up before the kill"
         assert len(servers) >= 3, "PostgreSQL should have background workers"
         os.kill(inner.pid, signal.SIGKILL)
         inner.wait(10)
-        survivors = _wait_gone(servers, timeout=30)
+        survivors = wait_gone(servers, within=30)
         assert survivors == [], f"processes outlived the killed test run: {survivors}"
     finally:
         if inner.poll() is None:
