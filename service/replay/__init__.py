@@ -1,0 +1,45 @@
+"""The operator's tools: replay, archive and verify (see docs/operations.md).
+
+Sources (``sources``) hand out records of a topic range or an archive file; the runner
+(``runner``) drives them through the daemon's apply path (or a dry run, ``dryrun``);
+``archive`` writes the JSONL format ``records`` defines; ``verify`` rebuilds the
+expected state in a scratch database and diffs it against the live one.
+"""
+
+from service.replay.archive import ArchiveReport, write_archive
+from service.replay.dryrun import DryRun, GenerationChange
+from service.replay.ranges import PartitionRange, RangeError, RangeSpec
+from service.replay.records import (
+    ArchiveLineError,
+    SourceRecord,
+    from_archive_line,
+    to_archive_line,
+)
+from service.replay.runner import Mode, ReplayReport, decode_record, replay
+from service.replay.sources import ArchiveSource, Source, SourceError, TopicSource
+from service.replay.verify import Difference, VerifyReport, verify
+
+__all__ = [
+    "ArchiveLineError",
+    "ArchiveReport",
+    "ArchiveSource",
+    "Difference",
+    "DryRun",
+    "GenerationChange",
+    "Mode",
+    "PartitionRange",
+    "RangeError",
+    "RangeSpec",
+    "ReplayReport",
+    "Source",
+    "SourceError",
+    "SourceRecord",
+    "TopicSource",
+    "VerifyReport",
+    "decode_record",
+    "from_archive_line",
+    "replay",
+    "to_archive_line",
+    "verify",
+    "write_archive",
+]

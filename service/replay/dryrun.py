@@ -1,0 +1,125 @@
+"""The dry run: the outcomes a replay would have, computed without writing anything.
+
+``Applier.dry_run_batch`` decides one batch from one read, but it cannot carry state
+from one batch to the next: the dry run of batch 2 must see what batch 1 *would* have
+done (a create in batch 1 makes a conditional update in batch 2 applicable).  So the
+dry run keeps an in-memory overlay of the would-be consumer rows and inbox entries,
+reads the live database (read-only transactions, no locks held between batches) only
+for what the overlay does not know yet, and decides each batch with the very same
+pure rules the Applier uses (``service.apply.rules.plan``).
+
+Why not "apply in a transaction and roll it back": one transaction over a whole
+replay would hold SQLite's write lock (or PostgreSQL row locks) for its duration and
+stall the running daemon; a scratch copy of a large database is slow.  The overlay
+costs memory only for events that would be *recorded* (an all-duplicates dry run keeps
+almost nothing) and for the consumers touched.  The price: the prediction is of the
+database as it was read; a daemon writing meanwhile can change what really happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.apply.engine import TransientDatabaseError
+from service.apply.outcomes import EventSource, Outcome
+from service.apply.rules import ConsumerState, InboxEntry, InboxWrite, Owners, plan, validate
+from service.config import Settings
+from service.contract.event import ConsumerEvent
+from service.store.engine import read_only
+from service.store.errors import describe, is_transient
+from service.store.repository import load_consumers, load_inbox
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChange:
+    """A consumer's generation (and tombstone state) before the run and after it."""
+
+    before: int | None
+    after: int | None
+    deleted_before: bool
+    deleted_after: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after or self.deleted_before != self.deleted_after
+
+
+class DryRun:
+    """Decides batches like ``Applier.apply_batch`` would, one after the other."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self._engine = engine
+        self._placeholders = Owners(settings.incomplete_project_id, settings.incomplete_user_id)
+        self._consumers: dict[str, ConsumerState | None] = {}
+        self._inbox: dict[str, InboxEntry] = {}
+        self._before: dict[str, ConsumerState | None] = {}
+
+    async def apply_batch(
+        self, items: Sequence[tuple[ConsumerEvent, EventSource | None]]
+    ) -> list[Outcome]:
+        events = [event for event, _ in items]
+        for event in events:
+            validate(event)
+        if not events:
+            return []
+        hashes = [event.payload_hash() for event in events]
+        await self._load(events)
+        consumers = {u: s for u, s in self._consumers.items() if s is not None}
+        result = plan(
+            list(zip(events, hashes, strict=True)), consumers, self._inbox, self._placeholders
+        )
+        for write in result.writes:
+            self._consumers[write.after.uuid] = write.after
+        outcomes = []
+        for event, digest, decision in zip(events, hashes, result.decisions, strict=True):
+            if decision.inbox is not InboxWrite.NONE:
+                self._inbox[event.event_id] = decision.inbox_entry(event, digest)
+            outcomes.append(
+                Outcome(
+                    event_id=event.event_id,
+                    consumer_uuid=event.consumer_uuid,
+                    kind=decision.kind,
+                    reason=decision.reason,
+                    generation_after=decision.generation_after,
+                    attempts=1,
+                    original=decision.original,
+                )
+            )
+        return outcomes
+
+    async def _load(self, events: list[ConsumerEvent]) -> None:
+        """Read what the overlay does not know yet, in one read-only transaction."""
+        uuids = {e.consumer_uuid for e in events} - self._consumers.keys()
+        ids = {e.event_id for e in events} - self._inbox.keys()
+        if not uuids and not ids:
+            return
+        try:
+            async with self._engine.connect() as connection:
+                connection = await read_only(connection)
+                async with connection.begin():
+                    inbox = await load_inbox(connection, ids)
+                    found = await load_consumers(connection, uuids)
+        except Exception as exc:
+            if is_transient(exc):
+                raise TransientDatabaseError(describe(exc)) from exc
+            raise
+        self._inbox.update(inbox)
+        for uuid in uuids:
+            self._consumers[uuid] = found.get(uuid)
+            self._before[uuid] = found.get(uuid)
+
+    def changes(self) -> dict[str, GenerationChange]:
+        """Per consumer touched by the run: generation before and (would-be) after."""
+        result = {}
+        for uuid, before in self._before.items():
+            after = self._consumers.get(uuid)
+            result[uuid] = GenerationChange(
+                before=before.generation if before else None,
+                after=after.generation if after else None,
+                deleted_before=bool(before and before.deleted),
+                deleted_after=bool(after and after.deleted),
+            )
+        return result
