@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     infra_retry_wait_max_seconds: float = Field(
         5.0, gt=0, description="Cap of the backoff while the infrastructure is down."
     )
+    probe_interval_seconds: float = Field(
+        2.0, gt=0, description="How often readiness re-checks the broker and the database."
+    )
+    session_timeout_ms: int = Field(
+        10_000, ge=1, description="Group session timeout: a silent daemon is dropped after it."
+    )
+    heartbeat_interval_ms: int = Field(3_000, ge=1, description="Group heartbeat interval.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1, description="Longest a daemon may go between fetches and stay a member."
+    )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
 

@@ -62,16 +62,15 @@ async def _run(settings: Settings) -> int:
     from service.daemon.runner import run_daemon
     from service.store.engine import create_engine
     from service.store.errors import SchemaNotCurrentError
-    from service.store.migrate import ensure_schema_current
 
     engine = create_engine(settings)
     try:
-        try:
-            await ensure_schema_current(engine)
-        except SchemaNotCurrentError as exc:
-            click.echo(f"consumergen run: {exc}", err=True)
-            return EXIT_USAGE
+        # The daemon checks the schema itself (waiting, not crashing, while the database
+        # is down or locked) and raises this when the schema is not this code's.
         return await run_daemon(settings, engine)
+    except SchemaNotCurrentError as exc:
+        click.echo(f"consumergen run: {exc}", err=True)
+        return EXIT_USAGE
     finally:
         await engine.dispose()
 

@@ -22,32 +22,57 @@ from service.daemon.metrics import DaemonMetrics
 
 @dataclass
 class Readiness:
-    """What readiness is made of; written by the event loop, read by the HTTP thread."""
+    """What readiness is made of; written by the event loop, read by the HTTP thread.
+
+    Two sources feed it: the daemon's probes (can the broker and the database be
+    reached at all?) and the partition workers (which partitions are paused because a
+    step failed, and on what).  Each source only ever clears what it set, so a probe
+    that succeeds cannot hide a partition that is still retrying, and vice versa.
+    """
 
     started: bool = False
     assigned: int = 0
-    database_ok: bool = True
-    broker_ok: bool = True
-    paused: set[str] = field(default_factory=set)
+    broker_reachable: bool = True
+    database_reachable: bool = True
+    #: partition label -> "database" | "broker": partitions paused by a failing step.
+    failing: dict[str, str] = field(default_factory=dict)
     stopping: bool = False
+    #: The latest infrastructure error, for an operator reading /readyz (no secrets).
+    last_error: str | None = None
+
+    @property
+    def paused(self) -> set[str]:
+        return set(self.failing)
+
+    @property
+    def database_ok(self) -> bool:
+        return self.database_reachable and "database" not in dict(self.failing).values()
+
+    @property
+    def broker_ok(self) -> bool:
+        return self.broker_reachable and "broker" not in dict(self.failing).values()
 
     def verdict(self) -> tuple[bool, dict[str, Any]]:
+        failing = dict(self.failing)  # one consistent copy (the loop may be writing)
+        database_ok = self.database_reachable and "database" not in failing.values()
+        broker_ok = self.broker_reachable and "broker" not in failing.values()
         ready = (
             self.started
             and self.assigned > 0
-            and self.database_ok
-            and self.broker_ok
-            and not self.paused
+            and database_ok
+            and broker_ok
+            and not failing
             and not self.stopping
         )
         return ready, {
             "ready": ready,
             "started": self.started,
             "assigned_partitions": self.assigned,
-            "database_ok": self.database_ok,
-            "broker_ok": self.broker_ok,
-            "paused_partitions": sorted(self.paused),
+            "database_ok": database_ok,
+            "broker_ok": broker_ok,
+            "paused_partitions": sorted(failing),
             "stopping": self.stopping,
+            "last_error": None if ready else self.last_error,
         }
 
 

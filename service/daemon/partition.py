@@ -78,6 +78,8 @@ class PartitionWorker:
         self._stopping = False
         self._busy = False
         self._label = f"{tp.topic}/{tp.partition}"
+        #: The group's committed offset as far as this worker knows (None: not yet known).
+        self.committed: int | None = None
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -195,7 +197,10 @@ class PartitionWorker:
                 lambda: self.daemon.publisher.outcomes(settled, invalid_reports),
             )
         next_offset = batch[-1].offset + 1
-        await self._retry_infrastructure("commit", lambda: self.daemon.commit(self.tp, next_offset))
+        if await self._retry_infrastructure(
+            "commit", lambda: self.daemon.commit(self.tp, next_offset)
+        ):
+            self.committed = next_offset
         self.daemon.record_batch(self.tp, batch, outcomes, dead, time.perf_counter() - began)
 
     async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
@@ -203,6 +208,7 @@ class PartitionWorker:
         while it fails, resume once it works.  Never gives up on its own; only a stop or
         a revocation (which cancel this task) ends it."""
         failing = False
+        resumed = True
         try:
             async for attempt in stamina.retry_context(
                 on=INFRASTRUCTURE_ERRORS,
@@ -219,7 +225,10 @@ class PartitionWorker:
                             failing = True
                             self.daemon.infrastructure_failed(self.tp, what, exc)
                         raise
+        except asyncio.CancelledError:
+            resumed = False  # abandoned at a revocation or a stop, not recovered
+            raise
         finally:
             if failing:
-                self.daemon.infrastructure_recovered(self.tp, what)
+                self.daemon.infrastructure_recovered(self.tp, what, resumed=resumed)
         raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover

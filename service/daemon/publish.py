@@ -8,14 +8,16 @@ failure for the caller to retry, never a reason to skip an event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from service.apply.outcomes import Outcome
-from service.broker import client_options
+from service.broker import BrokerUnavailable, client_options, start_bounded
 from service.config import Settings
 from service.contract.decode import InvalidEvent
 from service.contract.records import outcome_key, outcome_record
@@ -27,9 +29,20 @@ if TYPE_CHECKING:
 
 
 class Publisher:
-    def __init__(self, settings: Settings) -> None:
+    """The daemon's producer, replaced after any failed write.
+
+    A write that failed (timed out while the broker was away, or was refused with
+    ``OutOfOrderSequenceNumber`` because earlier batches of this idempotent producer
+    expired) leaves the producer's sequence numbers out of step with the broker, and
+    its sender keeps hammering the broker for metadata while batches are pending.  So
+    the producer is dropped at once and a fresh one (new producer id, nothing pending)
+    is started by the next attempt, which the caller paces with its backoff.
+    """
+
+    def __init__(self, settings: Settings, broker_reachable: Callable[[], bool] | None = None):
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._broker_reachable = broker_reachable or (lambda: True)
 
     @property
     def outcomes_enabled(self) -> bool:
@@ -45,13 +58,41 @@ class Publisher:
         )
 
     async def start(self) -> None:
-        self._producer = self._make()
-        await self._producer.start()
+        """Connect, bounded by the request timeout; raises ``BrokerUnavailable`` (with the
+        half-started producer closed) when the broker cannot be reached."""
+        producer = self._make()
+        await start_bounded(producer, self.settings, "dead-letter producer")
+        self._producer = producer
 
     async def stop(self) -> None:
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            await producer.stop()
+            await asyncio.wait_for(producer.stop(), self.settings.request_timeout_seconds)
+
+    async def stop_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stop()
+
+    async def _ready(self) -> AIOKafkaProducer:
+        """The producer to write with, (re)started if the last write failed; fails fast
+        (as an infrastructure error) while the daemon's probe finds the broker away."""
+        if not self._broker_reachable():
+            raise KafkaConnectionError("broker unreachable; not writing until it is back")
+        if self._producer is None:
+            try:
+                await self.start()
+            except BrokerUnavailable as exc:
+                raise KafkaConnectionError(str(exc)) from None
+        assert self._producer is not None
+        return self._producer
+
+    async def _written(self, sends: Callable[[AIOKafkaProducer], Awaitable[None]]) -> None:
+        producer = await self._ready()
+        try:
+            await sends(producer)
+        except Exception:
+            await self.stop_quietly()  # see the class docstring
+            raise
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -62,16 +103,20 @@ class Publisher:
     async def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Write every letter (original key, value and headers plus error headers) and wait
         for all acks; raises on the first failure so the batch is retried whole."""
-        futures = [
-            await self.producer.send(
-                self.settings.dlq_topic,
-                value=letter.record.value,
-                key=letter.record.key,
-                headers=letter.headers,
-            )
-            for letter in letters
-        ]
-        await asyncio.gather(*futures)
+
+        async def sends(producer: AIOKafkaProducer) -> None:
+            futures = [
+                await producer.send(
+                    self.settings.dlq_topic,
+                    value=letter.record.value,
+                    key=letter.record.key,
+                    headers=letter.headers,
+                )
+                for letter in letters
+            ]
+            await asyncio.gather(*futures)
+
+        await self._written(sends)
 
     async def outcomes(
         self,
@@ -83,7 +128,7 @@ class Publisher:
         if topic is None:
             return
         now = datetime.now(UTC)
-        futures = []
+        records: list[tuple[bytes, bytes | None]] = []
         for record, outcome in applied:
             value = outcome_record(
                 event_id=outcome.event_id,
@@ -97,8 +142,7 @@ class Publisher:
                 source_offset=record.offset,
                 processed_at=now,
             )
-            key = outcome_key(outcome.event_id)
-            futures.append(await self.producer.send(topic, value=value, key=key))
+            records.append((value, outcome_key(outcome.event_id)))
         for record, error in invalid:
             value = outcome_record(
                 event_id=None,
@@ -112,5 +156,10 @@ class Publisher:
                 processed_at=now,
                 message=error.message,
             )
-            futures.append(await self.producer.send(topic, value=value, key=None))
-        await asyncio.gather(*futures)
+            records.append((value, None))
+
+        async def sends(producer: AIOKafkaProducer) -> None:
+            futures = [await producer.send(topic, value=v, key=k) for v, k in records]
+            await asyncio.gather(*futures)
+
+        await self._written(sends)

@@ -56,6 +56,44 @@ class DaemonProcess:
         except OSError:
             return None
 
+    def get(self, path: str) -> tuple[int, str] | None:
+        """(status, body) of GET ``path`` on the health port; None while nothing answers."""
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode()
+        except OSError:
+            return None
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """/metrics parsed by prometheus-client's own parser:
+        (sample name, sorted labels) -> value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        answer = self.get("/metrics")
+        assert answer is not None and answer[0] == 200, f"/metrics answered {answer}"
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer[1])
+            for sample in family.samples
+        }
+
+    def log_events(self) -> list[dict[str, object]]:
+        """Every JSON log line of every run (non-JSON lines are skipped)."""
+        events = []
+        for line in self.all_logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(dict(json.loads(line)))
+                except ValueError:
+                    continue
+        return events
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def wait_ready(self, within: float = 60) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
