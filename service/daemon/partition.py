@@ -22,10 +22,10 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from service.apply.admission import admit
 from service.apply.engine import TransientDatabaseError
 from service.apply.outcomes import EventSource, Outcome, OutcomeKind
-from service.apply.rules import InvalidEventError, validate
-from service.contract.decode import InvalidEvent, InvalidReason, decode_event
+from service.contract.decode import InvalidEvent
 from service.contract.event import ConsumerEvent
 from service.contract.records import dead_letter_headers, invalid_event_headers
 
@@ -54,17 +54,6 @@ class DeadLetter:
     reason: str
     invalid: bool
     headers: list[tuple[str, bytes]]
-
-
-def _decode(value: bytes | None, max_bytes: int) -> ConsumerEvent:
-    """The contract's decoder, then the apply rules' own guard (which the schema already
-    implies; should they ever disagree, the event is dead-lettered, not crashed on)."""
-    event = decode_event(value, max_bytes=max_bytes)
-    try:
-        validate(event)
-    except InvalidEventError as exc:
-        raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, str(exc)) from None
-    return event
 
 
 class PartitionWorker:
@@ -150,7 +139,7 @@ class PartitionWorker:
         invalid_reports: list[tuple[ConsumerRecord, InvalidEvent]] = []
         for record in batch:
             try:
-                event = _decode(record.value, settings.max_event_bytes)
+                event = admit(record.value, settings.max_event_bytes)
             except InvalidEvent as exc:
                 headers = invalid_event_headers(
                     exc,

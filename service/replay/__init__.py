@@ -15,7 +15,7 @@ from service.replay.records import (
     from_archive_line,
     to_archive_line,
 )
-from service.replay.runner import Mode, ReplayReport, decode_record, replay
+from service.replay.runner import Mode, ReplayReport, replay
 from service.replay.sources import ArchiveSource, Source, SourceError, TopicSource
 from service.replay.verify import Difference, VerifyReport, verify
 
@@ -36,7 +36,6 @@ __all__ = [
     "SourceRecord",
     "TopicSource",
     "VerifyReport",
-    "decode_record",
     "from_archive_line",
     "replay",
     "to_archive_line",

@@ -28,12 +28,12 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.apply.admission import admit
 from service.apply.engine import Applier, TransientDatabaseError
 from service.apply.outcomes import EventSource, Outcome, OutcomeKind
-from service.apply.rules import InvalidEventError, validate
 from service.broker import client_options, start_bounded
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason, decode_event
+from service.contract.decode import InvalidEvent
 from service.contract.event import ConsumerEvent
 from service.contract.records import ERROR_HEADERS
 from service.replay.dryrun import DryRun, GenerationChange
@@ -51,17 +51,6 @@ class Mode(StrEnum):
     DRY_RUN = "dry_run"
     REPUBLISH = "republish"
     REPUBLISH_DRY_RUN = "republish_dry_run"
-
-
-def decode_record(value: bytes | None, max_bytes: int) -> ConsumerEvent:
-    """The daemon's gate (``service.daemon.partition``): the contract's decoder, then the
-    apply rules' own guard, whose refusal is a schema violation, never a crash."""
-    event = decode_event(value, max_bytes=max_bytes)
-    try:
-        validate(event)
-    except InvalidEventError as exc:
-        raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, str(exc)) from None
-    return event
 
 
 class Progress(Protocol):
@@ -257,7 +246,7 @@ def _decode_chunk(
     valid = []
     for record in chunk:
         try:
-            valid.append((record, decode_record(record.value, max_bytes)))
+            valid.append((record, admit(record.value, max_bytes)))
         except InvalidEvent as exc:
             report.invalid[exc.reason.value] += 1
     return valid
