@@ -1,4 +1,4 @@
-"""The command line lists every verb and is honest about the ones not built yet."""
+"""The command line lists every verb and fails cleanly on bad verbs and configuration."""
 
 from __future__ import annotations
 
