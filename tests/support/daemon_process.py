@@ -80,10 +80,15 @@ class DaemonProcess:
             for sample in family.samples
         }
 
-    def log_events(self) -> list[dict[str, object]]:
-        """Every JSON log line of every run (non-JSON lines are skipped)."""
+    def log_events(self, current_run_only: bool = False) -> list[dict[str, object]]:
+        """Every JSON log line of every run, or of the current run only (non-JSON lines
+        are skipped)."""
+        if current_run_only:
+            text = self.logs[-1].read_text(errors="replace") if self.logs else ""
+        else:
+            text = self.all_logs()
         events = []
-        for line in self.all_logs().splitlines():
+        for line in text.splitlines():
             if line.startswith("{"):
                 try:
                     events.append(dict(json.loads(line)))
