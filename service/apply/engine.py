@@ -24,6 +24,8 @@ failing unit; they are never turned into an outcome.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -108,6 +110,14 @@ class Applier:
         self._placeholders = Owners(settings.incomplete_project_id, settings.incomplete_user_id)
         self.stats = ApplierStats()
         self._owner_cache = OwnerCache()
+        # SQLite has one writer at a time: BEGIN IMMEDIATE of a second connection waits in
+        # SQLite's busy handler, which sleeps in steps of up to 100 ms and is not fair, so
+        # concurrent partitions of one process queued there for hundreds of milliseconds.
+        # Queue them here instead (FIFO, woken the moment the writer commits); writers in
+        # other processes still meet the busy timeout.
+        self._write_turn: asyncio.Lock | None = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        )
 
     # --- public API -------------------------------------------------------------
 
@@ -290,8 +300,9 @@ class Applier:
     async def _transaction(self, *, read_only_: bool = False) -> AsyncIterator[AsyncConnection]:
         """A transaction whose infrastructure failures surface as TransientDatabaseError
         (after rollback); races and bugs propagate unchanged."""
+        turn = self._write_turn if not read_only_ else None
         try:
-            async with self._engine.connect() as connection:
+            async with turn or contextlib.nullcontext(), self._engine.connect() as connection:
                 if read_only_:
                     connection = await read_only(connection)
                 async with connection.begin():

@@ -8,6 +8,7 @@ every record leaves validated against the same rules the schema files state.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -15,7 +16,15 @@ from typing import Final, Literal
 from pydantic import ValidationError
 
 from service.contract.decode import InvalidEvent
-from service.contract.models import DeadLetterHeaders, OutcomeRecord
+from service.contract.models import (
+    CANONICAL_UUID_PATTERN,
+    FAILED_REASONS,
+    INVALID_REASONS,
+    REJECTED_REASONS,
+    DeadLetterHeaders,
+    Outcome,
+    OutcomeRecord,
+)
 
 #: Header names the service owns on a dead-letter record (replaced if already present).
 ERROR_HEADERS: Final = (
@@ -138,32 +147,99 @@ def outcome_record(
     ``outcome``, ``reason`` and ``original_outcome`` take the names of
     ``schemas/outcome.schema.json`` (any ``StrEnum`` with those values will do); a
     combination the schema forbids (e.g. applied with a reason) raises ``ValueError``.
+
+    The daemon builds one per event, so this checks the schema's rules directly (the
+    same decisions as ``OutcomeRecord``, which a test holds it to) and writes the JSON
+    itself, instead of a pydantic validation and a JSON round trip per record.
     """
-    try:
-        record = OutcomeRecord.model_validate_json(
-            json.dumps(
-                {
-                    "event_id": event_id,
-                    "consumer_uuid": consumer_uuid,
-                    "outcome": str(outcome),
-                    "reason": None if reason is None else str(reason),
-                    "message": None if message is None else _bounded(message),
-                    "generation_after": generation_after,
-                    "original_outcome": None if original_outcome is None else str(original_outcome),
-                    "source": {
-                        "topic": source_topic,
-                        "partition": source_partition,
-                        "offset": source_offset,
-                    },
-                    "processed_at": utc_timestamp(processed_at or datetime.now(UTC)),
-                }
-            )
-        )
-    except ValidationError as exc:
-        raise ValueError(f"invalid outcome record: {exc}") from None
-    doc = record.to_document()
-    doc["processed_at"] = utc_timestamp(record.processed_at)
+    outcome_ = str(outcome)
+    reason_ = None if reason is None else str(reason)
+    original = None if original_outcome is None else str(original_outcome)
+    moment = processed_at or datetime.now(UTC)
+    problem = _outcome_problem(
+        event_id,
+        consumer_uuid,
+        outcome_,
+        reason_,
+        generation_after,
+        original,
+        source_topic,
+        source_partition,
+        source_offset,
+        moment,
+    )
+    if problem is not None:
+        raise ValueError(f"invalid outcome record: {problem}")
+    doc: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "consumer_uuid": consumer_uuid,
+        "outcome": outcome_,
+        "reason": reason_,
+        "message": None if message is None else _bounded(message),
+        "generation_after": generation_after,
+    }
+    if original is not None:
+        doc["original_outcome"] = original
+    doc["source"] = {"topic": source_topic, "partition": source_partition, "offset": source_offset}
+    doc["processed_at"] = utc_timestamp(moment)
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_CANONICAL_UUID: Final = re.compile(CANONICAL_UUID_PATTERN)
+_OUTCOMES: Final = frozenset(item.value for item in Outcome)
+_ALL_REASONS: Final = REJECTED_REASONS | INVALID_REASONS | FAILED_REASONS
+_REASONS_OF: Final = {
+    Outcome.REJECTED.value: REJECTED_REASONS,
+    Outcome.INVALID.value: INVALID_REASONS,
+    Outcome.FAILED.value: FAILED_REASONS,
+}
+_ORIGINALS: Final = frozenset({"applied", "rejected", "invalid", "failed"})
+
+
+def _natural(value: object) -> bool:
+    """A JSON integer >= 0 (``bool`` is not one, as in the strict model)."""
+    return type(value) is int and value >= 0
+
+
+def _outcome_problem(
+    event_id: str | None,
+    consumer_uuid: str | None,
+    outcome: str,
+    reason: str | None,
+    generation_after: int | None,
+    original: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    moment: datetime,
+) -> str | None:
+    """What ``schemas/outcome.schema.json`` refuses in these fields, or None."""
+    for name, uuid in (("event_id", event_id), ("consumer_uuid", consumer_uuid)):
+        if uuid is not None and not (isinstance(uuid, str) and _CANONICAL_UUID.match(uuid)):
+            return f"{name} is not a canonical UUID"
+    if outcome not in _OUTCOMES:
+        return f"unknown outcome {outcome!r}"
+    if reason is not None and reason not in _ALL_REASONS:
+        return f"unknown reason {reason!r}"
+    if generation_after is not None and not _natural(generation_after):
+        return "generation_after must be an integer >= 0"
+    if outcome == Outcome.APPLIED.value:
+        if reason is not None or generation_after is None:
+            return "applied needs reason null and a generation_after"
+    elif outcome in _REASONS_OF and reason not in _REASONS_OF[outcome]:
+        return f"reason {reason!r} does not fit outcome {outcome}"
+    if original is not None and original not in _ORIGINALS:
+        return f"unknown original_outcome {original!r}"
+    if (outcome == Outcome.DUPLICATE.value) != (original is not None):
+        return "original_outcome is required for duplicate and only there"
+    if not (isinstance(topic, str) and topic):
+        return "source.topic must be a non-empty string"
+    if not (_natural(partition) and _natural(offset)):
+        return "source.partition and source.offset must be integers >= 0"
+    if not 1970 <= moment.astimezone(UTC).year <= 2999:
+        return "processed_at must be in the years 1970-2999"
+    return None
 
 
 def outcome_key(event_id: str | None) -> bytes | None:

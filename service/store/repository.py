@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
@@ -278,10 +278,11 @@ async def write_consumers(
     Inserts are insert-if-absent (``ON CONFLICT DO NOTHING .. RETURNING``: the rows
     returned are the rows inserted).  Updates match the row as read, by generation and
     by the id of the event that made it, so a row changed (or pruned and re-created) by
-    anyone else in between matches nothing.  Their row count is checked statement by
-    statement where the driver reports it for ``executemany`` (SQLite), and otherwise
-    (asyncpg) by re-reading ``last_event_id`` of the updated rows in one SELECT: a row
-    carries our event id only if our update hit it.
+    anyone else in between matches nothing.  On PostgreSQL they are one statement over
+    arrays whose RETURNING must name every row; elsewhere an ``executemany`` whose row
+    count is checked where the driver reports it (SQLite), and otherwise by re-reading
+    ``last_event_id`` of the updated rows in one SELECT: a row carries our event id only
+    if our update hit it.
     """
     if not writes:
         return
@@ -318,6 +319,9 @@ async def write_consumers(
                     **{f"a_{name}": value for name, value in values.items()},
                 }
             )
+        if connection.dialect.name == "postgresql":
+            await _cas_update_postgresql(connection, params)
+            return
         result = await connection.execute(_CAS_UPDATE, params)
         if len(params) == 1 or connection.dialect.supports_sane_multi_rowcount:
             if result.rowcount != len(params):
@@ -335,6 +339,62 @@ async def write_consumers(
             )
             if seen != expected:
                 raise StoreRace(RaceKind.CONSUMER)
+
+
+#: Every CAS update of a batch in one PostgreSQL statement: the rows as read (uuid,
+#: generation, last_event_id) and their new values travel as arrays, the rows are locked
+#: in UUID order first (so that concurrent batches cannot deadlock on each other), and
+#: RETURNING names the rows that matched.  Under READ COMMITTED a row changed by a
+#: concurrent commit is re-checked against the WHERE clause on its newest version, so
+#: a lost race is a missing row in RETURNING, never an overwrite.
+_CAS_UPDATE_POSTGRESQL = text(
+    """
+WITH v AS (
+    SELECT * FROM unnest(
+        CAST(:b_uuid AS VARCHAR[]), CAST(:b_generation AS BIGINT[]),
+        CAST(:b_last_event_id AS VARCHAR[]), CAST(:a_generation AS BIGINT[]),
+        CAST(:a_project_id AS INTEGER[]), CAST(:a_user_id AS INTEGER[]),
+        CAST(:a_consumer_type_id AS INTEGER[]), CAST(:a_last_event_id AS VARCHAR[]),
+        CAST(:a_deleted_at AS TIMESTAMPTZ[])
+    ) AS v(b_uuid, b_generation, b_last_event_id, a_generation, a_project_id, a_user_id,
+           a_consumer_type_id, a_last_event_id, a_deleted_at)
+), locked AS (
+    SELECT c.id FROM consumers AS c JOIN v ON c.uuid = v.b_uuid
+    ORDER BY c.uuid FOR UPDATE OF c
+)
+UPDATE consumers AS c
+SET generation = v.a_generation, project_id = v.a_project_id, user_id = v.a_user_id,
+    consumer_type_id = v.a_consumer_type_id, last_event_id = v.a_last_event_id,
+    updated_at = :a_now, deleted_at = v.a_deleted_at
+FROM v
+WHERE c.uuid = v.b_uuid AND c.generation = v.b_generation
+  AND c.last_event_id = v.b_last_event_id AND c.id IN (SELECT id FROM locked)
+RETURNING c.uuid
+"""
+)
+
+_CAS_ARRAYS = (
+    "b_uuid",
+    "b_generation",
+    "b_last_event_id",
+    "a_generation",
+    "a_project_id",
+    "a_user_id",
+    "a_consumer_type_id",
+    "a_last_event_id",
+    "a_deleted_at",
+)
+
+
+async def _cas_update_postgresql(
+    connection: AsyncConnection, params: Sequence[Mapping[str, Any]]
+) -> None:
+    """The batch's CAS updates in one round trip; ``StoreRace`` unless every one hit."""
+    arrays: dict[str, Any] = {name: [p[name] for p in params] for name in _CAS_ARRAYS}
+    arrays["a_now"] = params[0]["a_now"]
+    hit = (await connection.execute(_CAS_UPDATE_POSTGRESQL, arrays)).scalars().all()
+    if len(hit) != len(params) or set(hit) != set(arrays["b_uuid"]):
+        raise StoreRace(RaceKind.CONSUMER)
 
 
 # --- inbox writes -----------------------------------------------------------------

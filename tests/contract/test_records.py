@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -211,3 +211,126 @@ def test_outcome_records_refuse_what_the_schema_refuses(fields: dict[str, Any]) 
 def test_outcome_key() -> None:
     assert outcome_key(EVENT_ID) == EVENT_ID.encode()
     assert outcome_key(None) is None
+
+
+def _via_model(arguments: dict[str, Any]) -> bytes:
+    """The reference: validate through the pydantic ``OutcomeRecord`` and dump it (what
+    ``outcome_record`` did before it checked the rules itself, for speed)."""
+    from service.contract.models import OutcomeRecord
+    from service.contract.records import utc_timestamp
+
+    record = OutcomeRecord.model_validate_json(
+        json.dumps(
+            {
+                "event_id": arguments["event_id"],
+                "consumer_uuid": arguments["consumer_uuid"],
+                "outcome": str(arguments["outcome"]),
+                "reason": None if arguments["reason"] is None else str(arguments["reason"]),
+                "message": arguments.get("message"),
+                "generation_after": arguments["generation_after"],
+                "original_outcome": (
+                    None
+                    if arguments.get("original_outcome") is None
+                    else str(arguments["original_outcome"])
+                ),
+                "source": {
+                    "topic": arguments["source_topic"],
+                    "partition": arguments["source_partition"],
+                    "offset": arguments["source_offset"],
+                },
+                "processed_at": utc_timestamp(arguments["processed_at"]),
+            }
+        )
+    )
+    doc = record.to_document()
+    doc["processed_at"] = utc_timestamp(record.processed_at)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_OUTCOME_VALUES = ["applied", "duplicate", "rejected", "invalid", "failed", "exploded"]
+_REASON_VALUES = [
+    None,
+    "consumer_exists",
+    "generation_conflict",
+    "consumer_not_found",
+    "event_id_reused",
+    "not_json",
+    "too_large",
+    "cas_retries_exhausted",
+    "bogus",
+]
+
+
+@pytest.mark.parametrize("outcome", _OUTCOME_VALUES)
+@pytest.mark.parametrize("reason", _REASON_VALUES)
+@pytest.mark.parametrize("original", [None, "applied", "rejected", "duplicate"])
+@pytest.mark.parametrize("generation", [None, 0, 7, -1, True])
+def test_outcome_record_decides_like_the_pydantic_model(
+    outcome: str, reason: str | None, original: str | None, generation: Any
+) -> None:
+    arguments: dict[str, Any] = {
+        "event_id": EVENT_ID,
+        "consumer_uuid": CONSUMER,
+        "outcome": outcome,
+        "reason": reason,
+        "generation_after": generation,
+        "original_outcome": original,
+        "source_topic": "consumer-events",
+        "source_partition": 3,
+        "source_offset": 1207,
+        "processed_at": WHEN,
+    }
+    try:
+        expected: bytes | None = _via_model(arguments)
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError, match="invalid outcome record"):
+            outcome_record(**arguments)
+    else:
+        assert outcome_record(**arguments) == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event_id": None, "consumer_uuid": None},
+        {"event_id": EVENT_ID.upper()},
+        {"consumer_uuid": "not-a-uuid"},
+        {"source_topic": ""},
+        {"source_partition": -1},
+        {"source_offset": True},
+        {"message": "  two\nlines  "},
+        {"message": "x" * 600},
+        {"message": "\u00e9t\u00e9 \ud83d\ude00"},
+        {"processed_at": datetime(1969, 12, 31, 23, 0, tzinfo=UTC)},
+        {"processed_at": datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))},
+    ],
+)
+def test_outcome_record_fields_decide_like_the_pydantic_model(change: dict[str, Any]) -> None:
+    from service.contract.records import _bounded
+
+    arguments: dict[str, Any] = {
+        "event_id": EVENT_ID,
+        "consumer_uuid": CONSUMER,
+        "outcome": "rejected",
+        "reason": "generation_conflict",
+        "generation_after": 3,
+        "source_topic": "consumer-events",
+        "source_partition": 3,
+        "source_offset": 1207,
+        "processed_at": WHEN,
+    } | change
+    reference = dict(arguments)
+    if reference.get("message") is not None:
+        reference["message"] = _bounded(reference["message"])
+    try:
+        expected: bytes | None = _via_model(reference)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError, match="invalid outcome record"):
+            outcome_record(**arguments)
+    else:
+        assert outcome_record(**arguments) == expected
+        assert schema_accepts(OUTCOME, json.loads(expected))
