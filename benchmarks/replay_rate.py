@@ -29,6 +29,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -103,7 +104,9 @@ async def raw_consume(bootstrap: str, topic: str, partitions: int) -> tuple[int,
         await consumer.stop()
 
 
-async def run_replay(settings: Settings, mode: Mode, batch: int) -> tuple[int, float, dict]:
+async def run_replay(
+    settings: Settings, mode: Mode, batch: int
+) -> tuple[int, float, dict[str, Any]]:
     engine = create_engine(settings)
     try:
         async with TopicSource(
@@ -117,7 +120,9 @@ async def run_replay(settings: Settings, mode: Mode, batch: int) -> tuple[int, f
         await engine.dispose()
 
 
-async def measure(bootstrap: str, database_url: str, events: int, partitions: int, batch: int):
+async def measure(
+    bootstrap: str, database_url: str, events: int, partitions: int, batch: int
+) -> dict[str, Any]:
     topic = await make_topic(bootstrap, partitions, events)
     settings = load_settings(
         bootstrap_servers=bootstrap, database_url=database_url, topic=topic, batch_max_events=batch

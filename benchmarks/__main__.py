@@ -1,0 +1,31 @@
+"""``python -m benchmarks e2e | scaling | soak`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+# ``tests.support`` (the independent model) is imported by package path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import e2e, scaling, soak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    e2e.add_arguments(commands.add_parser("e2e", help="throughput, ratios, latency, RSS"))
+    scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
+    soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
+    args = parser.parse_args()
+    module = {"e2e": e2e, "scaling": scaling, "soak": soak}[args.command]
+    try:
+        asyncio.run(module.run(args))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
