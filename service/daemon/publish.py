@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.apply.outcomes import Outcome
 from service.broker import BrokerUnavailable, client_options, start_bounded
@@ -159,7 +162,40 @@ class Publisher:
             records.append((value, None))
 
         async def sends(producer: AIOKafkaProducer) -> None:
-            futures = [await producer.send(topic, value=v, key=k) for v, k in records]
-            await asyncio.gather(*futures)
+            await _send_batched(producer, topic, records)
 
         await self._written(sends)
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+async def _send_batched(
+    producer: AIOKafkaProducer, topic: str, records: Sequence[tuple[bytes, bytes | None]]
+) -> None:
+    """Send with one batch builder per partition and wait for every ack.
+
+    ``send()`` per record (a coroutine, a future, an accumulator lookup each) cost about
+    as much CPU as building the record itself; the outcomes are one record per event,
+    so this is on the daemon's hot path.  Keyed records land on the partition the
+    default partitioner would choose, exactly as ``send()`` would put them.
+    """
+    partitions = list(await producer.partitions_for(topic))
+    builders: dict[int, BatchBuilder] = {}
+    futures: list[asyncio.Future[object]] = []
+    for value, key in records:
+        if key is None:
+            partition = random.choice(partitions)
+        else:
+            partition = _PARTITIONER(key, partitions, partitions)
+        builder = builders.get(partition)
+        if builder is None:
+            builder = builders[partition] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None) is None:  # full
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError("an outcome record larger than a whole batch")
+    for partition, builder in builders.items():
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    await asyncio.gather(*futures)

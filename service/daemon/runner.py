@@ -125,7 +125,9 @@ class Daemon:
         self.consumer = self._make_consumer()
         self.workers: dict[TopicPartition, PartitionWorker] = {}
         self._paused_by: dict[TopicPartition, set[str]] = {}
-        self._commit_lock = asyncio.Lock()
+        #: Offsets waiting for the committer task, with the future each worker awaits.
+        self._pending_commits: dict[TopicPartition, tuple[int, asyncio.Future[bool]]] = {}
+        self._committer: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._high_water = settings.batch_max_events * 4
         self.health: HealthServer | None = None
@@ -455,21 +457,44 @@ class Daemon:
     async def commit(self, tp: TopicPartition, offset: int) -> bool:
         """Commit ``offset`` for ``tp``; False when the group moved on (harmless).
 
-        Bounded by the request timeout: aiokafka waits for a coordinator without end,
-        and a commit that cannot be made must surface (as TimeoutError, an
-        infrastructure failure) so that the partition is reported paused."""
-        async with self._commit_lock:
+        Workers of every partition call this after each batch; their offsets are merged
+        into one OffsetCommit request at a time (one round trip for all partitions that
+        finished meanwhile, instead of a queue of them).  Bounded by the request timeout:
+        aiokafka waits for a coordinator without end, and a commit that cannot be made
+        must surface (as TimeoutError, an infrastructure failure) so that the partition
+        is reported paused."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending_commits[tp] = (offset, done)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending(), name="committer")
+        return await done
+
+    async def _commit_pending(self) -> None:
+        while self._pending_commits:
+            batch, self._pending_commits = self._pending_commits, {}
+            offsets = {tp: offset for tp, (offset, _) in batch.items()}
+            outcome: bool | BaseException
             try:
                 await asyncio.wait_for(
-                    self.consumer.commit({tp: offset}), self.settings.request_timeout_seconds
+                    self.consumer.commit(offsets), self.settings.request_timeout_seconds
                 )
+                outcome = True
             except _HARMLESS_COMMIT_ERRORS as exc:
                 log.info("commit refused by a rebalance; redelivery is absorbed", error=str(exc))
-                return False
-        high = self.consumer.highwater(tp)
-        if high is not None:
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - offset))
-        return True
+                outcome = False
+            except Exception as exc:  # every waiter retries as an infrastructure failure
+                outcome = exc
+            for tp, (offset, done) in batch.items():
+                if done.done():  # the waiting worker was cancelled (revoked, stopping)
+                    continue
+                if isinstance(outcome, BaseException):
+                    done.set_exception(outcome)
+                    continue
+                done.set_result(outcome)
+                assigned = outcome and tp in self.consumer.assignment()
+                high = self.consumer.highwater(tp) if assigned else None
+                if high is not None:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - offset))
 
     def _pause(self, tp: TopicPartition, why: str) -> None:
         reasons = self._paused_by.setdefault(tp, set())
