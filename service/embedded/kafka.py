@@ -216,8 +216,9 @@ class KafkaBroker:
                     *jvm,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    _cluster_id(),
+                    # One argument with "=": a base64 id may start with "-", which the
+                    # tool's parser would otherwise take for an option.
+                    f"--cluster-id={_cluster_id()}",
                     "-c",
                     str(config),
                     *scram,
