@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from service.apply.engine import Applier
 from service.config import load_settings
 from service.contract.event import ConsumerEvent, EventType
+from service.embedded.postgres import create_database
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
 
@@ -46,18 +47,6 @@ def workload(events: int, consumers: int) -> list[ConsumerEvent]:
         )
         for i in range(events)
     ]
-
-
-async def fresh_postgres_database(server_url: str) -> str:
-    import asyncpg
-
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 async def measure(url: str, events: list[ConsumerEvent], batch: int | None) -> float:
@@ -89,7 +78,7 @@ async def run(args: argparse.Namespace, postgres_server: str) -> list[tuple[str,
                 folder = tempfile.mkdtemp(prefix="bench-sqlite-")
                 url = f"sqlite+aiosqlite:///{folder}/bench.sqlite3"
             else:
-                url = await fresh_postgres_database(postgres_server)
+                url = await create_database(postgres_server)
             events = workload(args.events if batch else args.one_by_one_events, args.consumers)
             rate = await measure(url, events, batch)
             print(f"{name:10} {'batch ' + str(batch) if batch else 'one-by-one':>12}: "

@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded._process import free_port
 from service.embedded.kafka import KAFKA_VERSION, KafkaBroker
-from service.embedded.postgres import PostgresCluster, find_bindir
+from service.embedded.postgres import PostgresCluster, create_database, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,16 +134,8 @@ class Infra:
             folder = self.root / f"sqlite-{uuid.uuid4().hex[:8]}"
             folder.mkdir()
             return f"sqlite+aiosqlite:///{folder / 'consumergen.sqlite3'}"
-        import asyncpg
-
         assert self.postgres is not None, "PostgreSQL was not started"
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        conn = await asyncpg.connect(_plain(self.postgres.url()))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        return self.postgres.url(name)
+        return await create_database(self.postgres.url(), prefix="bench")
 
     async def drop_database(self, url: str) -> None:
         """Free the disk of a finished run (the cluster lives in a temporary folder)."""

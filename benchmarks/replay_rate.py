@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.config import Settings, load_settings
+from service.embedded.postgres import create_database
 from service.logging import configure_logging
 from service.replay import Mode, RangeSpec, TopicSource, replay
 from service.store.engine import create_engine
@@ -145,18 +146,6 @@ async def measure(
     }
 
 
-async def fresh_postgres_database(server_url: str) -> str:
-    import asyncpg
-
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)
@@ -177,7 +166,7 @@ async def main() -> None:
             )
         )
     if args.postgres_url:
-        url = await fresh_postgres_database(args.postgres_url)
+        url = await create_database(args.postgres_url)
         rows.append(
             (
                 "PostgreSQL",

@@ -18,7 +18,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded.kafka import KafkaBroker
-from service.embedded.postgres import PostgresCluster
+from service.embedded.postgres import PostgresCluster, create_database
 
 # Extra pytest plugins of the suite (the whole-suite log guard registers here).
 pytest_plugins: list[str] = ["log_guard"]
@@ -78,23 +78,10 @@ def postgres_server_url(postgres_cluster: PostgresCluster | None) -> str:
     return postgres_cluster.url()
 
 
-async def _create_database(server_url: str, name: str) -> None:
-    import asyncpg
-
-    plain = server_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    conn = await asyncpg.connect(plain)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def postgres_url(postgres_server_url: str) -> str:
     """A fresh, empty PostgreSQL database for one test (same server for the session)."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    await _create_database(postgres_server_url, name)
-    return postgres_server_url.rsplit("/", 1)[0] + "/" + name
+    return await create_database(postgres_server_url, prefix="t")
 
 
 @pytest.fixture
@@ -108,10 +95,7 @@ async def database_url(request: pytest.FixtureRequest) -> str:
     """A fresh empty database, once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
-    server = request.getfixturevalue("postgres_server_url")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    await _create_database(server, name)
-    return str(server).rsplit("/", 1)[0] + "/" + name
+    return await create_database(request.getfixturevalue("postgres_server_url"), prefix="t")
 
 
 TopicFactory = Callable[..., Awaitable[str]]

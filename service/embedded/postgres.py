@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,6 +191,21 @@ class PostgresCluster:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def create_database(server_url: str, prefix: str = "db") -> str:
+    """Create a fresh, empty database on the server of ``server_url`` (an asyncpg URL of
+    a user allowed to CREATE DATABASE) and return its URL: one per test or benchmark run,
+    so that nothing leaks between them while the server is started only once."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 @contextmanager
