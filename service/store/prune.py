@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import ColumnElement, Table, and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.engine import read_only
@@ -37,6 +38,27 @@ def parse_duration(text: str) -> timedelta:
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
     return timedelta(seconds=seconds)
+
+
+async def _delete_in_batches(
+    engine: AsyncEngine,
+    table: Table,
+    key: ColumnElement[Any],
+    condition: ColumnElement[bool],
+    batch_size: int,
+) -> int:
+    """Delete the rows matching ``condition``, ``batch_size`` per transaction; returns
+    how many went.  ``condition`` is checked again outside the id subquery (see ``prune``)."""
+    deleted = 0
+    while True:
+        async with engine.begin() as connection:
+            ids = select(key).where(condition).limit(batch_size)
+            result = await connection.execute(
+                delete(table).where(and_(key.in_(ids.scalar_subquery()), condition))
+            )
+        deleted += result.rowcount
+        if result.rowcount < batch_size:
+            return deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,30 +103,12 @@ async def prune(
                 ).scalar_one()
             return PruneResult(cutoff, int(inbox_rows), int(tombstones), dry_run=True)
 
-        inbox_rows = 0
-        while True:
-            async with engine.begin() as connection:
-                ids = select(processed_events.c.event_id).where(old_inbox).limit(batch_size)
-                result = await connection.execute(
-                    delete(processed_events).where(
-                        and_(processed_events.c.event_id.in_(ids.scalar_subquery()), old_inbox)
-                    )
-                )
-            inbox_rows += result.rowcount
-            if result.rowcount < batch_size:
-                break
-        tombstones = 0
-        while True:
-            async with engine.begin() as connection:
-                ids = select(consumers.c.id).where(old_tombstone).limit(batch_size)
-                result = await connection.execute(
-                    delete(consumers).where(
-                        and_(consumers.c.id.in_(ids.scalar_subquery()), old_tombstone)
-                    )
-                )
-            tombstones += result.rowcount
-            if result.rowcount < batch_size:
-                break
+        inbox_rows = await _delete_in_batches(
+            engine, processed_events, processed_events.c.event_id, old_inbox, batch_size
+        )
+        tombstones = await _delete_in_batches(
+            engine, consumers, consumers.c.id, old_tombstone, batch_size
+        )
     except Exception as exc:
         if is_transient(exc):
             raise TransientDatabaseError(f"prune interrupted: {describe(exc)}") from exc
