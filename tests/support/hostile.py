@@ -1,0 +1,203 @@
+"""Tools for sending hostile records to a real broker and watching a daemon survive them.
+
+Records are written with a raw aiokafka producer (no service code), to an explicit
+partition, with any key, value and headers.  A header *name* that is not UTF-8 cannot
+be written through aiokafka's public API (it encodes names as UTF-8), yet the broker
+accepts it and other clients (librdkafka's ``kcat``) write it: ``RawName`` carries raw
+bytes through aiokafka's pure-Python batch builder, so the broker stores exactly those
+bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+from service.daemon.runner import Daemon
+
+_PARTITIONER = DefaultPartitioner()
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition aiokafka's (and Java's) default partitioner gives ``key``."""
+    every = list(range(partitions))
+    return int(_PARTITIONER(key, every, every))
+
+
+def uuid_on(partition: int, partitions: int, rng: random.Random | None = None) -> str:
+    """A canonical consumer UUID whose key lands on ``partition``."""
+    rng = rng or random.Random()
+    while True:
+        candidate = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if partition_of(candidate.encode(), partitions) == partition:
+            return candidate
+
+
+class RawName(str):
+    """A header name whose bytes on the wire are ``raw`` (need not be UTF-8)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> RawName:
+        name = super().__new__(cls, raw.decode("latin-1"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+@dataclass
+class Raw:
+    """One record to send; ``headers`` names may be ``RawName``."""
+
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    #: What the test expects: "valid" (fed to the model) or "invalid:<reasons|...>".
+    expect: str = "valid"
+    doc: dict[str, Any] | None = None
+    kind: str = ""
+    offset: int = -1
+
+
+def _raw_names(record: Raw) -> bool:
+    return any(isinstance(name, RawName) for name, _ in record.headers)
+
+
+async def produce_records(
+    bootstrap: str, topic: str, records: Sequence[Raw], max_request_size: int = 4 * 1_048_576
+) -> None:
+    """Send every record in order (per partition), acks=all; sets each ``offset``.
+
+    Records with raw header names go through a pure-Python batch builder of their own
+    (one batch each); the others through ``send``.  Order is kept: sends are awaited
+    one batch at a time per partition when a raw one intervenes.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        max_request_size=max_request_size,
+        linger_ms=5,
+        max_batch_size=1_048_576,
+    )
+    await producer.start()
+    try:
+        pending: list[tuple[Raw, asyncio.Future[Any]]] = []
+        for record in records:
+            if _raw_names(record):
+                # Keep the partition's order: what was sent before must be written first.
+                await _settle(pending)
+                batch = producer.create_batch()
+                batch._builder = _DefaultRecordBatchBuilderPy(
+                    2,
+                    0,
+                    is_transactional=0,
+                    producer_id=-1,
+                    producer_epoch=-1,
+                    base_sequence=0,
+                    batch_size=max_request_size,
+                )
+                assert (
+                    batch.append(
+                        key=record.key,
+                        value=record.value,
+                        timestamp=None,
+                        headers=record.headers,
+                    )
+                    is not None
+                )
+                future = await producer.send_batch(batch, topic, partition=record.partition)
+                pending.append((record, future))
+                await _settle(pending)
+            else:
+                future = await producer.send(
+                    topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=[(n, v if v is not None else b"") for n, v in record.headers]
+                    if record.headers
+                    else None,
+                    partition=record.partition,
+                )
+                pending.append((record, future))
+        await _settle(pending)
+    finally:
+        await producer.stop()
+
+
+async def _settle(pending: list[tuple[Raw, asyncio.Future[Any]]]) -> None:
+    for record, future in pending:
+        metadata = await future
+        record.offset = int(metadata.offset)
+    pending.clear()
+
+
+def daemon_task(daemon: Daemon) -> asyncio.Task[Any]:
+    """The task running ``daemon.run`` (started by ``running_daemon``)."""
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if frame is not None and frame.f_locals.get("self") is daemon:
+            return task
+    raise AssertionError("no task runs this daemon")
+
+
+def alive(daemon: Daemon, task: asyncio.Task[Any]) -> bool:
+    return not task.done() and daemon.fatal_error is None and not daemon.readiness.stopping
+
+
+def _readyz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), json.loads(error.read())
+
+
+async def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    return await asyncio.to_thread(_readyz, port)
+
+
+class ReadySampler:
+    """Samples ``/readyz`` every ``every`` seconds until stopped; keeps every answer."""
+
+    def __init__(self, port: int, every: float = 0.05) -> None:
+        self.port = port
+        self.every = every
+        self.samples: list[tuple[float, int, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            status, body = await readyz(self.port)
+            self.samples.append((time.monotonic(), status, body))
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def not_ready(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(status, body) for _, status, body in self.samples if status != 200]
+
+
+def header_map(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
+    """Last value wins; values decoded leniently (the daemon's own headers are UTF-8)."""
+    return {name: (value or b"").decode("utf-8", "replace") for name, value in headers}
