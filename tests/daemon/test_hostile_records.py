@@ -43,7 +43,7 @@ OTHER_PARTITION = 3
 HUGE = "9" * 4301  # one digit past CPython's int-parsing limit (4,300 digits)
 #: The default topic's max.message.bytes is 1,048,588: this value fits, its dead letter
 #: (value + key + original headers + ~10 error headers) does not, unless cut.
-NEAR_MIB = 1_048_400
+NEAR_MIB = 1_048_300
 
 
 @dataclass

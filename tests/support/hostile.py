@@ -74,8 +74,14 @@ class Raw:
     offset: int = -1
 
 
+def record_size(key: bytes | None, value: bytes | None, headers: list[Any]) -> int:
+    """Bytes of one record inside a batch (without the batch's own header)."""
+    return int(_DefaultRecordBatchBuilderPy.size_of(key, value, headers))
+
+
 def _raw_names(record: Raw) -> bool:
-    return any(isinstance(name, RawName) for name, _ in record.headers)
+    """Needs the pure-Python builder: a raw header name, or a header with no value."""
+    return any(isinstance(name, RawName) or value is None for name, value in record.headers)
 
 
 async def produce_records(
@@ -128,9 +134,7 @@ async def produce_records(
                     topic,
                     key=record.key,
                     value=record.value,
-                    headers=[(n, v if v is not None else b"") for n, v in record.headers]
-                    if record.headers
-                    else None,
+                    headers=list(record.headers) or None,
                     partition=record.partition,
                 )
                 pending.append((record, future))
