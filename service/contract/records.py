@@ -32,6 +32,7 @@ ERROR_HEADERS: Final = (
     "error.reason",
     "error.message",
     "error.path",
+    "error.exception",
     "origin.topic",
     "origin.partition",
     "origin.offset",
@@ -50,6 +51,8 @@ DeadLetterReason = Literal[
     "schema_violation",
     "unsupported_version",
     "too_large",
+    "key_mismatch",
+    "undecodable",
     "cas_retries_exhausted",
 ]
 
@@ -67,12 +70,14 @@ def dead_letter_headers(
     first_failed_at: datetime,
     failed_at: datetime,
     path: str | None = None,
+    exception: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """The headers of a dead-letter record: the original ones (minus any of ours, which a
     record re-driven from the dead-letter topic carries), then the error headers.
 
     ``error_class`` is ``invalid`` or ``failed``; ``reason`` one of the dead-letter reasons
-    (enum members are fine: they are strings). Anything else raises ``ValueError``.
+    (enum members are fine: they are strings); ``exception`` the class name of what an
+    ``undecodable`` record raised. Anything else raises ``ValueError``.
     """
     values = {
         "error.class": str(error_class),
@@ -87,6 +92,8 @@ def dead_letter_headers(
     }
     if path is not None:
         values["error.path"] = path
+    if exception is not None:
+        values["error.exception"] = exception
     try:  # a bug in the caller must not write a record the contract does not allow
         DeadLetterHeaders.model_validate(values)
     except ValidationError as exc:
@@ -112,6 +119,7 @@ def invalid_event_headers(
         reason=error.reason.value,
         message=error.message,
         path=error.path,
+        exception=error.exception,
         origin_topic=origin_topic,
         origin_partition=origin_partition,
         origin_offset=origin_offset,

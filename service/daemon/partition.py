@@ -139,7 +139,7 @@ class PartitionWorker:
         invalid_reports: list[tuple[ConsumerRecord, InvalidEvent]] = []
         for record in batch:
             try:
-                event = admit(record.value, settings.max_event_bytes)
+                event = admit(record.key, record.value, settings.max_event_bytes)
             except InvalidEvent as exc:
                 headers = invalid_event_headers(
                     exc,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.contract.decode import InvalidEvent, load_json
+from service.contract.decode import InvalidEvent, dump_json, load_json, parse_float, parse_int
 
 
 class ArchiveLineError(ValueError):
@@ -93,7 +93,13 @@ def to_archive_line(record: SourceRecord) -> str:
         headers.append(header)
     if headers:
         doc["headers"] = headers
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    try:  # a number too large for Python is written back digit for digit
+        return dump_json(doc)
+    except RecursionError:  # parsed, but one level deeper inside the line is too deep
+        assert record.value is not None
+        doc["value"] = _b64(record.value)
+        doc["value_base64"] = True
+        return dump_json(doc)
 
 
 def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
@@ -120,10 +126,12 @@ def _bytes_field(value: Any, is_b64: Any, what: str) -> bytes | None:
 
 def from_archive_line(line: str, default_topic: str) -> SourceRecord:
     """Parse one archive line; ``ArchiveLineError`` for anything that is not a record."""
-    try:
-        doc = json.loads(line)
+    try:  # numbers too large for Python stay text: the event decoder refuses them later
+        doc = json.loads(line, parse_int=parse_int, parse_float=parse_float)
     except json.JSONDecodeError as exc:
         raise ArchiveLineError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ArchiveLineError("not JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise ArchiveLineError("a line must be a JSON object")
     if "value" not in doc:
@@ -140,9 +148,10 @@ def from_archive_line(line: str, default_topic: str) -> SourceRecord:
     elif value_raw is None:
         value = None
     else:
-        value = json.dumps(value_raw, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogatepass"
-        )
+        try:
+            value = dump_json(value_raw).encode("utf-8", "surrogatepass")
+        except RecursionError:
+            raise ArchiveLineError('"value" is nested too deeply: store it base64') from None
     headers_raw = doc.get("headers") or []
     if not isinstance(headers_raw, list):
         raise ArchiveLineError('"headers" must be a list')

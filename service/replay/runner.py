@@ -246,7 +246,7 @@ def _decode_chunk(
     valid = []
     for record in chunk:
         try:
-            valid.append((record, admit(record.value, max_bytes)))
+            valid.append((record, admit(record.key, record.value, max_bytes)))
         except InvalidEvent as exc:
             report.invalid[exc.reason.value] += 1
     return valid
