@@ -30,6 +30,8 @@ class InvalidReason(StrEnum):
     SCHEMA_VIOLATION = "schema_violation"
     UNSUPPORTED_VERSION = "unsupported_version"
     TOO_LARGE = "too_large"
+    KEY_MISMATCH = "key_mismatch"
+    UNDECODABLE = "undecodable"
 
 
 class InvalidEvent(Exception):
