@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from service import kafka_records
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,28 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.sasl_username
         secret = settings.sasl_password
         options["sasl_plain_password"] = secret.get_secret_value() if secret else None
+    return options
+
+
+def consumer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for every ``AIOKafkaConsumer`` of the service (daemon, replay,
+    verify, archive): the connection options plus what every reader must do alike.
+
+    ``read_committed``: records of aborted (or still open) transactions are never
+    handed out, so nothing a producer took back is applied, replayed or archived.
+    Building the options installs the tolerant record parser
+    (``service.kafka_records``), which also fails here, naming it, when a compression
+    codec's library is missing.
+    """
+    kafka_records.install()
+    options = client_options(settings)
+    options.update(
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
+    )
+    options.update(overrides)
     return options
 
 

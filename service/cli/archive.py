@@ -64,6 +64,15 @@ def command(
     )
     for partition, (first, last) in sorted(report.partitions.items()):
         click.echo(f"  partition {partition}: offsets {first}..{last}", err=True)
+    if report.undecodable:
+        click.echo(
+            f"skipped {len(report.undecodable)} record(s) the Kafka client cannot decode "
+            "(not in the archive):",
+            err=True,
+        )
+        for partition, offset, error in report.undecodable:
+            click.echo(f"  partition {partition} offset {offset}: {error}", err=True)
+        ctx.exit(1)
 
 
 async def _main(

@@ -28,6 +28,7 @@ from service.apply.outcomes import EventSource, Outcome, OutcomeKind
 from service.contract.decode import InvalidEvent
 from service.contract.event import ConsumerEvent
 from service.contract.records import dead_letter_headers, invalid_event_headers
+from service.kafka_records import UndecodableRecord, undecodable_event
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -139,6 +140,8 @@ class PartitionWorker:
         invalid_reports: list[tuple[ConsumerRecord, InvalidEvent]] = []
         for record in batch:
             try:
+                if isinstance(record, UndecodableRecord):
+                    raise undecodable_event(record)
                 event = admit(record.key, record.value, settings.max_event_bytes)
             except InvalidEvent as exc:
                 headers = invalid_event_headers(

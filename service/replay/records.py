@@ -46,6 +46,9 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: Set when the record could not be decoded off the wire (``UndecodableRecord``):
+    #: what could not be read; ``key``/``value`` hold whatever could, ``headers`` is empty.
+    undecodable: str | None = None
 
 
 def _b64(data: bytes) -> str:

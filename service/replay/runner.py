@@ -33,7 +33,7 @@ from service.apply.engine import Applier, TransientDatabaseError
 from service.apply.outcomes import EventSource, Outcome, OutcomeKind
 from service.broker import client_options, start_bounded
 from service.config import Settings
-from service.contract.decode import InvalidEvent
+from service.contract.decode import InvalidEvent, InvalidReason
 from service.contract.event import ConsumerEvent
 from service.contract.records import ERROR_HEADERS
 from service.replay.dryrun import DryRun, GenerationChange
@@ -245,6 +245,17 @@ def _decode_chunk(
 ) -> list[tuple[SourceRecord, ConsumerEvent]]:
     valid = []
     for record in chunk:
+        if record.undecodable is not None:
+            # Counted invalid like the daemon dead-letters it; the replay goes on.
+            report.invalid[InvalidReason.UNDECODABLE.value] += 1
+            log.warning(
+                "replay_record_undecodable",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=record.undecodable,
+            )
+            continue
         try:
             valid.append((record, admit(record.key, record.value, max_bytes)))
         except InvalidEvent as exc:
