@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -31,9 +30,6 @@ from service.contract.records import (
 )
 
 Headers = list[tuple[str, bytes]]
-
-#: Kafka's default ``message.max.bytes`` (and so a topic's default ``max.message.bytes``).
-BROKER_DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_588
 
 
 @dataclass(frozen=True, slots=True)

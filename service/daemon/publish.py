@@ -29,12 +29,17 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.apply.outcomes import Outcome
-from service.broker import BrokerUnavailable, client_options, start_bounded
+from service.broker import (
+    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+    BrokerUnavailable,
+    client_options,
+    max_message_bytes_of,
+    start_bounded,
+)
 from service.config import Settings
 from service.contract.decode import InvalidEvent
 from service.contract.records import outcome_key, outcome_record
 from service.daemon.fit import (
-    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     FittedLetter,
     bare_letter,
     fit_letter,
@@ -116,7 +121,7 @@ class Publisher:
                 ),
                 settings.request_timeout_seconds,
             )
-            limit = topic_max_message_bytes(responses, topic)
+            limit = max_message_bytes_of(responses, topic)
         except (BrokerUnavailable, KafkaError, OSError, TimeoutError) as exc:
             log.warning(
                 "cannot read the dead-letter topic's max.message.bytes; assuming the default",
@@ -347,16 +352,3 @@ async def _send_batched(
     for partition, builder in builders.items():
         futures.append(await producer.send_batch(builder, topic, partition=partition))
     await asyncio.gather(*futures)
-
-
-def topic_max_message_bytes(responses: Sequence[object], topic: str) -> int | None:
-    """``max.message.bytes`` of ``topic`` in DescribeConfigs responses (any version)."""
-    for response in responses:
-        for resource in getattr(response, "resources", ()):
-            error_code, _message, _type, name, entries = resource[:5]
-            if name != topic or error_code != 0:
-                continue
-            for entry in entries:
-                if entry[0] == "max.message.bytes" and entry[1] is not None:
-                    return int(entry[1])
-    return None
