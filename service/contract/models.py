@@ -302,6 +302,20 @@ class DeadLetterHeaders(BaseModel):
     attempts: Annotated[str, Field(pattern=r"^[1-9][0-9]*$")]
     first_failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
     failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
+    # A dead letter cut to fit the dead-letter topic (service/daemon/fit.py): which parts
+    # of the original were cut, and the original sizes in bytes.
+    origin_truncated: (
+        Annotated[str, Field(pattern=r"^(value|key|headers)(,(value|key|headers))*$")] | None
+    ) = Field(None, alias="origin.truncated")
+    origin_value_bytes: Annotated[str, Field(pattern=_DECIMAL)] | None = Field(
+        None, alias="origin.value_bytes"
+    )
+    origin_key_bytes: Annotated[str, Field(pattern=_DECIMAL)] | None = Field(
+        None, alias="origin.key_bytes"
+    )
+    origin_headers_bytes: Annotated[str, Field(pattern=_DECIMAL)] | None = Field(
+        None, alias="origin.headers_bytes"
+    )
 
     @model_validator(mode="after")
     def _extra_are_strings(self) -> DeadLetterHeaders:

@@ -24,6 +24,7 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    IllegalStateError,
     KafkaError,
     RebalanceInProgressError,
     SaslAuthenticationFailed,
@@ -31,7 +32,7 @@ from aiokafka.errors import (
 )
 from sqlalchemy import text
 
-from service.apply.engine import Applier, TransientDatabaseError
+from service.apply.engine import Applier
 from service.apply.outcomes import Outcome
 from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
@@ -39,7 +40,7 @@ from service.daemon.health import HealthServer, Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.partition import PartitionWorker
 from service.daemon.publish import Publisher
-from service.failures import FailureClass, classify
+from service.failures import FailureClass, classify, infrastructure_kind
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
@@ -57,6 +58,10 @@ log = structlog.get_logger(__name__)
 _HARMLESS_COMMIT_ERRORS = (
     CommitFailedError,
     IllegalGenerationError,
+    # "Partition ... is not assigned": a worker's offset arrived after its revocation.
+    # (Retried for ever as "any KafkaError" before failures were classified; it is
+    # neither the infrastructure's fault nor a bug, but a rebalance.)
+    IllegalStateError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -502,7 +507,7 @@ class Daemon:
             except _HARMLESS_COMMIT_ERRORS as exc:
                 log.info("commit refused by a rebalance; redelivery is absorbed", error=str(exc))
                 outcome = False
-            except Exception as exc:  # every waiter retries as an infrastructure failure
+            except Exception as exc:  # each waiter's worker classifies it (failures.py)
                 outcome = exc
             for tp, (offset, done) in batch.items():
                 if done.done():  # the waiting worker was cancelled (revoked, stopping)
@@ -535,7 +540,7 @@ class Daemon:
             self._resume(tp, "backpressure")
 
     def infrastructure_failed(self, tp: TopicPartition, what: str, exc: BaseException) -> None:
-        kind = "database" if isinstance(exc, TransientDatabaseError) else "broker"
+        kind = infrastructure_kind(exc) or "broker"  # only infrastructure failures come here
         label = f"{tp.topic}/{tp.partition}"
         self._pause(tp, "infrastructure")
         self.readiness.failing[label] = kind

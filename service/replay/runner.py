@@ -35,7 +35,7 @@ from service.broker import client_options, start_bounded
 from service.config import Settings
 from service.contract.decode import InvalidEvent, InvalidReason
 from service.contract.event import ConsumerEvent
-from service.contract.records import ERROR_HEADERS
+from service.contract.records import OWN_HEADERS
 from service.replay.dryrun import DryRun, GenerationChange
 from service.replay.records import SourceRecord
 from service.replay.sources import Source
@@ -270,7 +270,7 @@ async def _republish(producer: AIOKafkaProducer, topic: str, records: list[Sourc
             topic,
             key=r.key,
             value=r.value,
-            headers=[(n, v) for n, v in r.headers if n not in ERROR_HEADERS],
+            headers=[(n, v) for n, v in r.headers if n not in OWN_HEADERS],
         )
         for r in records
     ]
