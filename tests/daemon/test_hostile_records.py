@@ -28,6 +28,7 @@ from tests.support.hostile import (
     alive,
     daemon_task,
     header_map,
+    kcat_records,
     produce_records,
     readyz,
     uuid_on,
@@ -53,6 +54,8 @@ class Case:
     build: Callable[[str], list[Raw]]
     #: "dead_letter:<reason>" or "rejected:<reason>"
     expect: str
+    #: who writes the hostile records: aiokafka, or librdkafka's kcat (with a codec)
+    client: str = "aiokafka"
 
 
 def _doc_bytes(doc: dict[str, Any], **raw_fields: str) -> bytes:
@@ -118,6 +121,11 @@ def _near_mib_not_json(consumer: str) -> list[Raw]:
     return [Raw(HOSTILE_PARTITION, consumer.encode(), value, headers)]
 
 
+def _three_mib_not_json(consumer: str) -> list[Raw]:
+    """Compressed, it fits the events topic; its dead letter (3 MiB) fits nowhere uncut."""
+    return [Raw(HOSTILE_PARTITION, consumer.encode(), b"<" + b"not json " * 349_526)]
+
+
 CASES = [
     Case("huge_int_expected_generation", _huge_expected, "dead_letter:schema_violation"),
     Case("huge_int_unknown_field", _huge_unknown_field, "dead_letter:schema_violation"),
@@ -129,6 +137,10 @@ CASES = [
     Case("event_id_reused_nanoseconds", _nanoseconds, "rejected:event_id_reused"),
     Case("non_utf8_header_name", _non_utf8_header_name, "dead_letter:undecodable"),
     Case("near_1mib_not_json", _near_mib_not_json, "dead_letter:not_json"),
+    Case(
+        "non_utf8_header_name_kcat", _non_utf8_header_name, "dead_letter:undecodable", "kcat:none"
+    ),
+    Case("gzip_3mib_not_json_kcat", _three_mib_not_json, "dead_letter:too_large", "kcat:gzip"),
 ]
 
 
@@ -162,7 +174,12 @@ async def test_one_hostile_record_never_stops_the_service(
         sampler = ReadySampler(port)
         sampler.start()
         try:
-            await produce_records(kafka_bootstrap, topics.events, [*hostile, *canaries])
+            if case.client == "aiokafka":
+                await produce_records(kafka_bootstrap, topics.events, [*hostile, *canaries])
+            else:
+                codec = case.client.split(":")[1]
+                await kcat_records(kafka_bootstrap, topics.events, hostile, codec)
+                await produce_records(kafka_bootstrap, topics.events, canaries)
 
             async def canaries_applied() -> bool:
                 assert alive(daemon, task), f"the daemon stopped: {daemon.fatal_error!r}"
@@ -206,7 +223,12 @@ async def test_one_hostile_record_never_stops_the_service(
         assert letter.value is not None and len(letter.value) < len(target.value), "not cut"
         assert target.value.startswith(letter.value), "the cut value is not a prefix"
         assert int(headers["origin.value_bytes"]) == len(target.value)
-    elif case.name != "non_utf8_header_name":
+    elif case.name == "gzip_3mib_not_json_kcat":
+        assert target.value is not None and letter.value is not None
+        assert "value" in headers["origin.truncated"].split(",")
+        assert target.value.startswith(letter.value)
+        assert int(headers["origin.value_bytes"]) == len(target.value)
+    elif not case.name.startswith("non_utf8_header_name"):
         assert letter.value == target.value
         assert letter.key == target.key
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -148,6 +151,40 @@ async def _settle(pending: list[tuple[Raw, asyncio.Future[Any]]]) -> None:
         metadata = await future
         record.offset = int(metadata.offset)
     pending.clear()
+
+
+async def kcat_records(bootstrap: str, topic: str, records: Sequence[Raw], codec: str) -> None:
+    """Send with librdkafka's kcat (not aiokafka), one run per record, each to its
+    partition; sets each ``offset`` (the partition's end before the run: nothing else
+    writes to it meanwhile).  Header names are raw bytes (``RawName`` or UTF-8)."""
+    from tests.support.kafka_io import end_offsets
+    from tests.support.kcat import kcat_binary
+
+    for record in records:
+        record.offset = (await end_offsets(bootstrap, topic))[record.partition]
+        argv = [
+            kcat_binary().encode(),
+            *(b"-P", b"-q", b"-b", bootstrap.encode(), b"-t", topic.encode()),
+            *(b"-p", str(record.partition).encode(), b"-X", b"acks=all"),
+            # librdkafka checks the uncompressed size against this; the broker the batch's.
+            *(b"-X", b"message.max.bytes=16000000"),
+        ]
+        if codec != "none":
+            argv += [b"-z", codec.encode()]
+        for name, value in record.headers:
+            raw = name.raw if isinstance(name, RawName) else name.encode()
+            argv += [b"-H", raw + b"=" + (value or b"")]
+        if record.key is not None:
+            argv += [b"-k", record.key]
+        with tempfile.TemporaryDirectory(prefix="kcat-") as folder:
+            path = Path(folder) / "value"
+            path.write_bytes(record.value or b"")
+            done = await asyncio.to_thread(
+                subprocess.run, [*argv, str(path).encode()], capture_output=True, timeout=60
+            )
+        assert done.returncode == 0 and b"ERROR" not in done.stderr, done.stderr[-2000:]
+        after = (await end_offsets(bootstrap, topic))[record.partition]
+        assert after == record.offset + 1, "kcat did not write exactly one record"
 
 
 def daemon_task(daemon: Daemon) -> asyncio.Task[Any]:
