@@ -54,8 +54,8 @@ BAD_HEADER_NAME = b"\xff\xfeorigin"
 
 
 def _settings(bootstrap: str, database_url: str, topics: Topics, **extra: Any) -> Settings:
-    # Outcomes off: the outcome record's reason list gains "undecodable" with the schema
-    # change of issue 11 (another branch); the dead letter is what is checked here.
+    # Outcomes off: not what these tests are about (the outcome record's reason list
+    # gains "undecodable" with the contract change of issue 11, on another branch).
     return daemon_settings(bootstrap, database_url, topics, **extra).model_copy(
         update={"outcomes_topic": None}
     )
@@ -80,7 +80,7 @@ async def test_undecodable_header_name_is_dead_lettered_and_the_rest_flows(
     hostile = event_doc(_consumer(1), expected=None, project="p", user="u")
     same_partition = event_doc(_consumer(2), expected=None, project="p", user="u")
     other_partition = event_doc(_consumer(3), expected=None, project="p", user="u")
-    settings = _settings(kafka_bootstrap, database_url, topics)
+    settings = daemon_settings(kafka_bootstrap, database_url, topics)  # outcomes on
     async with running_daemon(settings, health=True) as daemon:
         await poll(lambda: daemon.readiness.assigned == 4, 30, "all partitions assigned")
         hostile_record = kcat.KcatRecord(
@@ -129,6 +129,11 @@ async def test_undecodable_header_name_is_dead_lettered_and_the_rest_flows(
     assert headers["origin.offset"] == "0"
     # What could be read travels with the dead letter.
     assert (letter.key, letter.value) == (hostile_record.key, hostile_record.value)
+    outcomes = [json.loads(r.value) for r in await read_all(kafka_bootstrap, topics.outcomes)]
+    invalid = [o for o in outcomes if o["outcome"] == "invalid"]
+    assert [(o["reason"], o["source"]["partition"], o["source"]["offset"]) for o in invalid] == [
+        ("undecodable", 0, 0)
+    ]
 
 
 async def test_aborted_transactions_are_never_applied(
