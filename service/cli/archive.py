@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from service.cli._common import settings_from
+from service.cli._common import EXIT_PROBLEM, settings_from
 from service.cli._operator import progress_for, range_options, range_spec, run
 from service.config import Settings
 from service.replay.archive import ArchiveReport, write_archive
@@ -72,7 +72,7 @@ def command(
         )
         for partition, offset, error in report.undecodable:
             click.echo(f"  partition {partition} offset {offset}: {error}", err=True)
-        ctx.exit(1)
+        raise SystemExit(EXIT_PROBLEM)
 
 
 async def _main(
