@@ -153,3 +153,64 @@ async def test_an_oversized_record_is_dead_lettered_cut_and_the_partition_goes_o
     if "headers" in case.cut:
         names = [n for n, _ in letter.headers]
         assert "trace" in names and names.count("blob-2") == 0
+
+
+async def test_a_letter_refused_all_the_same_is_sent_bare_never_retried(
+    kafka_bootstrap: str, database_url: str, topics: Topics
+) -> None:
+    """The dead-letter topic's limit is read once, at start; lowered afterwards, the
+    broker refuses the fitted letter: it is sent once more with only the error headers,
+    and the partition goes on (a size refusal is never retried as if the broker were down)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from service.broker import topic_max_message_bytes
+
+    settings = daemon_settings(kafka_bootstrap, database_url, topics)
+    canary = event_doc(CANARY_SAME, expected=None, project="p", user="u")
+    value = b"\x02" * (512 * 1024)
+    async with running_daemon(settings) as daemon:
+        await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
+        assert daemon.publisher.dead_letter_limit == DEFAULT_LIMIT
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs(
+                [
+                    ConfigResource(
+                        ConfigResourceType.TOPIC, topics.dlq, {"max.message.bytes": "65536"}
+                    )
+                ]
+            )
+
+            async def lowered() -> bool:
+                return await topic_max_message_bytes(admin, topics.dlq, settings) == 65536
+
+            await poll(lowered, 10, "the dead-letter topic's limit lowered")
+        finally:
+            await admin.close()
+        await produce_large(
+            kafka_bootstrap,
+            topics.events,
+            [
+                (CONSUMER.encode(), value, [("trace", b"t")], 0),
+                (CANARY_SAME.encode(), json.dumps(canary).encode(), [], 0),
+            ],
+        )
+
+        async def applied() -> bool:
+            return (await inbox(database_url)).get(canary["event_id"], ("",))[0] == "applied"
+
+        await poll(applied, 30, "the canary behind the refused letter applied", every=0.2)
+        assert daemon.fatal_error is None
+        assert not daemon.readiness.failing
+
+    letters = await read_all(kafka_bootstrap, topics.dlq)
+    assert len(letters) == 1
+    letter = letters[0]
+    marks = parse_dead_letter_headers(letter.headers)
+    assert marks.origin_truncated == "value,key,headers"
+    assert (letter.key, letter.value) == (None, b"")
+    assert marks.origin_value_bytes == str(len(value))
+    assert "trace" not in {n for n, _ in letter.headers}
+    assert (marks.origin_partition, marks.origin_offset) == ("0", "0")
