@@ -257,7 +257,7 @@ class OutcomeRecord(BaseModel):
             self.outcome in _REASONS_BY_OUTCOME
             and self.reason not in _REASONS_BY_OUTCOME[self.outcome]
         ):
-            raise ValueError(f"reason {self.reason!r} does not fit outcome {self.outcome}")
+            raise ValueError(f"this reason does not fit outcome {self.outcome.value}")
         if (self.outcome is Outcome.DUPLICATE) != (self.original_outcome is not None):
             raise ValueError("original_outcome is required for duplicate and only there")
         return self

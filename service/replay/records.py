@@ -12,7 +12,10 @@ An archive line is one Kafka record::
 true`` (not UTF-8, not JSON, duplicate keys, NaN...), and ``null`` for a record without
 a value.  Keys and header values are text, or base64 with ``"key_base64": true`` /
 ``"base64": true``.  ``partition``, ``offset`` and ``value`` are required; the rest is
-optional, so a hand-written archive needs little.
+optional, so a hand-written archive needs little, but replay holds a record to the
+daemon's rules: without ``key`` (the ``consumer_uuid``) an event is ``key_mismatch``.
+A number too large for Python (more than 4,300 digits, beyond the float range) stays
+in the line as written and makes its event a ``schema_violation``.
 
 A JSON value is re-serialised compactly when replayed: the event (and its payload
 hash, computed over the canonical document) is the same, but the byte size checked
