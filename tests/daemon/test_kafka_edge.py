@@ -200,6 +200,7 @@ async def test_every_codec_from_kcat_and_java_is_applied(
     monkeypatch.setattr(kafka_records.TolerantMemoryRecords, "next_batch", spy)
     model = Model()
     n = 100
+    java: list[java_producer.JavaRecord] = []
     for codec in kcat.CODECS:
         for client in ("kcat", "java"):
             docs = []
@@ -220,14 +221,13 @@ async def test_every_codec_from_kcat_and_java_is_applied(
                     codec=codec,
                 )
             else:
-                await asyncio.to_thread(
-                    java_producer.produce,
-                    kafka_bootstrap,
-                    topics.events,
-                    [(d["consumer_uuid"].encode(), json.dumps(d).encode()) for d in docs],
-                    partition=3,
-                    codec=codec,
-                )
+                java += [
+                    java_producer.JavaRecord(
+                        d["consumer_uuid"].encode(), json.dumps(d).encode(), codec, partition=3
+                    )
+                    for d in docs
+                ]
+    await asyncio.to_thread(java_producer.produce, kafka_bootstrap, topics.events, java)
     settings = _settings(kafka_bootstrap, sqlite_url, topics)
     async with running_daemon(settings):
         await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=60)
