@@ -66,10 +66,11 @@ def consumer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     ``read_committed``: records of aborted (or still open) transactions are never
     handed out, so nothing a producer took back is applied, replayed or archived.
     Building the options installs the tolerant record parser
-    (``service.kafka_records``), which also fails here, naming it, when a compression
-    codec's library is missing.
+    (``service.kafka_records``) and fails (``kafka_records.KafkaClientUnfit``), naming
+    it, when a compression codec's library is missing: before any record is read.
     """
     kafka_records.install()
+    kafka_records.check_codecs()
     options = client_options(settings)
     options.update(
         isolation_level="read_committed",

@@ -57,11 +57,15 @@ _LOG_APPEND_TIME_MASK: Final = 0x08
 _CONTROL_MASK: Final = 0x20
 
 
-class MissingCodec(RuntimeError):
+class KafkaClientUnfit(RuntimeError):
+    """The installed Kafka client cannot read every record: the message says why."""
+
+
+class MissingCodec(KafkaClientUnfit):
     """A compression codec's library is not installed: records using it cannot be read."""
 
 
-class IncompatibleAiokafka(RuntimeError):
+class IncompatibleAiokafka(KafkaClientUnfit):
     """The installed aiokafka is not one whose internals this module was checked against."""
 
 
@@ -481,16 +485,13 @@ def check_codecs() -> None:
 
 
 def install() -> None:
-    """Make every aiokafka consumer of this process parse records tolerantly (idempotent).
-
-    Also checks, once, that every compression codec can be decoded (``MissingCodec``).
-    """
+    """Make every aiokafka consumer of this process parse records tolerantly (idempotent;
+    ``IncompatibleAiokafka`` when the internals are not the ones checked)."""
     from aiokafka.consumer import fetcher
 
     if _ORIGINALS:
         return
     check_aiokafka()
-    check_codecs()
     _ORIGINALS["MemoryRecords"] = fetcher.MemoryRecords
     _ORIGINALS["PartitionRecords"] = fetcher.PartitionRecords
     fetcher.MemoryRecords = TolerantMemoryRecords
@@ -504,6 +505,7 @@ def installed() -> bool:
 __all__ = [
     "CHECKED_AIOKAFKA",
     "IncompatibleAiokafka",
+    "KafkaClientUnfit",
     "MissingCodec",
     "ParsedRecord",
     "TolerantMemoryRecords",

@@ -200,6 +200,7 @@ async def test_every_codec_from_kcat_and_java_is_applied(
     monkeypatch.setattr(kafka_records.TolerantMemoryRecords, "next_batch", spy)
     model = Model()
     n = 100
+    java: list[java_producer.JavaRecord] = []
     for codec in kcat.CODECS:
         for client in ("kcat", "java"):
             docs = []
@@ -220,17 +221,56 @@ async def test_every_codec_from_kcat_and_java_is_applied(
                     codec=codec,
                 )
             else:
-                await asyncio.to_thread(
-                    java_producer.produce,
-                    kafka_bootstrap,
-                    topics.events,
-                    [(d["consumer_uuid"].encode(), json.dumps(d).encode()) for d in docs],
-                    partition=3,
-                    codec=codec,
-                )
+                java += [
+                    java_producer.JavaRecord(
+                        d["consumer_uuid"].encode(), json.dumps(d).encode(), codec, partition=3
+                    )
+                    for d in docs
+                ]
+    await asyncio.to_thread(java_producer.produce, kafka_bootstrap, topics.events, java)
     settings = _settings(kafka_bootstrap, sqlite_url, topics)
     async with running_daemon(settings):
         await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=60)
     assert await consumer_state(sqlite_url) == model.state()
     assert await read_all(kafka_bootstrap, topics.dlq) == []
     assert seen_codecs >= {0, 1, 2, 3, 4}  # none, gzip, snappy, lz4, zstd
+
+
+async def test_fetch_errors_are_classified_retry_infrastructure_stop_on_bugs(
+    kafka_bootstrap: str, sqlite_url: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection at the fetch call (a real broker cannot be made to raise a bug):
+    a broker "not now" is retried with backoff, anything else stops the daemon."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    settings = _settings(kafka_bootstrap, sqlite_url, topics)
+    doc = event_doc(_consumer(20), expected=None, project="p", user="u")
+    async with running_daemon(settings) as daemon:
+        await poll(lambda: daemon.readiness.assigned == 4, 30, "all partitions assigned")
+        real = daemon.consumer.getmany
+        failures = {"infrastructure": 3, "calls": 0}
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            failures["calls"] += 1
+            if failures["infrastructure"] > 0:
+                failures["infrastructure"] -= 1
+                raise KafkaTimeoutError("injected")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(daemon.consumer, "getmany", flaky)
+        await asyncio.to_thread(
+            kcat.produce, kafka_bootstrap, topics.events, [_record(doc)], partition=0
+        )
+
+        async def applied() -> bool:
+            return doc["consumer_uuid"] in await consumer_state(sqlite_url)
+
+        await poll(applied, 30, "applied after the injected broker timeouts")
+        assert failures["calls"] > 3 and daemon.fatal_error is None
+
+        async def bug(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("injected bug")
+
+        monkeypatch.setattr(daemon.consumer, "getmany", bug)
+        await poll(lambda: daemon.fatal_error is not None, 10, "the daemon stopped on the bug")
+        assert isinstance(daemon.fatal_error, RuntimeError)

@@ -65,6 +65,7 @@ async def test_replay_verify_archive_report_undecodable_and_skip_aborted(
     report = await cli.json("verify")
     assert report["clean"] is True
     assert report["rebuild"]["invalid_by_reason"] == {"undecodable": 1}
+    assert report["rebuild"]["read"] == 3  # not the aborted one
 
     output = tmp_path / "events.jsonl"
     archived = await cli("archive", "--from-beginning", "--output", str(output))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import struct
+from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition, codec
@@ -235,3 +236,26 @@ def test_aiokafka_internals_are_the_ones_checked() -> None:
     # Both names are looked up in the fetcher module at fetch time (so replacing them works).
     assert fetch.count("MemoryRecords(part_data[-1])") == 1
     assert fetch.count("PartitionRecords(") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["run"], 2), (["archive", "--from-beginning", "--output", "-"], 1)],
+)
+def test_a_missing_codec_stops_the_cli_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], code: int
+) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    monkeypatch.setitem(kafka_records.CODECS, "snappy", lambda: False)
+    env = {
+        "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
+        "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}",
+        "CONSUMERGEN_LOG_REDACTION_KEY": "unit",
+    }
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    assert "compressed with snappy" in result.stderr
+    assert "Traceback" not in result.stderr
