@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -33,8 +32,8 @@ from service.broker import (
     BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     BrokerUnavailable,
     client_options,
-    max_message_bytes_of,
     start_bounded,
+    topic_max_message_bytes,
 )
 from service.config import Settings
 from service.contract.decode import InvalidEvent
@@ -107,6 +106,15 @@ class Publisher:
         if self._dlq_topic_limit is None:
             self._dlq_topic_limit = await self._read_dlq_limit()
 
+    @staticmethod
+    def _unread_limit(topic: str, exc: BaseException) -> None:
+        log.warning(
+            "cannot read the dead-letter topic's max.message.bytes; assuming the default",
+            topic=topic,
+            default=BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+            error=str(exc),
+        )
+
     async def _read_dlq_limit(self) -> int | None:
         """The dead-letter topic's ``max.message.bytes``, or None (logged) when it cannot
         be read; the broker default then stands in, and the next start tries again."""
@@ -114,21 +122,14 @@ class Publisher:
         topic = settings.dlq_topic
         admin = AIOKafkaAdminClient(**client_options(settings))
         try:
-            await start_bounded(admin, settings, "admin client")
-            responses = await asyncio.wait_for(
-                admin.describe_configs(
-                    [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
-                ),
-                settings.request_timeout_seconds,
-            )
-            limit = max_message_bytes_of(responses, topic)
-        except (BrokerUnavailable, KafkaError, OSError, TimeoutError) as exc:
-            log.warning(
-                "cannot read the dead-letter topic's max.message.bytes; assuming the default",
-                topic=topic,
-                default=BROKER_DEFAULT_MAX_MESSAGE_BYTES,
-                error_class=type(exc).__name__,
-            )
+            await start_bounded(admin, settings, "admin client")  # closes it on failure
+        except BrokerUnavailable as exc:
+            self._unread_limit(topic, exc)
+            return None
+        try:
+            limit = await topic_max_message_bytes(admin, topic, settings)
+        except BrokerUnavailable as exc:
+            self._unread_limit(topic, exc)
             return None
         finally:
             with contextlib.suppress(KafkaError, OSError, TimeoutError):
