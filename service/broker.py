@@ -12,14 +12,22 @@ from typing import Any, Final
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from service import kafka_records
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
 
 _TOPIC_ALREADY_EXISTS: Final = 36
+
+#: Kafka's default ``message.max.bytes`` (a topic's ``max.message.bytes`` unless set).
+BROKER_DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_588
+#: What a dead letter adds to its record: the error and origin headers (the message is
+#: at most 500 characters), with room to spare.
+DEAD_LETTER_HEADROOM_BYTES: Final = 16_384
 
 
 class BrokerUnavailable(Exception):
@@ -48,6 +56,29 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.sasl_username
         secret = settings.sasl_password
         options["sasl_plain_password"] = secret.get_secret_value() if secret else None
+    return options
+
+
+def consumer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for every ``AIOKafkaConsumer`` of the service (daemon, replay,
+    verify, archive): the connection options plus what every reader must do alike.
+
+    ``read_committed``: records of aborted (or still open) transactions are never
+    handed out, so nothing a producer took back is applied, replayed or archived.
+    Building the options installs the tolerant record parser
+    (``service.kafka_records``) and fails (``kafka_records.KafkaClientUnfit``), naming
+    it, when a compression codec's library is missing: before any record is read.
+    """
+    kafka_records.install()
+    kafka_records.check_codecs()
+    options = client_options(settings)
+    options.update(
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
+    )
+    options.update(overrides)
     return options
 
 
@@ -84,6 +115,11 @@ async def ensure_topics(
 
     Idempotent: returns ``{topic: "created" | "exists"}``. An existing topic is left as
     it is (its partition count is not changed: that would re-key every consumer).
+
+    A dead-letter topic created here gets a ``max.message.bytes`` at least that of the
+    events topic (its config when it exists, else what ``max_event_bytes`` implies) plus
+    room for the error headers, so that the dead letter of a record the events topic
+    took is never cut.  An existing dead-letter topic with less is logged, not altered.
     """
     wanted = [settings.topic, settings.dlq_topic]
     if settings.outcomes_topic:
@@ -96,11 +132,25 @@ async def ensure_topics(
         existing = set(await _bounded(admin.list_topics(), settings))
         missing = [name for name in dict.fromkeys(wanted) if name not in existing]
         result = {name: "exists" for name in wanted if name in existing}
-        if missing:
-            response = await _bounded(
-                admin.create_topics([NewTopic(name, count, replicas) for name in missing]),
-                settings,
+        events_limit = max(BROKER_DEFAULT_MAX_MESSAGE_BYTES, settings.max_event_bytes + 65_536)
+        if settings.topic in existing:
+            events_limit = (
+                await topic_max_message_bytes(admin, settings.topic, settings) or events_limit
             )
+        dlq_limit = events_limit + DEAD_LETTER_HEADROOM_BYTES
+        if missing:
+            new = [
+                NewTopic(
+                    name,
+                    count,
+                    replicas,
+                    topic_configs=(
+                        {"max.message.bytes": str(dlq_limit)} if name == settings.dlq_topic else {}
+                    ),
+                )
+                for name in missing
+            ]
+            response = await _bounded(admin.create_topics(new), settings)
             for topic, code, message in _topic_errors(response):
                 if code == 0:
                     result[topic] = "created"
@@ -109,9 +159,43 @@ async def ensure_topics(
                 else:
                     raise BrokerUnavailable(f"cannot create topic {topic}: {message} ({code})")
             await _wait_visible(admin, missing, settings)
+        if result.get(settings.dlq_topic) == "exists":
+            have = await topic_max_message_bytes(admin, settings.dlq_topic, settings)
+            if have is not None and have < dlq_limit:
+                log.warning(
+                    "the dead-letter topic allows smaller records than the events topic: "
+                    "dead letters of big records will be cut; raise its max.message.bytes",
+                    topic=settings.dlq_topic,
+                    max_message_bytes=have,
+                    wanted=dlq_limit,
+                )
     finally:
         await _close_quietly(admin)
     return result
+
+
+async def topic_max_message_bytes(admin: Any, topic: str, settings: Settings) -> int | None:
+    """The ``max.message.bytes`` in force on ``topic`` (None when the broker did not say)."""
+    responses = await _bounded(
+        admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
+        ),
+        settings,
+    )
+    return max_message_bytes_of(responses, topic)
+
+
+def max_message_bytes_of(responses: Any, topic: str) -> int | None:
+    """``max.message.bytes`` of ``topic`` in DescribeConfigs responses (any version)."""
+    for response in responses:
+        for resource in getattr(response, "resources", ()):
+            error_code, _message, _type, name, entries = resource[:5]
+            if name != topic or error_code != 0:
+                continue
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    return int(entry[1])
+    return None
 
 
 def _topic_errors(response: Any) -> list[tuple[str, int, str]]:

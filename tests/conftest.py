@@ -107,9 +107,12 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
 
-    async def create(partitions: int = 1, prefix: str = "t") -> str:
+    async def create(
+        partitions: int = 1, prefix: str = "t", config: dict[str, str] | None = None
+    ) -> str:
+        """``config``: topic configs, e.g. ``{"max.message.bytes": "4194304"}``."""
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        await admin.create_topics([NewTopic(name, partitions, 1)])
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
         # Creation is asynchronous: wait until every partition has a leader, or the
         # first produce gets NotLeaderForPartition and retries (with warnings).
         for _ in range(200):

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.broker import BrokerUnavailable
 from service.cli._common import EXIT_PROBLEM
+from service.kafka_records import KafkaClientUnfit
 from service.replay.ranges import RangeError, RangeSpec
 from service.replay.report import RichProgress
 from service.replay.runner import NoProgress, Progress
@@ -97,7 +98,12 @@ def run(verb: str, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(work)
     except (RangeError, SourceError) as exc:
         raise click.UsageError(str(exc)) from None
-    except (BrokerUnavailable, TransientDatabaseError, SchemaNotCurrentError) as exc:
+    except (
+        BrokerUnavailable,
+        TransientDatabaseError,
+        SchemaNotCurrentError,
+        KafkaClientUnfit,
+    ) as exc:
         click.echo(f"consumergen {verb}: {exc}", err=True)
         raise SystemExit(EXIT_PROBLEM) from None
     except (OSError, SQLAlchemyError) as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from service.cli._common import settings_from
+from service.cli._common import EXIT_PROBLEM, settings_from
 from service.cli._operator import progress_for, range_options, range_spec, run
 from service.config import Settings
 from service.replay.archive import ArchiveReport, write_archive
@@ -64,6 +64,15 @@ def command(
     )
     for partition, (first, last) in sorted(report.partitions.items()):
         click.echo(f"  partition {partition}: offsets {first}..{last}", err=True)
+    if report.undecodable:
+        click.echo(
+            f"skipped {len(report.undecodable)} record(s) the Kafka client cannot decode "
+            "(not in the archive):",
+            err=True,
+        )
+        for partition, offset, error in report.undecodable:
+            click.echo(f"  partition {partition} offset {offset}: {error}", err=True)
+        raise SystemExit(EXIT_PROBLEM)
 
 
 async def _main(

@@ -24,8 +24,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from service.broker import BrokerUnavailable
 from service.cli._common import EXIT_PROBLEM, settings_from
 from service.config import Settings
-from service.contract.decode import InvalidEvent
-from service.contract.event import UNCONDITIONAL, EventType, Precondition
+from service.contract.decode import InvalidEvent, undecodable
+from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.producer import EventProducer, ProduceError, SendResult, event_from_line, new_event
 
 #: Files at least this big get a progress bar (when stderr is a terminal).
@@ -171,24 +171,37 @@ async def _stream(
                 if not line.strip():
                     continue
                 try:
-                    event = event_from_line(
-                        line.rstrip(b"\r\n"),
-                        max_bytes=settings.max_event_bytes,
-                        producer=producer_name,
-                    )
-                    pending.append((number, event.event_id, await producer.submit(event)))
+                    event = _line_event(line, settings.max_event_bytes, producer_name)
                 except InvalidEvent as exc:
                     pending.append((number, None, exc))
                     if stop_on_error:
                         break
-                except ProduceError as exc:  # the producer itself is unusable: stop
-                    pending.append((number, None, exc))
-                    break
+                else:
+                    try:
+                        pending.append((number, event.event_id, await producer.submit(event)))
+                    except InvalidEvent as exc:  # e.g. too large once re-encoded
+                        pending.append((number, None, exc))
+                        if stop_on_error:
+                            break
+                    except ProduceError as exc:  # the producer itself is unusable: stop
+                        pending.append((number, None, exc))
+                        break
                 while len(pending) >= WINDOW:
                     ok = await _report(output, *pending.popleft()) and ok
             while pending:
                 ok = await _report(output, *pending.popleft()) and ok
     return ok
+
+
+def _line_event(line: bytes, max_bytes: int, producer_name: str | None) -> ConsumerEvent:
+    """One line's boundary: whatever its bytes make the decoder raise is ``InvalidEvent``
+    (reported with the line number and skipped), never a traceback."""
+    try:
+        return event_from_line(line.rstrip(b"\r\n"), max_bytes=max_bytes, producer=producer_name)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # the boundary: any failure on a line's bytes is the line's
+        raise undecodable(exc) from None
 
 
 _Pending = tuple[int, str | None, "asyncio.Future[SendResult] | InvalidEvent | ProduceError"]

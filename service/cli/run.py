@@ -60,6 +60,7 @@ def command(
 
 async def _run(settings: Settings) -> int:
     from service.daemon.runner import run_daemon
+    from service.kafka_records import KafkaClientUnfit
     from service.store.engine import create_engine
     from service.store.errors import SchemaNotCurrentError
 
@@ -68,7 +69,7 @@ async def _run(settings: Settings) -> int:
         # The daemon checks the schema itself (waiting, not crashing, while the database
         # is down or locked) and raises this when the schema is not this code's.
         return await run_daemon(settings, engine)
-    except SchemaNotCurrentError as exc:
+    except (SchemaNotCurrentError, KafkaClientUnfit) as exc:
         click.echo(f"consumergen run: {exc}", err=True)
         return EXIT_USAGE
     finally:

@@ -9,13 +9,21 @@ machine-readable reason, never into a crash of the consume loop.
 from __future__ import annotations
 
 import json
+import math
+import re
+import secrets
 from enum import StrEnum
 from typing import Any, Final, NoReturn
 
 from pydantic import ValidationError
 
 from service.contract.event import SCHEMA_VERSION, UNCONDITIONAL, ConsumerEvent, EventType
-from service.contract.models import EVENT_ADAPTER, ConsumerUpsertV1
+from service.contract.models import (
+    EVENT_ADAPTER,
+    ConsumerUpsertV1,
+    OutsizedNumber,
+    sub_microsecond_nanos,
+)
 
 #: Messages and paths end up in Kafka headers: keep them short.
 _MAX_MESSAGE: Final = 500
@@ -30,6 +38,8 @@ class InvalidReason(StrEnum):
     SCHEMA_VIOLATION = "schema_violation"
     UNSUPPORTED_VERSION = "unsupported_version"
     TOO_LARGE = "too_large"
+    KEY_MISMATCH = "key_mismatch"
+    UNDECODABLE = "undecodable"
 
 
 class InvalidEvent(Exception):
@@ -37,19 +47,38 @@ class InvalidEvent(Exception):
 
     ``path`` is the JSON path of the offending field for ``schema_violation``
     (``$`` for the document itself), else ``None``. ``message`` is one line and never
-    quotes the offending value (it may be huge, or personal data).
+    quotes the offending value (it may be huge, or personal data). ``exception`` is the
+    class name of the unexpected exception an ``undecodable`` record raised (the
+    ``error.exception`` dead-letter header), else ``None``.
     """
 
-    def __init__(self, reason: InvalidReason, message: str, path: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: InvalidReason,
+        message: str,
+        path: str | None = None,
+        exception: str | None = None,
+    ) -> None:
         self.reason = reason
         self.message = _one_line(message, _MAX_MESSAGE)
         self.path = None if path is None else _one_line(path, _MAX_PATH)
+        self.exception = exception
         super().__init__(self.describe())
 
     def describe(self) -> str:
         """``reason at path: message``, the one-line form the CLI prints."""
         where = f" at {self.path}" if self.path else ""
         return f"{self.reason.value}{where}: {self.message}"
+
+
+def undecodable(exc: Exception) -> InvalidEvent:
+    """What a record boundary raises for an exception the decoder does not know: the
+    record's fault all the same (``../shared/DESIGN.md``, *Failure classes*). Only the
+    class name is kept; ``str(exc)`` may quote the record."""
+    name = type(exc).__name__
+    return InvalidEvent(
+        InvalidReason.UNDECODABLE, f"{name} while decoding the record", exception=name
+    )
 
 
 def decode_event(value: bytes | None, *, max_bytes: int) -> ConsumerEvent:
@@ -74,7 +103,13 @@ def load_json(value: bytes) -> Any:
     if not text.strip():
         raise InvalidEvent(InvalidReason.NOT_JSON, "the value is empty")
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        return json.loads(
+            text,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_keys,
+            parse_int=parse_int,
+            parse_float=parse_float,
+        )
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
             InvalidReason.NOT_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -111,7 +146,43 @@ def decode_document(doc: Any) -> ConsumerEvent:
         consumer_type=owner.consumer_type if owner else None,
         producer=model.producer,
         schema_version=model.schema_version,
+        occurred_at_nanos=sub_microsecond_nanos(doc.get("occurred_at")),
     )
+
+
+def parse_int(text: str) -> int | OutsizedNumber:
+    """``json.loads``' ``parse_int``: an integer, or ``OutsizedNumber`` for one with more
+    digits than ``int()`` converts (it raises ``ValueError`` there, and only there: the
+    parser has already checked that ``text`` is a JSON integer)."""
+    try:
+        return int(text)
+    except ValueError:
+        return OutsizedNumber(text)
+
+
+def parse_float(text: str) -> float | OutsizedNumber:
+    """``json.loads``' ``parse_float``: a float, or ``OutsizedNumber`` for a number beyond
+    the float range (``1e400`` would silently become ``inf``, which is not JSON)."""
+    value = float(text)
+    return OutsizedNumber(text) if math.isinf(value) else value
+
+
+def dump_json(doc: Any) -> str:
+    """Compact JSON of a document ``load_json`` returned: ``OutsizedNumber`` is written
+    back as the digits it was read from, so the document round-trips exactly."""
+    nonce = secrets.token_hex(16)
+    texts: list[str] = []
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, OutsizedNumber):
+            raise TypeError(f"{type(value).__name__} is not a JSON value")
+        texts.append(value.text)
+        return f"{nonce}{len(texts) - 1}"
+
+    out = json.dumps(doc, default=placeholder, separators=(",", ":"), ensure_ascii=False)
+    if not texts:
+        return out
+    return re.sub(f'"{nonce}([0-9]+)"', lambda m: texts[int(m.group(1))], out)
 
 
 class _NotJson(ValueError):
@@ -119,7 +190,7 @@ class _NotJson(ValueError):
 
 
 def _reject_constant(name: str) -> NoReturn:
-    raise _NotJson(f"{name} is not a JSON number")
+    raise _NotJson("NaN and Infinity are not JSON numbers")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -137,10 +208,13 @@ def _check_version(version: Any) -> None:
         return
     if isinstance(version, float) and version.is_integer():
         version = int(version)
-    if isinstance(version, int) and version != SCHEMA_VERSION:
+    # Every number too large for a float or an int is an integer (and not 1).
+    if isinstance(version, OutsizedNumber) or (
+        isinstance(version, int) and version != SCHEMA_VERSION
+    ):
         raise InvalidEvent(
             InvalidReason.UNSUPPORTED_VERSION,
-            f"schema_version {version} is not supported (this service knows {SCHEMA_VERSION})",
+            f"this schema_version is not supported (this service knows {SCHEMA_VERSION})",
             "$.schema_version",
         )
 

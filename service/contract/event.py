@@ -47,7 +47,12 @@ SCHEMA_VERSION: Final = 1
 
 @dataclass(frozen=True, slots=True)
 class ConsumerEvent:
-    """One logical change of one consumer; UUIDs are canonical lower-case dashed strings."""
+    """One logical change of one consumer; UUIDs are canonical lower-case dashed strings.
+
+    ``occurred_at`` holds the instant to the microsecond (what ``datetime`` can);
+    ``occurred_at_nanos`` the rest, 0-999 nanoseconds, which producers such as Java's
+    ``Instant.toString`` send. Both count in the payload hash.
+    """
 
     event_id: str
     type: EventType
@@ -59,6 +64,7 @@ class ConsumerEvent:
     consumer_type: str | None = None
     producer: str | None = None
     schema_version: int = SCHEMA_VERSION
+    occurred_at_nanos: int = 0
 
     @property
     def is_unconditional(self) -> bool:
@@ -71,7 +77,7 @@ class ConsumerEvent:
             "event_id": self.event_id,
             "type": self.type.value,
             "consumer_uuid": self.consumer_uuid,
-            "occurred_at": _rfc3339(self.occurred_at),
+            "occurred_at": _rfc3339(self.occurred_at, self.occurred_at_nanos),
         }
         if self.expected_generation is not UNCONDITIONAL:
             doc["expected_generation"] = self.expected_generation
@@ -94,9 +100,18 @@ class ConsumerEvent:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _rfc3339(moment: datetime) -> str:
-    """UTC with a ``Z``: one spelling per instant, so the payload hash is stable."""
+def _rfc3339(moment: datetime, nanos: int = 0) -> str:
+    """UTC with a ``Z``: one spelling per instant, so the payload hash is stable.
+
+    Without sub-microsecond nanoseconds this is byte for byte the spelling the payload
+    hashes of existing inbox rows were computed over (no fraction when the microseconds
+    are 0, else 6 digits); with them, 9 fraction digits.
+    """
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
+    if nanos:
+        if not 0 < nanos < 1000 or moment.tzinfo is None:
+            raise ValueError("occurred_at_nanos is 0-999, on a timestamp with a zone")
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + f"{nanos:03d}Z"
     text = moment.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -46,10 +46,30 @@ MAX_GENERATION: Final = 9_007_199_254_740_991
 _TIMESTAMP_RE: Final = re.compile(TIMESTAMP_PATTERN)
 
 
+class OutsizedNumber:
+    """A JSON number too large for a Python value, as ``load_json`` hands it over.
+
+    An integer with more digits than ``int()`` converts (4,300 by default: CPython's
+    guard against quadratic conversion) or a number beyond the range of a float. No field
+    of any contract document accepts one, so the schema refuses it at its JSON path
+    instead of the parser crashing. ``repr`` never shows the digits (they may be huge).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<JSON number of {len(self.text)} characters>"
+
+
 def _integral(value: Any) -> Any:
     """JSON Schema's integer: ``3.0`` is 3, ``true`` is not a number at all."""
     if isinstance(value, bool):
         raise ValueError("booleans are not integers")
+    if isinstance(value, OutsizedNumber):
+        raise ValueError("a number far too large for this field")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -65,8 +85,18 @@ def _timestamp(value: Any) -> Any:
         raise ValueError("should be an RFC 3339 timestamp with a time zone, years 1970-2999")
     try:
         return datetime.fromisoformat(value.upper())
-    except ValueError as exc:
-        raise ValueError(f"not a calendar date: {exc}") from None
+    except ValueError:  # the message of fromisoformat may quote the value
+        raise ValueError("not a calendar date (e.g. 30 February)") from None
+
+
+def sub_microsecond_nanos(value: Any) -> int:
+    """The nanoseconds (0-999) of an RFC 3339 timestamp beyond its microseconds, which
+    ``datetime`` drops: ``.123456789`` -> 789, ``.1234567`` -> 700, ``.5`` -> 0."""
+    if not isinstance(value, str):
+        return 0
+    match = _TIMESTAMP_RE.match(value)
+    digits = match.group(5)[1:] if match and match.group(5) else ""
+    return int(digits[6:9].ljust(3, "0")) if len(digits) > 6 else 0
 
 
 def _lower(value: str) -> str:
@@ -160,7 +190,15 @@ REJECTED_REASONS: Final = frozenset(
     {"consumer_exists", "generation_conflict", "consumer_not_found", "event_id_reused"}
 )
 INVALID_REASONS: Final = frozenset(
-    {"not_json", "not_utf8", "schema_violation", "unsupported_version", "too_large"}
+    {
+        "not_json",
+        "not_utf8",
+        "schema_violation",
+        "unsupported_version",
+        "too_large",
+        "key_mismatch",
+        "undecodable",
+    }
 )
 FAILED_REASONS: Final = frozenset({"cas_retries_exhausted"})
 _REASONS_BY_OUTCOME: Final = {
@@ -178,6 +216,8 @@ OutcomeReason = Literal[
     "schema_violation",
     "unsupported_version",
     "too_large",
+    "key_mismatch",
+    "undecodable",
     "cas_retries_exhausted",
 ]
 
@@ -217,7 +257,7 @@ class OutcomeRecord(BaseModel):
             self.outcome in _REASONS_BY_OUTCOME
             and self.reason not in _REASONS_BY_OUTCOME[self.outcome]
         ):
-            raise ValueError(f"reason {self.reason!r} does not fit outcome {self.outcome}")
+            raise ValueError(f"this reason does not fit outcome {self.outcome.value}")
         if (self.outcome is Outcome.DUPLICATE) != (self.original_outcome is not None):
             raise ValueError("original_outcome is required for duplicate and only there")
         return self
@@ -231,6 +271,8 @@ class OutcomeRecord(BaseModel):
 
 
 _DECIMAL = r"^(0|[1-9][0-9]*)$"
+#: ``error.exception``: a Python class name (``ValueError``, ``UnicodeDecodeError``...).
+EXCEPTION_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 
 
 class DeadLetterHeaders(BaseModel):
@@ -245,20 +287,39 @@ class DeadLetterHeaders(BaseModel):
         "schema_violation",
         "unsupported_version",
         "too_large",
+        "key_mismatch",
+        "undecodable",
         "cas_retries_exhausted",
     ] = Field(alias="error.reason")
     error_message: Annotated[str, Field(max_length=500)] = Field(alias="error.message")
     error_path: Annotated[str, Field(pattern=r"^\$")] | None = Field(None, alias="error.path")
+    error_exception: Annotated[str, Field(pattern=EXCEPTION_NAME_PATTERN)] | None = Field(
+        None, alias="error.exception"
+    )
     origin_topic: Annotated[str, Field(min_length=1)] = Field(alias="origin.topic")
     origin_partition: Annotated[str, Field(pattern=_DECIMAL)] = Field(alias="origin.partition")
     origin_offset: Annotated[str, Field(pattern=_DECIMAL)] = Field(alias="origin.offset")
     attempts: Annotated[str, Field(pattern=r"^[1-9][0-9]*$")]
     first_failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
     failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
+    # A dead letter cut to fit the dead-letter topic (service/daemon/fit.py): which parts
+    # of the original were cut, and the original sizes in bytes.
+    origin_truncated: (
+        Annotated[str, Field(pattern=r"^(value|key|headers)(,(value|key|headers))*$")] | None
+    ) = Field(None, alias="origin.truncated")
+    origin_value_bytes: Annotated[str, Field(pattern=_DECIMAL)] | None = Field(
+        None, alias="origin.value_bytes"
+    )
+    origin_key_bytes: Annotated[str, Field(pattern=_DECIMAL)] | None = Field(
+        None, alias="origin.key_bytes"
+    )
+    origin_headers_bytes: Annotated[str, Field(pattern=_DECIMAL)] | None = Field(
+        None, alias="origin.headers_bytes"
+    )
 
     @model_validator(mode="after")
     def _extra_are_strings(self) -> DeadLetterHeaders:
-        for name, value in (self.model_extra or {}).items():
+        for value in (self.model_extra or {}).values():
             if not isinstance(value, str):
-                raise ValueError(f"header {name!r} should be a string")
+                raise ValueError("every header value should be a string")
         return self

@@ -32,6 +32,7 @@ ERROR_HEADERS: Final = (
     "error.reason",
     "error.message",
     "error.path",
+    "error.exception",
     "origin.topic",
     "origin.partition",
     "origin.offset",
@@ -50,6 +51,8 @@ DeadLetterReason = Literal[
     "schema_violation",
     "unsupported_version",
     "too_large",
+    "key_mismatch",
+    "undecodable",
     "cas_retries_exhausted",
 ]
 
@@ -67,12 +70,14 @@ def dead_letter_headers(
     first_failed_at: datetime,
     failed_at: datetime,
     path: str | None = None,
+    exception: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """The headers of a dead-letter record: the original ones (minus any of ours, which a
     record re-driven from the dead-letter topic carries), then the error headers.
 
     ``error_class`` is ``invalid`` or ``failed``; ``reason`` one of the dead-letter reasons
-    (enum members are fine: they are strings). Anything else raises ``ValueError``.
+    (enum members are fine: they are strings); ``exception`` the class name of what an
+    ``undecodable`` record raised. Anything else raises ``ValueError``.
     """
     values = {
         "error.class": str(error_class),
@@ -87,11 +92,13 @@ def dead_letter_headers(
     }
     if path is not None:
         values["error.path"] = path
+    if exception is not None:
+        values["error.exception"] = exception
     try:  # a bug in the caller must not write a record the contract does not allow
         DeadLetterHeaders.model_validate(values)
     except ValidationError as exc:
         raise ValueError(f"invalid dead-letter headers: {exc}") from None
-    kept = [(name, value) for name, value in original_headers if name not in ERROR_HEADERS]
+    kept = [(name, value) for name, value in original_headers if name not in OWN_HEADERS]
     return kept + [(name, text.encode("utf-8")) for name, text in values.items()]
 
 
@@ -112,6 +119,7 @@ def invalid_event_headers(
         reason=error.reason.value,
         message=error.message,
         path=error.path,
+        exception=error.exception,
         origin_topic=origin_topic,
         origin_partition=origin_partition,
         origin_offset=origin_offset,
@@ -259,3 +267,56 @@ def utc_timestamp(moment: datetime) -> str:
 def _bounded(text: str, limit: int = 500) -> str:
     flat = " ".join(text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# -- dead letters cut to fit their topic (service/daemon/fit.py) -------------------------
+
+#: Headers on a dead letter that had to be cut to fit the dead-letter topic's
+#: ``max.message.bytes``: which parts were cut, and the original sizes of all three.
+TRUNCATION_HEADERS: Final = (
+    "origin.truncated",
+    "origin.value_bytes",
+    "origin.key_bytes",
+    "origin.headers_bytes",
+)
+
+#: Every header name the service owns on a dead letter (an original header of one of
+#: these names, on a record re-driven from the dead-letter topic, is replaced).
+OWN_HEADERS: Final = ERROR_HEADERS + TRUNCATION_HEADERS
+
+#: The parts of a record that may be cut, in the order they are cut.
+TRUNCATABLE_PARTS: Final = ("value", "key", "headers")
+
+
+def original_sizes(
+    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
+) -> tuple[int, int, int]:
+    """(value, key, headers) sizes in bytes of a record as ``origin.*_bytes`` state them:
+    a null value or key counts 0; the headers count each name's UTF-8 bytes plus its
+    value's bytes."""
+    header_bytes = sum(len(name.encode("utf-8")) + len(data or b"") for name, data in headers)
+    return len(value or b""), len(key or b""), header_bytes
+
+
+def truncation_headers(
+    cut: Iterable[str], value_bytes: int, key_bytes: int, headers_bytes: int
+) -> list[tuple[str, bytes]]:
+    """The headers that mark a cut dead letter (none when nothing was cut).
+
+    ``cut`` names the parts cut (``value``, ``key``, ``headers``); anything else, or a
+    negative size, raises ``ValueError``."""
+    parts = list(dict.fromkeys(cut))
+    if not parts:
+        return []
+    if (
+        any(part not in TRUNCATABLE_PARTS for part in parts)
+        or min(value_bytes, key_bytes, headers_bytes) < 0
+    ):
+        raise ValueError(f"invalid truncation marks: {parts} {value_bytes} {key_bytes}")
+    values = {
+        "origin.truncated": ",".join(parts),
+        "origin.value_bytes": str(value_bytes),
+        "origin.key_bytes": str(key_bytes),
+        "origin.headers_bytes": str(headers_bytes),
+    }
+    return [(name, text.encode("ascii")) for name, text in values.items()]

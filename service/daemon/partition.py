@@ -6,6 +6,12 @@ the dead letters and the outcome records and wait for the broker's acks, and onl
 then commit the offset after the batch.  Any infrastructure failure along the way
 pauses the partition and retries the *same* batch with capped backoff, so nothing is
 committed past an event whose outcome is not durable and nothing is skipped.
+
+Failures are sorted positively by ``service.failures``: only what is recognised as the
+infrastructure's (a broker or a database that cannot serve now) is retried; a broker
+refusal concerning a record's size is handled where the record is written (the
+publisher cuts the dead letter to fit); anything else is a bug and stops the daemon
+(``Daemon.fatal``), with nothing committed past the failing batch.
 """
 
 from __future__ import annotations
@@ -20,14 +26,14 @@ from typing import TYPE_CHECKING, TypeVar
 import stamina
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 
 from service.apply.admission import admit
-from service.apply.engine import TransientDatabaseError
 from service.apply.outcomes import EventSource, Outcome, OutcomeKind
 from service.contract.decode import InvalidEvent
 from service.contract.event import ConsumerEvent
 from service.contract.records import dead_letter_headers, invalid_event_headers
+from service.failures import classify, is_infrastructure
+from service.kafka_records import UndecodableRecord, undecodable_event
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -36,14 +42,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-#: Failures of the infrastructure, never of the event: retried, never dead-lettered.
-INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
-    TransientDatabaseError,
-    KafkaError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +111,12 @@ class PartitionWorker:
         except Exception as exc:
             # A bug, not an infrastructure failure: stop loudly rather than stall the
             # partition silently.  Nothing past the failing batch was committed.
-            log.exception("partition worker crashed", partition=self._label)
+            log.exception(
+                "partition worker crashed",
+                partition=self._label,
+                failure_class=classify(exc).value,
+                error_class=type(exc).__name__,
+            )
             self.daemon.fatal(exc)
 
     async def _loop(self) -> None:
@@ -139,7 +142,9 @@ class PartitionWorker:
         invalid_reports: list[tuple[ConsumerRecord, InvalidEvent]] = []
         for record in batch:
             try:
-                event = admit(record.value, settings.max_event_bytes)
+                if isinstance(record, UndecodableRecord):
+                    raise undecodable_event(record)
+                event = admit(record.key, record.value, settings.max_event_bytes)
             except InvalidEvent as exc:
                 headers = invalid_event_headers(
                     exc,
@@ -194,13 +199,15 @@ class PartitionWorker:
 
     async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` until it succeeds: pause the partition and report not-ready
-        while it fails, resume once it works.  Never gives up on its own; only a stop or
-        a revocation (which cancel this task) ends it."""
+        while it fails with an infrastructure failure (``failures.is_infrastructure``),
+        resume once it works.  Never gives up on its own; only a stop or a revocation
+        (which cancel this task) ends it.  Any other failure propagates at once: a bug,
+        or a record refusal the step should have handled itself."""
         failing = False
         resumed = True
         try:
             async for attempt in stamina.retry_context(
-                on=INFRASTRUCTURE_ERRORS,
+                on=is_infrastructure,
                 attempts=None,
                 timeout=None,
                 wait_initial=self.daemon.settings.infra_retry_wait_initial_seconds,
@@ -209,7 +216,9 @@ class PartitionWorker:
                 with attempt:
                     try:
                         return await operation()
-                    except INFRASTRUCTURE_ERRORS as exc:
+                    except Exception as exc:
+                        if not is_infrastructure(exc):
+                            raise  # not retried (stamina's predicate says the same)
                         if not failing:
                             failing = True
                             self.daemon.infrastructure_failed(self.tp, what, exc)

@@ -3,6 +3,12 @@
 Both are awaited until the broker acknowledged them (acks=all, idempotent producer)
 before the partition's offset is committed; a failed write is an infrastructure
 failure for the caller to retry, never a reason to skip an event.
+
+A dead letter always fits its topic (``service.daemon.fit``): the publisher knows the
+limit, the dead-letter topic's ``max.message.bytes`` (read once at start) capped by the
+producer's ``max_request_size``, and cuts a letter over it.  A letter the broker refuses
+as too large all the same is sent once more as the bare error headers; a refusal is the
+record's fault and never retried as if the broker were down.
 """
 
 from __future__ import annotations
@@ -14,21 +20,38 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.apply.outcomes import Outcome
-from service.broker import BrokerUnavailable, client_options, start_bounded
+from service.broker import (
+    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+    BrokerUnavailable,
+    client_options,
+    start_bounded,
+    topic_max_message_bytes,
+)
 from service.config import Settings
 from service.contract.decode import InvalidEvent
 from service.contract.records import outcome_key, outcome_record
+from service.daemon.fit import (
+    FittedLetter,
+    bare_letter,
+    fit_letter,
+    letter_size,
+)
+from service.failures import record_refused
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
     from service.daemon.partition import DeadLetter
+
+log = structlog.get_logger(__name__)
 
 
 class Publisher:
@@ -46,6 +69,20 @@ class Publisher:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._broker_reachable = broker_reachable or (lambda: True)
+        #: The dead-letter topic's ``max.message.bytes`` (None: not read yet, or unreadable).
+        self._dlq_topic_limit: int | None = None
+
+    @property
+    def max_request_size(self) -> int:
+        return max(1_048_576, self.settings.max_event_bytes + 65_536)
+
+    @property
+    def dead_letter_limit(self) -> int:
+        """The most bytes a dead letter (as a one-record batch) may take: the dead-letter
+        topic's ``max.message.bytes`` (the broker default until it could be read), capped
+        by the producer's ``max_request_size``."""
+        topic = self._dlq_topic_limit or BROKER_DEFAULT_MAX_MESSAGE_BYTES
+        return min(topic, self.max_request_size)
 
     @property
     def outcomes_enabled(self) -> bool:
@@ -57,7 +94,7 @@ class Publisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            max_request_size=max(1_048_576, self.settings.max_event_bytes + 65_536),
+            max_request_size=self.max_request_size,
         )
 
     async def start(self) -> None:
@@ -66,6 +103,51 @@ class Publisher:
         producer = self._make()
         await start_bounded(producer, self.settings, "dead-letter producer")
         self._producer = producer
+        if self._dlq_topic_limit is None:
+            self._dlq_topic_limit = await self._read_dlq_limit()
+
+    @staticmethod
+    def _unread_limit(topic: str, exc: BaseException) -> None:
+        log.warning(
+            "cannot read the dead-letter topic's max.message.bytes; assuming the default",
+            topic=topic,
+            default=BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+            error=str(exc),
+        )
+
+    async def _read_dlq_limit(self) -> int | None:
+        """The dead-letter topic's ``max.message.bytes``, or None (logged) when it cannot
+        be read; the broker default then stands in, and the next start tries again."""
+        settings = self.settings
+        topic = settings.dlq_topic
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        try:
+            await start_bounded(admin, settings, "admin client")  # closes it on failure
+        except BrokerUnavailable as exc:
+            self._unread_limit(topic, exc)
+            return None
+        try:
+            limit = await topic_max_message_bytes(admin, topic, settings)
+        except BrokerUnavailable as exc:
+            self._unread_limit(topic, exc)
+            return None
+        finally:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await asyncio.wait_for(admin.close(), settings.request_timeout_seconds)
+        if limit is None:
+            log.warning(
+                "the dead-letter topic's max.message.bytes is unknown; assuming the default",
+                topic=topic,
+                default=BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+            )
+        else:
+            log.info(
+                "dead-letter size limit",
+                topic=topic,
+                max_message_bytes=limit,
+                max_request_size=self.max_request_size,
+            )
+        return limit
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -104,22 +186,94 @@ class Publisher:
         return self._producer
 
     async def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Write every letter (original key, value and headers plus error headers) and wait
-        for all acks; raises on the first failure so the batch is retried whole."""
+        """Write every letter (original key, value and headers plus error headers, cut to
+        fit the topic) and wait for all acks.
 
-        async def sends(producer: AIOKafkaProducer) -> None:
+        A failure other than a size refusal raises, so that the batch is retried whole
+        (letters already acknowledged are then written again: dead letters are
+        at-least-once).  Letters refused as too large are sent again one at a time, and
+        one still refused is sent as its bare error headers; one refused even so is
+        logged and given up (its offset is committed: the original stays on the events
+        topic at the coordinates logged)."""
+        producer = await self._ready()
+        limit = self.dead_letter_limit
+        fitted = [self._fitted(letter, limit) for letter in letters]
+        try:
             futures = [
                 await producer.send(
-                    self.settings.dlq_topic,
-                    value=letter.record.value,
-                    key=letter.record.key,
-                    headers=letter.headers,
+                    self.settings.dlq_topic, value=f.value, key=f.key, headers=f.headers
                 )
-                for letter in letters
+                for f in fitted
             ]
-            await asyncio.gather(*futures)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except Exception as exc:
+            await self.stop_quietly()  # see the class docstring
+            if not record_refused(exc):
+                raise
+            results = [exc] * len(fitted)  # refused before sending: redo all, one by one
+        failed = [i for i, result in enumerate(results) if isinstance(result, BaseException)]
+        if not failed:
+            return
+        await self.stop_quietly()
+        errors = [results[i] for i in failed]
+        if not any(isinstance(e, BaseException) and record_refused(e) for e in errors):
+            error = errors[0]
+            assert isinstance(error, BaseException)
+            raise error
+        # A refusal may have broken the idempotent producer's sequence for the letters
+        # sent after it: redo every failed letter on its own.
+        for i in failed:
+            await self._one_by_one(letters[i], fitted[i])
 
-        await self._written(sends)
+    def _fitted(self, letter: DeadLetter, limit: int) -> FittedLetter:
+        record = letter.record
+        fitted = fit_letter(record.key, record.value, letter.headers, limit)
+        if fitted.cut:
+            log.warning(
+                "dead letter cut to fit the dead-letter topic",
+                origin_topic=record.topic,
+                origin_partition=record.partition,
+                origin_offset=record.offset,
+                cut=",".join(fitted.cut),
+                letter_bytes=letter_size(record.key, record.value, letter.headers),
+                limit=limit,
+            )
+        return fitted
+
+    async def _one_by_one(self, letter: DeadLetter, fitted: FittedLetter) -> None:
+        record = letter.record
+        attempts = (fitted, bare_letter(letter.headers, record.key, record.value))
+        for number, attempt in enumerate(attempts):
+            producer = await self._ready()
+            try:
+                await (
+                    await producer.send(
+                        self.settings.dlq_topic,
+                        value=attempt.value,
+                        key=attempt.key,
+                        headers=attempt.headers,
+                    )
+                )
+                return
+            except Exception as exc:
+                await self.stop_quietly()
+                if not record_refused(exc):
+                    raise
+                log.warning(
+                    "dead letter refused as too large",
+                    origin_topic=record.topic,
+                    origin_partition=record.partition,
+                    origin_offset=record.offset,
+                    bare=number == 1,
+                    error_class=type(exc).__name__,
+                )
+        log.error(
+            "dead letter not written: refused as too large even with only its error headers",
+            origin_topic=record.topic,
+            origin_partition=record.partition,
+            origin_offset=record.offset,
+            reason=letter.reason,
+        )
 
     async def outcomes(
         self,

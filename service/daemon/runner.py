@@ -24,6 +24,7 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    IllegalStateError,
     KafkaError,
     RebalanceInProgressError,
     SaslAuthenticationFailed,
@@ -31,14 +32,15 @@ from aiokafka.errors import (
 )
 from sqlalchemy import text
 
-from service.apply.engine import Applier, TransientDatabaseError
+from service.apply.engine import Applier
 from service.apply.outcomes import Outcome
-from service.broker import BrokerUnavailable, client_options, start_bounded
+from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.partition import PartitionWorker
 from service.daemon.publish import Publisher
+from service.failures import FailureClass, classify, infrastructure_kind
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
@@ -56,6 +58,10 @@ log = structlog.get_logger(__name__)
 _HARMLESS_COMMIT_ERRORS = (
     CommitFailedError,
     IllegalGenerationError,
+    # "Partition ... is not assigned": a worker's offset arrived after its revocation.
+    # (Retried for ever as "any KafkaError" before failures were classified; it is
+    # neither the infrastructure's fault nor a bug, but a rebalance.)
+    IllegalStateError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -136,12 +142,11 @@ class Daemon:
     def _make_consumer(self) -> AIOKafkaConsumer:
         settings = self.settings
         return AIOKafkaConsumer(
-            **client_options(settings),
-            group_id=settings.group_id,
-            group_instance_id=settings.group_instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
+            **consumer_options(
+                settings,
+                group_id=settings.group_id,
+                group_instance_id=settings.group_instance_id,
+            ),
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             max_poll_interval_ms=settings.max_poll_interval_ms,
@@ -365,6 +370,7 @@ class Daemon:
 
     async def _fetch_loop(self) -> None:
         stop_waiter = asyncio.create_task(self._stop.wait())
+        fetch_failures = 0
         try:
             while not self._stop.is_set():
                 fetch = asyncio.create_task(
@@ -381,14 +387,33 @@ class Daemon:
                     break
                 try:
                     batches = fetch.result()
-                except KafkaError as exc:
-                    self.metrics.infrastructure_failures.labels("broker").inc()
-                    log.warning("fetch failed, retrying", error=str(exc))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._stop.wait(), self.settings.infra_retry_wait_max_seconds
+                except Exception as exc:
+                    # Records aiokafka cannot decode arrive as UndecodableRecord values
+                    # (service.kafka_records); what is still raised here is either the
+                    # broker's "not now" (back off, retry) or a bug (stop loudly).
+                    if classify(exc) is not FailureClass.INFRASTRUCTURE:
+                        log.error(
+                            "fetch failed with an error that is not the infrastructure's: "
+                            "stopping",
+                            error_class=type(exc).__name__,
+                            error=str(exc)[:300],
                         )
+                        self.fatal(exc)
+                        break
+                    fetch_failures += 1
+                    delay = self._backoff(fetch_failures)
+                    self.metrics.infrastructure_failures.labels("broker").inc()
+                    log.warning(
+                        "fetch failed, retrying",
+                        error_class=type(exc).__name__,
+                        error=str(exc)[:300],
+                        attempt=fetch_failures,
+                        retry_in=round(delay, 2),
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
                     continue
+                fetch_failures = 0
                 for tp, records in batches.items():
                     worker = self.workers.get(tp)
                     if worker is None:  # revoked while the fetch was in flight
@@ -482,7 +507,7 @@ class Daemon:
             except _HARMLESS_COMMIT_ERRORS as exc:
                 log.info("commit refused by a rebalance; redelivery is absorbed", error=str(exc))
                 outcome = False
-            except Exception as exc:  # every waiter retries as an infrastructure failure
+            except Exception as exc:  # each waiter's worker classifies it (failures.py)
                 outcome = exc
             for tp, (offset, done) in batch.items():
                 if done.done():  # the waiting worker was cancelled (revoked, stopping)
@@ -515,7 +540,7 @@ class Daemon:
             self._resume(tp, "backpressure")
 
     def infrastructure_failed(self, tp: TopicPartition, what: str, exc: BaseException) -> None:
-        kind = "database" if isinstance(exc, TransientDatabaseError) else "broker"
+        kind = infrastructure_kind(exc) or "broker"  # only infrastructure failures come here
         label = f"{tp.topic}/{tp.partition}"
         self._pause(tp, "infrastructure")
         self.readiness.failing[label] = kind

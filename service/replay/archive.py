@@ -3,6 +3,12 @@
 The file is written next to its destination under a temporary name and renamed into
 place only when the whole range was read, so an interrupted archive never leaves a
 truncated file that looks complete.
+
+A record the Kafka client cannot decode (``service.kafka_records.UndecodableRecord``:
+say a header name that is not UTF-8) is *reported and skipped*: no line is written for
+it (an archive line must be a record that replays as what was read, and such a record
+cannot be represented faithfully), its coordinates go into ``ArchiveReport.undecodable``
+and a warning, and the rest of the range is archived.  The CLI lists them and exits 1.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class ArchiveReport:
     records: int = 0
     partitions: dict[int, tuple[int, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: (partition, offset, what could not be read) of every record skipped as undecodable.
+    undecodable: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 async def write_archive(
@@ -47,11 +55,23 @@ async def write_archive(
     try:
         async for chunk in source.batches():
             for record in chunk:
+                if record.undecodable is not None:
+                    report.undecodable.append(
+                        (record.partition, record.offset, record.undecodable)
+                    )
+                    log.warning(
+                        "archive_record_undecodable_skipped",
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=record.undecodable,
+                    )
+                    continue
                 handle.write(to_archive_line(record))
                 handle.write("\n")
+                report.records += 1
                 first, _ = report.partitions.get(record.partition, (record.offset, 0))
                 report.partitions[record.partition] = (first, record.offset)
-            report.records += len(chunk)
             progress.advance(len(chunk))
         handle.flush()
         if temporary is not None:

@@ -12,7 +12,10 @@ An archive line is one Kafka record::
 true`` (not UTF-8, not JSON, duplicate keys, NaN...), and ``null`` for a record without
 a value.  Keys and header values are text, or base64 with ``"key_base64": true`` /
 ``"base64": true``.  ``partition``, ``offset`` and ``value`` are required; the rest is
-optional, so a hand-written archive needs little.
+optional, so a hand-written archive needs little, but replay holds a record to the
+daemon's rules: without ``key`` (the ``consumer_uuid``) an event is ``key_mismatch``.
+A number too large for Python (more than 4,300 digits, beyond the float range) stays
+in the line as written and makes its event a ``schema_violation``.
 
 A JSON value is re-serialised compactly when replayed: the event (and its payload
 hash, computed over the canonical document) is the same, but the byte size checked
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.contract.decode import InvalidEvent, load_json
+from service.contract.decode import InvalidEvent, dump_json, load_json, parse_float, parse_int
 
 
 class ArchiveLineError(ValueError):
@@ -46,6 +49,9 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: Set when the record could not be decoded off the wire (``UndecodableRecord``):
+    #: what could not be read; ``key``/``value`` hold whatever could, ``headers`` is empty.
+    undecodable: str | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -93,7 +99,13 @@ def to_archive_line(record: SourceRecord) -> str:
         headers.append(header)
     if headers:
         doc["headers"] = headers
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    try:  # a number too large for Python is written back digit for digit
+        return dump_json(doc)
+    except RecursionError:  # parsed, but one level deeper inside the line is too deep
+        assert record.value is not None
+        doc["value"] = _b64(record.value)
+        doc["value_base64"] = True
+        return dump_json(doc)
 
 
 def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
@@ -120,10 +132,12 @@ def _bytes_field(value: Any, is_b64: Any, what: str) -> bytes | None:
 
 def from_archive_line(line: str, default_topic: str) -> SourceRecord:
     """Parse one archive line; ``ArchiveLineError`` for anything that is not a record."""
-    try:
-        doc = json.loads(line)
+    try:  # numbers too large for Python stay text: the event decoder refuses them later
+        doc = json.loads(line, parse_int=parse_int, parse_float=parse_float)
     except json.JSONDecodeError as exc:
         raise ArchiveLineError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ArchiveLineError("not JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise ArchiveLineError("a line must be a JSON object")
     if "value" not in doc:
@@ -140,9 +154,10 @@ def from_archive_line(line: str, default_topic: str) -> SourceRecord:
     elif value_raw is None:
         value = None
     else:
-        value = json.dumps(value_raw, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogatepass"
-        )
+        try:
+            value = dump_json(value_raw).encode("utf-8", "surrogatepass")
+        except RecursionError:
+            raise ArchiveLineError('"value" is nested too deeply: store it base64') from None
     headers_raw = doc.get("headers") or []
     if not isinstance(headers_raw, list):
         raise ArchiveLineError('"headers" must be a list')

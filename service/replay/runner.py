@@ -33,9 +33,9 @@ from service.apply.engine import Applier, TransientDatabaseError
 from service.apply.outcomes import EventSource, Outcome, OutcomeKind
 from service.broker import client_options, start_bounded
 from service.config import Settings
-from service.contract.decode import InvalidEvent
+from service.contract.decode import InvalidEvent, InvalidReason
 from service.contract.event import ConsumerEvent
-from service.contract.records import ERROR_HEADERS
+from service.contract.records import OWN_HEADERS
 from service.replay.dryrun import DryRun, GenerationChange
 from service.replay.records import SourceRecord
 from service.replay.sources import Source
@@ -245,8 +245,19 @@ def _decode_chunk(
 ) -> list[tuple[SourceRecord, ConsumerEvent]]:
     valid = []
     for record in chunk:
+        if record.undecodable is not None:
+            # Counted invalid like the daemon dead-letters it; the replay goes on.
+            report.invalid[InvalidReason.UNDECODABLE.value] += 1
+            log.warning(
+                "replay_record_undecodable",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=record.undecodable,
+            )
+            continue
         try:
-            valid.append((record, admit(record.value, max_bytes)))
+            valid.append((record, admit(record.key, record.value, max_bytes)))
         except InvalidEvent as exc:
             report.invalid[exc.reason.value] += 1
     return valid
@@ -259,7 +270,7 @@ async def _republish(producer: AIOKafkaProducer, topic: str, records: list[Sourc
             topic,
             key=r.key,
             value=r.value,
-            headers=[(n, v) for n, v in r.headers if n not in ERROR_HEADERS],
+            headers=[(n, v) for n, v in r.headers if n not in OWN_HEADERS],
         )
         for r in records
     ]

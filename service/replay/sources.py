@@ -4,7 +4,9 @@ A topic is read with its partitions *assigned explicitly*: no consumer group, no
 offset commits, so a replay never moves (or even sees) the daemon's committed offsets
 and cannot trigger a rebalance of the daemon's group.  The end of every partition is
 its high-water mark taken when the source opens, so a replay terminates while
-producers and the daemon keep writing.
+producers and the daemon keep writing.  Only committed transactional records are read
+(``read_committed``), and a record the Kafka client cannot decode comes as a
+``SourceRecord`` with ``undecodable`` set (see ``service.kafka_records``).
 
 An archive is checked whole (every line must be an archive record) before the first
 record is handed out: a malformed line is reported with its number and nothing is
@@ -24,8 +26,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.broker import BrokerUnavailable, client_options, start_bounded
+from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
+from service.kafka_records import UndecodableRecord
 from service.replay.ranges import PartitionRange, RangeError, RangeSpec
 from service.replay.records import ArchiveLineError, SourceRecord, from_archive_line
 
@@ -65,13 +68,7 @@ class TopicSource:
         return f"topic {self.topic} ({parts or 'no partitions'})"
 
     async def __aenter__(self) -> Self:
-        consumer = AIOKafkaConsumer(
-            **client_options(self.settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max(1_048_576, self.settings.max_event_bytes * 2),
-        )
+        consumer = AIOKafkaConsumer(**consumer_options(self.settings, group_id=None))
         await start_bounded(consumer, self.settings, "replay reader")
         self._consumer = consumer
         try:
@@ -189,6 +186,7 @@ class TopicSource:
                         key=m.key,
                         value=m.value,
                         headers=tuple(m.headers or ()),
+                        undecodable=m.error if isinstance(m, UndecodableRecord) else None,
                     )
                     for m in messages
                     if wanted.start <= m.offset < wanted.end

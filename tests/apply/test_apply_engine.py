@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Awaitable, Callable
 
@@ -466,3 +467,17 @@ async def test_unreachable_postgresql_is_transient(postgres_server_url: str) -> 
             await Applier(engine, settings).apply(upsert(new_id()))
     finally:
         await engine.dispose()
+
+
+async def test_an_event_id_reused_with_other_nanoseconds_is_rejected(db: Db) -> None:
+    """Two events with one id that differ only below the microsecond are two contents."""
+    c = new_id()
+    original = upsert(c)
+    other_nanos = dataclasses.replace(original, occurred_at_nanos=1)
+    assert original.occurred_at == other_nanos.occurred_at
+    assert shape(await db.applier.apply(original))[0] is OutcomeKind.APPLIED
+    assert shape(await db.applier.apply(other_nanos)) == (
+        OutcomeKind.REJECTED, Reason.EVENT_ID_REUSED, 1, None,
+    )  # fmt: skip
+    again = dataclasses.replace(original)
+    assert shape(await db.applier.apply(again))[0] is OutcomeKind.DUPLICATE

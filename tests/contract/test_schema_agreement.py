@@ -6,18 +6,30 @@ it too); hypothesis then throws many near-valid documents at both sides.
 
 from __future__ import annotations
 
+import base64
 import json
 import string
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from contract_schemas import CORPUS, DEAD_LETTER, EVENT, OUTCOME, load, schema_accepts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError as PydanticValidationError
 
-from service.contract.decode import InvalidEvent, decode_document, decode_event
+from service.apply.admission import admit
+from service.contract.decode import InvalidEvent, InvalidReason, decode_document, decode_event
+from service.contract.models import (
+    FAILED_REASONS,
+    INVALID_REASONS,
+    REJECTED_REASONS,
+    DeadLetterHeaders,
+    OutcomeRecord,
+)
+from service.contract.records import DeadLetterReason
 
 #: The corpus is decoded with the smallest limit the settings allow.
 MAX_BYTES = 1024
@@ -185,3 +197,94 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
 @given(documents())
 def test_models_and_schema_agree_on_generated_documents(document: dict[str, Any]) -> None:
     assert model_accepts(document) == schema_accepts(EVENT, document), document
+
+
+# --- outsized numbers, Kafka keys, dead letters and outcomes with the new reasons -------
+
+#: Values with numbers Python cannot hold: larger than the smallest limit, so they are
+#: decoded under the default one (1 MiB).
+OUTSIZED = sorted((CORPUS / "outsized").glob("*/*.json"))
+KEYED = sorted((CORPUS / "keyed").glob("*.json"))
+DEAD_LETTERS = sorted((CORPUS / "dead-letter").glob("*/*.json"))
+OUTCOMES = sorted((CORPUS / "outcome").glob("*/*.json"))
+
+
+def _json_with_decimals(value: bytes) -> Any:
+    """What a JSON Schema validator in another language sees: the number, however large
+    (Python's ``json`` cannot make an int of more than 4,300 digits; a Decimal it can)."""
+    return json.loads(value, parse_int=Decimal, parse_float=Decimal)
+
+
+@pytest.mark.parametrize("path", OUTSIZED, ids=_id)
+def test_outsized_numbers_are_refused_at_their_path_by_both(path: Path) -> None:
+    reason = path.parent.name
+    value = path.read_bytes()
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(value, max_bytes=1 << 20)
+    assert caught.value.reason.value == reason
+    assert caught.value.path == "$." + path.stem.split("--")[0]
+    assert "9999" not in caught.value.describe()
+    assert not schema_accepts(EVENT, _json_with_decimals(value))
+
+
+@pytest.mark.parametrize("path", KEYED, ids=_id)
+def test_keyed_records_are_admitted_or_refused_with_their_reason(path: Path) -> None:
+    case = json.loads(path.read_bytes())
+    key = case["key"]
+    if key is not None:
+        key = base64.b64decode(key) if case.get("key_base64") else key.encode()
+    value = json.dumps(case["value"]).encode()
+    if case["reason"] is None:
+        assert admit(key, value, MAX_BYTES).consumer_uuid.encode() == key
+        return
+    with pytest.raises(InvalidEvent) as caught:
+        admit(key, value, MAX_BYTES)
+    assert caught.value.reason.value == case["reason"]
+
+
+def test_the_corpora_cover_every_invalid_reason_but_undecodable() -> None:
+    """``undecodable`` has no corpus case by design: no known input raises anything the
+    decoder does not turn into another reason (tests/contract/test_boundary.py)."""
+    covered = {path.parent.name for path in INVALID + OUTSIZED}
+    covered |= {json.loads(path.read_bytes())["reason"] for path in KEYED} - {None}
+    assert covered == INVALID_REASONS - {"undecodable"}
+    letters = {json.loads(p.read_bytes())["error.reason"] for p in DEAD_LETTERS}
+    assert {"key_mismatch", "undecodable"} <= letters
+
+
+def test_the_schemas_list_exactly_the_models_reasons() -> None:
+    invalid_reasons = {r.value for r in InvalidReason}
+    assert invalid_reasons == INVALID_REASONS
+    letter = load(DEAD_LETTER)["properties"]["error.reason"]["enum"]
+    assert set(letter) == INVALID_REASONS | FAILED_REASONS == set(get_args(DeadLetterReason))
+    outcome = load(OUTCOME)["properties"]["reason"]["enum"]
+    assert set(outcome) - {None} == INVALID_REASONS | FAILED_REASONS | REJECTED_REASONS
+    for reason in ("key_mismatch", "undecodable"):
+        assert reason in load(DEAD_LETTER)["properties"]["error.reason"]["description"]
+        assert reason in load(OUTCOME)["properties"]["reason"]["description"]
+
+
+@pytest.mark.parametrize("path", DEAD_LETTERS, ids=_id)
+def test_dead_letter_headers_agree_with_the_model(path: Path) -> None:
+    headers = json.loads(path.read_bytes())
+    valid = path.parent.name == "valid"
+    assert schema_accepts(DEAD_LETTER, headers) is valid
+    try:
+        DeadLetterHeaders.model_validate(headers)
+    except PydanticValidationError:
+        assert not valid
+    else:
+        assert valid
+
+
+@pytest.mark.parametrize("path", OUTCOMES, ids=_id)
+def test_outcome_records_agree_with_the_model(path: Path) -> None:
+    record = json.loads(path.read_bytes())
+    valid = path.parent.name == "valid"
+    assert schema_accepts(OUTCOME, record) is valid
+    try:
+        OutcomeRecord.model_validate_json(path.read_bytes())
+    except PydanticValidationError:
+        assert not valid
+    else:
+        assert valid

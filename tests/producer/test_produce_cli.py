@@ -274,3 +274,40 @@ def test_absent_broker_fails_fast_in_a_real_process() -> None:
         assert "Traceback" not in done.stderr
         assert "Unclosed" not in done.stderr
     assert time.monotonic() - started < 20
+
+
+def test_file_with_huge_numbers_reports_the_lines_and_sends_the_rest(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Numbers Python cannot hold (4,301 digits, 1e400) are schema violations of their
+    line, reported with the line number; the good lines around them are sent."""
+    consumer = str(uuid.uuid4())
+    good = {"type": "consumer.upsert", "consumer_uuid": consumer}
+    huge = b"9" * 4301
+    lines = [
+        json.dumps(good | {"expected_generation": None}).encode(),  # 1
+        json.dumps(good).encode()[:-1] + b', "expected_generation": ' + huge + b"}",  # 2
+        json.dumps(good | {"expected_generation": 1}).encode(),  # 3
+        json.dumps(good).encode()[:-1] + b', "schema_version": -' + huge + b"}",  # 4
+        json.dumps(good).encode()[:-1] + b', "expected_generation": 1e400}',  # 5
+        json.dumps(good | {"expected_generation": 2}).encode(),  # 6
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(env, "produce", "--file", str(path))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: line 2: invalid event, schema_violation at $.expected_generation: "
+        "a number far too large for this field (not sent)",
+        "error: line 4: invalid event, unsupported_version at $.schema_version: "
+        "this schema_version is not supported (this service knows 1) (not sent)",
+        "error: line 5: invalid event, schema_violation at $.expected_generation: "
+        "a number far too large for this field (not sent)",
+    ]
+    assert "9999" not in result.stderr  # the value is never quoted
+    sent = result.stdout.splitlines()
+    assert [s.split(":")[0] for s in sent] == ["line 1", "line 3", "line 6"]
+    found = [decode_event(r.value, max_bytes=1 << 20) for r in records(env, 3)]
+    assert [e.expected_generation for e in found] == [None, 1, 2]

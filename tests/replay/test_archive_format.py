@@ -65,3 +65,18 @@ def test_range_rules() -> None:
         from_timestamp="2024-05-01T00:00:00Z", to_timestamp="2024-05-02T00:00:00+00:00"
     )
     assert times.accepts(0, 0, times.from_timestamp) and not times.accepts(0, 0, times.to_timestamp)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"expected_generation":' + b"9" * 4301 + b"}",
+        b'{"a":[-' + b"9" * 5000 + b',1e400,{"b":-1e999}],"c":"' + b"9" * 4301 + b'"}',
+    ],
+)
+def test_numbers_too_large_for_python_are_archived_as_written(value: bytes) -> None:
+    """Inline, digit for digit (not base64), and read back to the same bytes."""
+    line = to_archive_line(SourceRecord("t", 0, 7, None, b"k", value))
+    assert '"value_base64"' not in line
+    assert value.decode() in line
+    assert from_archive_line(line, "t").value == value

@@ -35,7 +35,8 @@ def _archives_in(folder: Path) -> list[str]:
 
 
 def _archive_line(doc: dict, offset: int) -> str:
-    return json.dumps({"partition": 0, "offset": offset, "key": None, "value": doc})
+    key = doc["consumer_uuid"]  # the Kafka key must be the consumer_uuid (key_mismatch)
+    return json.dumps({"partition": 0, "offset": offset, "key": key, "value": doc})
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,38 @@ async def produce_raw(
         await producer.stop()
 
 
+RawRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]
+
+
+async def produce_large(
+    bootstrap: str,
+    topic: str,
+    records: Sequence[RawRecord],
+    *,
+    compression_type: str | None = None,
+    max_request_size: int = 16 * 1024 * 1024,
+) -> None:
+    """Send (key, value, headers, partition) records, in order, acks=all, with the
+    client-side size limit raised (the topic's ``max.message.bytes`` still applies)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=compression_type,
+        max_request_size=max_request_size,
+    )
+    await producer.start()
+    try:
+        for key, value, headers, partition in records:  # one at a time: each acked in order
+            await (
+                await producer.send(
+                    topic, value=value, key=key, headers=headers, partition=partition
+                )
+            )
+    finally:
+        await producer.stop()
+
+
 async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
