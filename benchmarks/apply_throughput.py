@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.apply.engine import Applier
 from service.config import load_settings
-from service.contract.event import ConsumerEvent, EventType
+from service.domain.events import ConsumerEvent, EventType
 from service.embedded.postgres import create_database
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine

@@ -184,9 +184,9 @@ async def naive_peer(bootstrap: str, topic: str, url: str, n: int) -> float:
     """What people write first: one message, one transaction (the same rules, through
     ``Applier.apply``), one offset commit, then the next message.  Events/s over ``n``."""
     from service.apply.engine import Applier
-    from service.apply.outcomes import EventSource
     from service.config import load_settings
     from service.contract.decode import decode_event
+    from service.domain.outcomes import EventSource
     from service.store.engine import create_engine
     from service.store.migrate import upgrade
 

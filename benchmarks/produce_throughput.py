@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from service.broker import client_options, ensure_topics
 from service.config import load_settings
-from service.contract.event import EventType
+from service.domain.events import EventType
 from service.producer import EventProducer, new_event
 
 

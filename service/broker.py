@@ -18,6 +18,7 @@ from aiokafka.helpers import create_ssl_context
 
 from service import kafka_records
 from service.config import Settings
+from service.domain.errors import InfrastructureUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +31,7 @@ BROKER_DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_588
 DEAD_LETTER_HEADROOM_BYTES: Final = 16_384
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(InfrastructureUnavailable):
     """The broker could not be reached or did not answer in time; the message says which."""
 
 

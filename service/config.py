@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.domain.errors import ConfigurationError
+
 ENV_PREFIX = "CONSUMERGEN_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 #: Variables for the test suite (e.g. an existing broker); not service settings.
@@ -22,7 +24,7 @@ TEST_PREFIX = f"{ENV_PREFIX}TEST_"
 INCOMPLETE_OWNER = "00000000-0000-0000-0000-000000000000"
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigurationError):
     """Configuration that cannot be used; the message names the offending setting."""
 
 

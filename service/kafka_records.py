@@ -36,7 +36,9 @@ from aiokafka import codec
 from aiokafka.structs import ConsumerRecord
 from packaging.version import Version
 
-from service.contract.decode import InvalidEvent, InvalidReason
+from service.contract.decode import InvalidEvent
+from service.domain.errors import ConfigurationError
+from service.domain.outcomes import Reason
 
 #: The aiokafka versions whose fetcher internals this module was checked against.
 CHECKED_AIOKAFKA: Final = (Version("0.14.0"), Version("0.15"))
@@ -57,7 +59,7 @@ _LOG_APPEND_TIME_MASK: Final = 0x08
 _CONTROL_MASK: Final = 0x20
 
 
-class KafkaClientUnfit(RuntimeError):
+class KafkaClientUnfit(ConfigurationError, RuntimeError):
     """The installed Kafka client cannot read every record: the message says why."""
 
 
@@ -97,9 +99,7 @@ class UndecodableRecord(ConsumerRecord):  # type: ignore[misc]
 
 def undecodable_event(record: UndecodableRecord) -> InvalidEvent:
     """The ``InvalidEvent`` (reason ``undecodable``) a reader reports for ``record``."""
-    return InvalidEvent(
-        InvalidReason.UNDECODABLE, f"the Kafka record cannot be decoded: {record.error}"
-    )
+    return InvalidEvent(Reason.UNDECODABLE, f"the Kafka record cannot be decoded: {record.error}")
 
 
 # -- the pure parser ------------------------------------------------------------------------

@@ -37,18 +37,13 @@ import stamina
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.apply.outcomes import EventSource, Outcome, OutcomeKind
-from service.apply.rules import (
-    Decision,
-    InboxWrite,
-    InvalidEventError,
-    Owners,
-    decide_failed,
-    plan,
-    validate,
-)
 from service.config import Settings
-from service.contract.event import ConsumerEvent
+from service.domain.consumer import Owners
+from service.domain.errors import ConcurrencyConflict
+from service.domain.events import ConsumerEvent
+from service.domain.inbox import InboxWrite
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind
+from service.domain.rules import Decision, InvalidEventError, decide_failed, plan, validate
 from service.store.engine import read_only
 from service.store.errors import TransientDatabaseError, describe, is_transient
 from service.store.repository import (
@@ -78,7 +73,7 @@ Item = tuple[ConsumerEvent, EventSource | None]
 _MAX_PASSES = 4
 
 
-class _CasLost(Exception):
+class _CasLost(ConcurrencyConflict):
     """An unconditional event lost a compare-and-swap race (stamina retries this)."""
 
     def __init__(self, attempt: int) -> None:
@@ -86,7 +81,7 @@ class _CasLost(Exception):
         self.attempt = attempt
 
 
-class _BatchRaced(Exception):
+class _BatchRaced(ConcurrencyConflict):
     """A batch transaction met an outside writer; it was rolled back."""
 
 

@@ -28,10 +28,10 @@ import structlog
 from aiokafka import TopicPartition
 
 from service.apply.admission import admit
-from service.apply.outcomes import EventSource, Outcome, OutcomeKind
 from service.contract.decode import InvalidEvent
-from service.contract.event import ConsumerEvent
 from service.contract.records import dead_letter_headers, invalid_event_headers
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.failures import classify, is_infrastructure
 from service.kafka_records import UndecodableRecord, undecodable_event
 

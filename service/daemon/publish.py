@@ -27,7 +27,6 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from service.apply.outcomes import Outcome
 from service.broker import (
     BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     BrokerUnavailable,
@@ -44,6 +43,7 @@ from service.daemon.fit import (
     fit_letter,
     letter_size,
 )
+from service.domain.outcomes import Outcome
 from service.failures import record_refused
 
 if TYPE_CHECKING:

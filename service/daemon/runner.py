@@ -33,13 +33,13 @@ from aiokafka.errors import (
 from sqlalchemy import text
 
 from service.apply.engine import Applier
-from service.apply.outcomes import Outcome
 from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.partition import PartitionWorker
 from service.daemon.publish import Publisher
+from service.domain.outcomes import Outcome
 from service.failures import FailureClass, classify, infrastructure_kind
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
@@ -393,8 +393,7 @@ class Daemon:
                     # broker's "not now" (back off, retry) or a bug (stop loudly).
                     if classify(exc) is not FailureClass.INFRASTRUCTURE:
                         log.error(
-                            "fetch failed with an error that is not the infrastructure's: "
-                            "stopping",
+                            "fetch failed with an error that is not the infrastructure's: stopping",
                             error_class=type(exc).__name__,
                             error=str(exc)[:300],
                         )

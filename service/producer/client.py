@@ -22,9 +22,11 @@ from aiokafka.errors import KafkaError
 
 from service.broker import BrokerUnavailable, client_options, describe_servers, start_bounded
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason, decode_event
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.contract.decode import InvalidEvent, decode_event
 from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
+from service.domain.errors import InfrastructureUnavailable
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.domain.outcomes import Reason
 from service.producer.events import encode, event_from_document, new_event
 
 log = structlog.get_logger(__name__)
@@ -36,7 +38,7 @@ _HEADERS: Final = [(CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE.encode())]
 EventInput = ConsumerEvent | Mapping[str, Any] | bytes
 
 
-class ProduceError(Exception):
+class ProduceError(InfrastructureUnavailable):
     """Kafka did not take the event (unreachable, timed out, topic missing, refused)."""
 
 
@@ -247,7 +249,7 @@ class EventProducer:
         value = checked.to_json_bytes()
         if len(value) > self._max_bytes:
             raise InvalidEvent(
-                InvalidReason.TOO_LARGE,
+                Reason.TOO_LARGE,
                 f"{len(value)} bytes, more than the limit of {self._max_bytes}",
             )
         return checked, value

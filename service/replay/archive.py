@@ -56,9 +56,7 @@ async def write_archive(
         async for chunk in source.batches():
             for record in chunk:
                 if record.undecodable is not None:
-                    report.undecodable.append(
-                        (record.partition, record.offset, record.undecodable)
-                    )
+                    report.undecodable.append((record.partition, record.offset, record.undecodable))
                     log.warning(
                         "archive_record_undecodable_skipped",
                         topic=record.topic,

@@ -6,7 +6,7 @@ done (a create in batch 1 makes a conditional update in batch 2 applicable).  So
 dry run keeps an in-memory overlay of the would-be consumer rows and inbox entries,
 reads the live database (read-only transactions, no locks held between batches) only
 for what the overlay does not know yet, and decides each batch with the very same
-pure rules the Applier uses (``service.apply.rules.plan``).
+pure rules the Applier uses (``service.domain.rules.plan``).
 
 Why not "apply in a transaction and roll it back": one transaction over a whole
 replay would hold SQLite's write lock (or PostgreSQL row locks) for its duration and
@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.engine import TransientDatabaseError
-from service.apply.outcomes import EventSource, Outcome
-from service.apply.rules import ConsumerState, InboxEntry, InboxWrite, Owners, plan, validate
 from service.config import Settings
-from service.contract.event import ConsumerEvent
+from service.domain.consumer import ConsumerState, Owners
+from service.domain.events import ConsumerEvent
+from service.domain.inbox import InboxEntry, InboxWrite
+from service.domain.outcomes import EventSource, Outcome
+from service.domain.rules import plan, validate
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
 from service.store.repository import load_consumers, load_inbox

@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.admission import admit
 from service.apply.engine import Applier, TransientDatabaseError
-from service.apply.outcomes import EventSource, Outcome, OutcomeKind
 from service.broker import client_options, start_bounded
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason
-from service.contract.event import ConsumerEvent
+from service.contract.decode import InvalidEvent
 from service.contract.records import OWN_HEADERS
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
 from service.replay.dryrun import DryRun, GenerationChange
 from service.replay.records import SourceRecord
 from service.replay.sources import Source
@@ -247,7 +247,7 @@ def _decode_chunk(
     for record in chunk:
         if record.undecodable is not None:
             # Counted invalid like the daemon dead-letters it; the replay goes on.
-            report.invalid[InvalidReason.UNDECODABLE.value] += 1
+            report.invalid[Reason.UNDECODABLE.value] += 1
             log.warning(
                 "replay_record_undecodable",
                 topic=record.topic,

@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
+from service.domain.errors import ConsumerGenError
 from service.kafka_records import UndecodableRecord
 from service.replay.ranges import PartitionRange, RangeError, RangeSpec
 from service.replay.records import ArchiveLineError, SourceRecord, from_archive_line
@@ -35,7 +36,7 @@ from service.replay.records import ArchiveLineError, SourceRecord, from_archive_
 log = structlog.stdlib.get_logger(__name__)
 
 
-class SourceError(Exception):
+class SourceError(ConsumerGenError):
     """The source cannot be read as asked (missing topic, malformed archive line...)."""
 
 

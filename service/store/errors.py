@@ -12,14 +12,16 @@ import asyncio
 
 from sqlalchemy import exc as sa_exc
 
+from service.domain.errors import ConfigurationError, InfrastructureUnavailable
 
-class TransientDatabaseError(Exception):
+
+class TransientDatabaseError(InfrastructureUnavailable):
     """The database could not do the work now (connection lost, locked, serialization
     failure, deadlock, shutting down).  Nothing of the failing unit was committed; the
     caller should back off and try the same events again."""
 
 
-class SchemaNotCurrentError(RuntimeError):
+class SchemaNotCurrentError(ConfigurationError, RuntimeError):
     """The database has not been migrated to the schema this code needs."""
 
 

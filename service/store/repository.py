@@ -23,8 +23,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
-from service.apply.outcomes import OutcomeKind, Reason
-from service.apply.rules import ConsumerState, InboxEntry, InboxWrite, Write, WriteKind
+from service.domain.consumer import ConsumerState
+from service.domain.errors import ConcurrencyConflict
+from service.domain.inbox import InboxEntry, InboxWrite
+from service.domain.outcomes import OutcomeKind, Reason
+from service.domain.rules import Write, WriteKind
 from service.store.engine import read_only
 from service.store.schema import (
     consumer_types,
@@ -42,7 +45,7 @@ class RaceKind(StrEnum):
     INBOX = "inbox"
 
 
-class StoreRace(Exception):
+class StoreRace(ConcurrencyConflict):
     """Another writer changed what this transaction read; roll back and decide again."""
 
     def __init__(self, kind: RaceKind) -> None:

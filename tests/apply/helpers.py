@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.engine import Applier
 from service.config import Settings, load_settings
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
 

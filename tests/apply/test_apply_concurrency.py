@@ -9,8 +9,8 @@ from collections import Counter
 from prometheus_client import REGISTRY
 
 from service.apply.engine import Applier
-from service.apply.outcomes import Outcome, OutcomeKind, Reason
-from service.contract.event import ConsumerEvent
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import Outcome, OutcomeKind, Reason
 from service.store.engine import create_engine
 from tests.apply.helpers import Db, delete, new_id, settings_for, upsert
 

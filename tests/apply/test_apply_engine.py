@@ -12,9 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from service.apply.engine import Applier, TransientDatabaseError
-from service.apply.outcomes import EventSource, Outcome, OutcomeKind, Reason
-from service.apply.rules import InvalidEventError
 from service.config import Settings
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
+from service.domain.rules import InvalidEventError
 from service.store import get_consumer, recent_events
 from service.store.engine import create_engine
 from tests.apply.helpers import Db, delete, event, migrated, new_id, upsert

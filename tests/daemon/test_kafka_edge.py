@@ -15,8 +15,9 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from service import kafka_records
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason
+from service.contract.decode import InvalidEvent
 from service.contract.records import invalid_event_headers
+from service.domain.outcomes import Reason
 from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
 from tests.daemon.test_health import readyz
 from tests.support import java_producer, kcat
@@ -32,7 +33,7 @@ def _contract_knows_undecodable() -> bool:
     and pass, once the contract has it)."""
     try:
         invalid_event_headers(
-            InvalidEvent(InvalidReason.UNDECODABLE, "probe"),
+            InvalidEvent(Reason.UNDECODABLE, "probe"),
             original_headers=[],
             origin_topic="t",
             origin_partition=0,

@@ -29,18 +29,20 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import assert_never
 
-from service.apply.outcomes import OutcomeKind, Reason
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType
+from service.domain.consumer import MAX_GENERATION, ConsumerState, Owners
+from service.domain.errors import InvalidInput
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType
+from service.domain.inbox import InboxEntry, InboxWrite
+from service.domain.outcomes import OutcomeKind, Reason
 
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CONSUMER_TYPE = re.compile(r"^[A-Z0-9_]+$")
 _NAME_MAX = 255
-#: Generations are stored as signed 64-bit integers.
-GENERATION_MAX = 2**63 - 1
 
 
-class InvalidEventError(ValueError):
+class InvalidEventError(InvalidInput):
     """The event cannot be applied as given (the daemon should have dead-lettered it).
 
     Raised before any database work, so hostile values (NUL bytes, over-long ids,
@@ -64,7 +66,7 @@ def validate(event: ConsumerEvent) -> None:
         and (
             not isinstance(precondition, int)
             or isinstance(precondition, bool)
-            or not 0 <= precondition <= GENERATION_MAX
+            or not 0 <= precondition <= MAX_GENERATION
         )
     ):
         raise InvalidEventError("expected_generation must be absent, null or an integer >= 0")
@@ -84,43 +86,6 @@ def validate(event: ConsumerEvent) -> None:
         raise InvalidEventError("consumer_type must match ^[A-Z0-9_]+$")
 
 
-@dataclass(frozen=True, slots=True)
-class Owners:
-    """The placeholder owners of a consumer created without project/user."""
-
-    project_id: str
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerState:
-    """A consumer row as the rules see it (owners by their external ids)."""
-
-    uuid: str
-    generation: int
-    deleted: bool
-    project_id: str
-    user_id: str
-    consumer_type: str | None
-    last_event_id: str
-
-    @property
-    def live(self) -> bool:
-        return not self.deleted
-
-
-@dataclass(frozen=True, slots=True)
-class InboxEntry:
-    """A ``processed_events`` row as the rules see it."""
-
-    event_id: str
-    consumer_uuid: str
-    payload_hash: str
-    outcome: OutcomeKind
-    reason: Reason | None
-    generation_after: int | None
-
-
 class WriteKind(StrEnum):
     #: Insert-if-absent: fails (0 rows) if any row with the UUID exists.
     INSERT = "insert"
@@ -135,13 +100,6 @@ class Write:
     kind: WriteKind
     before: ConsumerState | None
     after: ConsumerState
-
-
-class InboxWrite(StrEnum):
-    NONE = "none"
-    INSERT = "insert"
-    #: The event had a FAILED row with the same payload: replace it.
-    REPLACE_FAILED = "replace_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,23 +199,42 @@ def decide(
             return _from_inbox(payload_hash, inbox, current)
         inbox_write = InboxWrite.REPLACE_FAILED
 
+    # Exhaustive: a new EventType that is not handled here fails mypy (assert_never)
+    # and, at run time, raises instead of falling into another type's branch.
+    match event.type:
+        case EventType.UPSERT:
+            return _decide_upsert(event, current, placeholders, inbox_write)
+        case EventType.DELETE:
+            return _decide_delete(event, current, inbox_write)
+        case _:
+            assert_never(event.type)
+
+
+def _decide_upsert(
+    event: ConsumerEvent,
+    current: ConsumerState | None,
+    placeholders: Owners,
+    inbox_write: InboxWrite,
+) -> Decision:
     live = current is not None and current.live
     precondition = event.expected_generation
-
-    if event.type is EventType.UPSERT:
-        if precondition is None or (precondition is UNCONDITIONAL and not live):
-            if live:
-                return _reject(Reason.CONSUMER_EXISTS, current, inbox_write)
-            return _accept(current, _create(event, current, placeholders), inbox_write)
-        if current is None or not live:
-            return _reject(Reason.CONSUMER_NOT_FOUND, current, inbox_write)
-        if precondition is not UNCONDITIONAL and current.generation != precondition:
-            return _reject(Reason.GENERATION_CONFLICT, current, inbox_write)
-        return _accept(current, _update(event, current), inbox_write)
-
-    # DELETE
+    if precondition is None or (precondition is UNCONDITIONAL and not live):
+        if live:
+            return _reject(Reason.CONSUMER_EXISTS, current, inbox_write)
+        return _accept(current, _create(event, current, placeholders), inbox_write)
     if current is None or not live:
         return _reject(Reason.CONSUMER_NOT_FOUND, current, inbox_write)
+    if precondition is not UNCONDITIONAL and current.generation != precondition:
+        return _reject(Reason.GENERATION_CONFLICT, current, inbox_write)
+    return _accept(current, _update(event, current), inbox_write)
+
+
+def _decide_delete(
+    event: ConsumerEvent, current: ConsumerState | None, inbox_write: InboxWrite
+) -> Decision:
+    if current is None or not current.live:
+        return _reject(Reason.CONSUMER_NOT_FOUND, current, inbox_write)
+    precondition = event.expected_generation
     if precondition is None:
         # "Must not exist" cannot hold for something we are asked to delete.
         return _reject(Reason.CONSUMER_EXISTS, current, inbox_write)
