@@ -10,8 +10,8 @@ import asyncio
 
 import click
 
-from service.broker import BrokerUnavailable, ensure_topics
 from service.cli._common import EXIT_PROBLEM, settings_from
+from service.kafka.clients import BrokerUnavailable, ensure_topics
 
 
 @click.group("topics")

@@ -33,7 +33,7 @@ from service.contract.records import dead_letter_headers, invalid_event_headers
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.failures import classify, is_infrastructure
-from service.kafka_records import UndecodableRecord, undecodable_event
+from service.kafka.records import UndecodableRecord, undecodable_event
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord

@@ -27,13 +27,6 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from service.broker import (
-    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
-    BrokerUnavailable,
-    client_options,
-    start_bounded,
-    topic_max_message_bytes,
-)
 from service.config import Settings
 from service.contract.decode import InvalidEvent
 from service.contract.records import outcome_key, outcome_record
@@ -45,6 +38,13 @@ from service.daemon.fit import (
 )
 from service.domain.outcomes import Outcome
 from service.failures import record_refused
+from service.kafka.clients import (
+    BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+    BrokerUnavailable,
+    client_options,
+    start_bounded,
+    topic_max_message_bytes,
+)
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord

@@ -33,7 +33,6 @@ from aiokafka.errors import (
 from sqlalchemy import text
 
 from service.apply.engine import Applier
-from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.metrics import DaemonMetrics
@@ -41,6 +40,7 @@ from service.daemon.partition import PartitionWorker
 from service.daemon.publish import Publisher
 from service.domain.outcomes import Outcome
 from service.failures import FailureClass, classify, infrastructure_kind
+from service.kafka.clients import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
@@ -389,7 +389,7 @@ class Daemon:
                     batches = fetch.result()
                 except Exception as exc:
                     # Records aiokafka cannot decode arrive as UndecodableRecord values
-                    # (service.kafka_records); what is still raised here is either the
+                    # (service.kafka.records); what is still raised here is either the
                     # broker's "not now" (back off, retry) or a bug (stop loudly).
                     if classify(exc) is not FailureClass.INFRASTRUCTURE:
                         log.error(

@@ -20,13 +20,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from service.broker import BrokerUnavailable, client_options, describe_servers, start_bounded
 from service.config import Settings
 from service.contract.decode import InvalidEvent, decode_event
 from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
 from service.domain.errors import InfrastructureUnavailable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.domain.outcomes import Reason
+from service.kafka.clients import BrokerUnavailable, client_options, describe_servers, start_bounded
 from service.producer.events import encode, event_from_document, new_event
 
 log = structlog.get_logger(__name__)

@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.admission import admit
 from service.apply.engine import Applier, TransientDatabaseError
-from service.broker import client_options, start_bounded
 from service.config import Settings
 from service.contract.decode import InvalidEvent
 from service.contract.records import OWN_HEADERS
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
+from service.kafka.clients import client_options, start_bounded
 from service.replay.dryrun import DryRun, GenerationChange
 from service.replay.records import SourceRecord
 from service.replay.sources import Source

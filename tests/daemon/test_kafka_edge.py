@@ -13,11 +13,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
-from service import kafka_records
 from service.config import Settings
 from service.contract.decode import InvalidEvent
 from service.contract.records import invalid_event_headers
 from service.domain.outcomes import Reason
+from service.kafka import records as kafka_records
 from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
 from tests.daemon.test_health import readyz
 from tests.support import java_producer, kcat

@@ -16,9 +16,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from service import kafka_records
 from service.config import Settings
 from service.domain.errors import InfrastructureUnavailable
+from service.kafka import records as kafka_records
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ def consumer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     ``read_committed``: records of aborted (or still open) transactions are never
     handed out, so nothing a producer took back is applied, replayed or archived.
     Building the options installs the tolerant record parser
-    (``service.kafka_records``) and fails (``kafka_records.KafkaClientUnfit``), naming
+    (``service.kafka.records``) and fails (``kafka_records.KafkaClientUnfit``), naming
     it, when a compression codec's library is missing: before any record is read.
     """
     kafka_records.install()

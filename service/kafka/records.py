@@ -20,7 +20,7 @@ which keeps each batch's bytes for the fallback, and ``PartitionRecords``, which
 an unreadable record into an ``UndecodableRecord``), in ``install`` and nowhere else.
 It depends on aiokafka internals: ``install`` refuses any aiokafka outside
 ``CHECKED_AIOKAFKA`` and ``tests/test_kafka_records.py`` fails when the internals it
-relies on change.  Every consumer is built through ``service.broker.consumer_options``,
+relies on change.  Every consumer is built through ``service.kafka.clients.consumer_options``,
 which installs it.
 """
 
@@ -460,7 +460,7 @@ def check_aiokafka() -> None:
     low, high = CHECKED_AIOKAFKA
     if not low <= version < high:
         raise IncompatibleAiokafka(
-            f"aiokafka {version} is installed; service.kafka_records was checked against "
+            f"aiokafka {version} is installed; service.kafka.records was checked against "
             f">={low},<{high} only (it replaces fetcher internals): re-check and re-pin"
         )
     from aiokafka.consumer import fetcher
