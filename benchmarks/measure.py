@@ -183,12 +183,13 @@ async def raw_db_write(url: str, n: int, batch: int) -> float:
 async def naive_peer(bootstrap: str, topic: str, url: str, n: int) -> float:
     """What people write first: one message, one transaction (the same rules, through
     ``Applier.apply``), one offset commit, then the next message.  Events/s over ``n``."""
-    from service.apply.engine import Applier
+    from service.apply.applier import Applier
     from service.config import load_settings
     from service.contract.decode import decode_event
     from service.domain.outcomes import EventSource
     from service.store.engine import create_engine
     from service.store.migrate import upgrade
+    from service.store.unit_of_work import SqlUnitOfWorkFactory
 
     settings = load_settings(database_url=url, bootstrap_servers=bootstrap)
     await upgrade(settings)
@@ -202,7 +203,7 @@ async def naive_peer(bootstrap: str, topic: str, url: str, n: int) -> float:
     )
     await consumer.start()
     try:
-        applier = Applier(engine, settings)
+        applier = Applier(SqlUnitOfWorkFactory(engine), settings)
         first = await consumer.getone()  # after the group join: not part of the rate
         began = time.perf_counter()
         message = first

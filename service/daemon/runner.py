@@ -32,7 +32,7 @@ from aiokafka.errors import (
 )
 from sqlalchemy import text
 
-from service.apply.engine import Applier
+from service.apply.applier import Applier
 from service.config import Settings
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.metrics import DaemonMetrics
@@ -44,6 +44,7 @@ from service.kafka.clients import BrokerUnavailable, client_options, consumer_op
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
+from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -124,7 +125,7 @@ class Daemon:
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
         self.readiness = Readiness()
-        self.applier = Applier(engine, settings)
+        self.applier = Applier(SqlUnitOfWorkFactory(engine), settings)
         self.publisher = Publisher(settings, lambda: self.readiness.broker_reachable)
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 #: The one bound on a generation (and on ``expected_generation``): 2**53 - 1, exact in
@@ -21,7 +22,13 @@ class Owners:
 
 @dataclass(frozen=True, slots=True)
 class ConsumerState:
-    """A consumer row as the rules see it (owners by their external ids)."""
+    """A consumer row (owners by their external ids): the one type of it, for the rules,
+    the store's writes and the read side.
+
+    The timestamps are as read from the store and the rules never look at them: the
+    store sets them when it writes, so a state the rules produce carries those of the
+    state it came from (or None).  ``deleted`` is what the rules go by.
+    """
 
     uuid: str
     generation: int
@@ -30,6 +37,9 @@ class ConsumerState:
     user_id: str
     consumer_type: str | None
     last_event_id: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    deleted_at: datetime | None = None
 
     @property
     def live(self) -> bool:

@@ -2,7 +2,7 @@
 
 No SQL, no asyncio, no clock: everything here is a function of its arguments, so the
 rules can be tested exhaustively without a database and the batch path can replay them
-in memory.  The engine (``service.apply.engine``) reads the state, calls these rules and
+in memory.  The applier (``service.apply.applier``) reads the state, calls these rules and
 performs the intended write as a compare-and-swap.
 
 The rules, from DESIGN.md:
@@ -34,8 +34,8 @@ from typing import assert_never
 from service.domain.consumer import MAX_GENERATION, ConsumerState, Owners
 from service.domain.errors import InvalidInput
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType
-from service.domain.inbox import InboxEntry, InboxWrite
-from service.domain.outcomes import OutcomeKind, Reason
+from service.domain.inbox import InboxWrite, ProcessedEvent
+from service.domain.outcomes import EventSource, OutcomeKind, Reason
 
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CONSUMER_TYPE = re.compile(r"^[A-Z0-9_]+$")
@@ -111,18 +111,32 @@ class Decision:
     inbox: InboxWrite
     original: OutcomeKind | None = None
 
-    def inbox_entry(self, event: ConsumerEvent, payload_hash: str) -> InboxEntry:
-        return InboxEntry(
+    def record(
+        self,
+        event: ConsumerEvent,
+        payload_hash: str,
+        *,
+        attempts: int = 1,
+        source: EventSource | None = None,
+    ) -> ProcessedEvent:
+        """The inbox row this decision records for ``event`` (``processed_at`` is the
+        store's to set)."""
+        return ProcessedEvent(
             event_id=event.event_id,
             consumer_uuid=event.consumer_uuid,
             payload_hash=payload_hash,
             outcome=self.kind,
             reason=self.reason,
             generation_after=self.generation_after,
+            event_type=event.type,
+            attempts=attempts,
+            source=source,
         )
 
 
-def _from_inbox(payload_hash: str, entry: InboxEntry, current: ConsumerState | None) -> Decision:
+def _from_inbox(
+    payload_hash: str, entry: ProcessedEvent, current: ConsumerState | None
+) -> Decision:
     if entry.payload_hash != payload_hash:
         return Decision(
             OutcomeKind.REJECTED,
@@ -188,7 +202,7 @@ def decide(
     event: ConsumerEvent,
     payload_hash: str,
     current: ConsumerState | None,
-    inbox: InboxEntry | None,
+    inbox: ProcessedEvent | None,
     placeholders: Owners,
 ) -> Decision:
     """The outcome of ``event`` given the consumer row (``None``: no row) and the inbox
@@ -244,7 +258,7 @@ def _decide_delete(
 
 
 def decide_failed(
-    payload_hash: str, current: ConsumerState | None, inbox: InboxEntry | None
+    payload_hash: str, current: ConsumerState | None, inbox: ProcessedEvent | None
 ) -> Decision:
     """The outcome once compare-and-swap retries are exhausted.
 
@@ -283,13 +297,13 @@ class Plan:
 def plan(
     events: Sequence[tuple[ConsumerEvent, str]],
     consumers: Mapping[str, ConsumerState],
-    inbox: Mapping[str, InboxEntry],
+    inbox: Mapping[str, ProcessedEvent],
     placeholders: Owners,
 ) -> Plan:
     """Decide ``events`` (each with its payload hash) in order, tracking in memory the
     consumer states and inbox rows that earlier events of the sequence produce."""
     state: dict[str, ConsumerState] = {}
-    seen: dict[str, InboxEntry] = {}
+    seen: dict[str, ProcessedEvent] = {}
     decisions: list[Decision] = []
     recorded: list[int] = []
     for position, (event, payload_hash) in enumerate(events):
@@ -301,7 +315,7 @@ def plan(
         if decision.write is not None:
             state[uuid] = decision.write.after
         if decision.inbox is not InboxWrite.NONE:
-            seen[event.event_id] = decision.inbox_entry(event, payload_hash)
+            seen[event.event_id] = decision.record(event, payload_hash)
             recorded.append(position)
     writes = [
         Write(

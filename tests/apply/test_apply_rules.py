@@ -8,7 +8,7 @@ import pytest
 
 from service.domain.consumer import MAX_GENERATION, ConsumerState, Owners
 from service.domain.events import UNCONDITIONAL
-from service.domain.inbox import InboxEntry, InboxWrite
+from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind, Reason
 from service.domain.rules import InvalidEventError, WriteKind, decide, decide_failed, plan, validate
 from tests.apply.helpers import delete, event, new_id, upsert
@@ -145,8 +145,8 @@ def test_delete_with_null_of_a_live_consumer_is_consumer_exists() -> None:
 # --- the inbox ------------------------------------------------------------------------
 
 
-def entry(ev, outcome_kind, reason=None, generation=2, payload_hash=None) -> InboxEntry:
-    return InboxEntry(
+def entry(ev, outcome_kind, reason=None, generation=2, payload_hash=None) -> ProcessedEvent:
+    return ProcessedEvent(
         ev.event_id, ev.consumer_uuid, payload_hash or ev.payload_hash(), outcome_kind, reason,
         generation,
     )  # fmt: skip

@@ -1,4 +1,8 @@
-"""The Applier: runs the pure rules against the store, in transactions, with CAS.
+"""The Applier: runs the pure rules against the store, in units of work, with CAS.
+
+It knows the store only as ``UnitOfWorkFactory`` (``service.store.unit_of_work``): each
+transaction is one ``UnitOfWork``; which database it is, how its writers queue and how
+its failures are classified is the factory's business.
 
 One event (``apply``): read the inbox row and the consumer, decide, write the effect and
 the outcome in one transaction.  A compare-and-swap that misses means someone changed
@@ -18,44 +22,32 @@ the batch, the transaction is rolled back and the batch is split in halves, down
 single events, each half committed before the next starts: the outcomes are always
 those of one-at-a-time processing and nothing is half-committed.
 
-Infrastructure failures become ``TransientDatabaseError`` with nothing committed for the
-failing unit; they are never turned into an outcome.
+Infrastructure failures become ``TransientDatabaseError`` (the factory classifies them)
+with nothing committed for the failing unit; they are never turned into an outcome.
+What ``apply_batch`` would do without writing is ``service.apply.dryrun.DryRun``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import stamina
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.config import Settings
 from service.domain.consumer import Owners
 from service.domain.errors import ConcurrencyConflict
 from service.domain.events import ConsumerEvent
-from service.domain.inbox import InboxWrite
+from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.domain.rules import Decision, InvalidEventError, decide_failed, plan, validate
-from service.store.engine import read_only
-from service.store.errors import TransientDatabaseError, describe, is_transient
-from service.store.repository import (
-    InboxRow,
-    OwnerCache,
-    RaceKind,
-    StoreRace,
-    load_consumers,
-    load_inbox,
-    write_consumers,
-    write_inbox,
-)
+from service.store.errors import TransientDatabaseError
+from service.store.unit_of_work import UnitOfWork, UnitOfWorkFactory
+from service.store.writes import RaceKind, StoreRace
 
 __all__ = [
     "Applier",
@@ -99,20 +91,13 @@ class ApplierStats:
 class Applier:
     """Applies validated events to the store with exactly one outcome each."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self._engine = engine
+    def __init__(self, units: UnitOfWorkFactory, settings: Settings) -> None:
+        """``units`` opens the transactions (``SqlUnitOfWorkFactory(engine)`` in the
+        service: it also queues SQLite's writers fairly and classifies failures)."""
+        self._units = units
         self._settings = settings
         self._placeholders = Owners(settings.incomplete_project_id, settings.incomplete_user_id)
         self.stats = ApplierStats()
-        self._owner_cache = OwnerCache()
-        # SQLite has one writer at a time: BEGIN IMMEDIATE of a second connection waits in
-        # SQLite's busy handler, which sleeps in steps of up to 100 ms and is not fair, so
-        # concurrent partitions of one process queued there for hundreds of milliseconds.
-        # Queue them here instead (FIFO, woken the moment the writer commits); writers in
-        # other processes still meet the busy timeout.
-        self._write_turn: asyncio.Lock | None = (
-            asyncio.Lock() if engine.dialect.name == "sqlite" else None
-        )
 
     # --- public API -------------------------------------------------------------
 
@@ -136,19 +121,6 @@ class Applier:
         self.stats.events += len(work)
         return await self._apply_units(work)
 
-    async def dry_run_batch(self, items: Sequence[Item]) -> list[Outcome]:
-        """The outcomes ``apply_batch`` would give now, computed by the same rules from
-        one consistent read; nothing is written."""
-        work = list(items)
-        for event, _ in work:
-            validate(event)
-        if not work:
-            return []
-        hashes = [event.payload_hash() for event, _ in work]
-        async with self._transaction(read_only_=True) as connection:
-            decisions = await self._plan_in(connection, work, hashes)
-        return [_outcome(event, d, 1) for (event, _), d in zip(work, decisions, strict=True)]
-
     # --- batches ------------------------------------------------------------------
 
     async def _apply_units(self, items: list[Item]) -> list[Outcome]:
@@ -170,8 +142,8 @@ class Applier:
         started = time.perf_counter()
         hashes = [event.payload_hash() for event, _ in items]
         try:
-            async with self._transaction() as connection:
-                decisions = await self._plan_in(connection, items, hashes, write=True)
+            async with self._units.begin() as unit:
+                decisions = await self._plan_in(unit, items, hashes)
         except StoreRace:
             raise _BatchRaced() from None
         self.stats.batches += 1
@@ -184,28 +156,25 @@ class Applier:
 
     async def _plan_in(
         self,
-        connection: AsyncConnection,
+        unit: UnitOfWork,
         items: list[Item],
         hashes: list[str],
         *,
-        write: bool = False,
         attempts: int = 1,
     ) -> list[Decision]:
-        """Read, decide in memory, and (``write``) perform the writes, in ``connection``'s
-        transaction.  Raises ``StoreRace`` when a write finds the state changed."""
+        """Read, decide in memory and perform the writes, in ``unit``'s transaction.
+        Raises ``StoreRace`` when a write finds the state changed."""
         events = [event for event, _ in items]
-        inbox = await load_inbox(connection, (e.event_id for e in events))
-        consumers = await load_consumers(connection, (e.consumer_uuid for e in events))
+        inbox = await unit.load_inbox(e.event_id for e in events)
+        consumers = await unit.load_consumers(e.consumer_uuid for e in events)
         result = plan(list(zip(events, hashes, strict=True)), consumers, inbox, self._placeholders)
-        if write:
-            await self._between_read_and_write(connection)
-            now = datetime.now(UTC)
-            await write_consumers(connection, result.writes, now, self._owner_cache)
-            rows = [
-                _inbox_row(items[i], hashes[i], result.decisions[i], attempts)
-                for i in result.recorded
-            ]
-            await write_inbox(connection, rows, now)
+        await self._between_read_and_write(unit)
+        now = datetime.now(UTC)
+        await unit.write_consumers(result.writes, now)
+        rows = [
+            _inbox_row(items[i], hashes[i], result.decisions[i], attempts) for i in result.recorded
+        ]
+        await unit.write_inbox(rows, now)
         return result.decisions
 
     # --- one event ------------------------------------------------------------------
@@ -251,9 +220,9 @@ class Applier:
         item: Item = (event, source)
         for _ in range(_MAX_PASSES):
             try:
-                async with self._transaction() as connection:
+                async with self._units.begin() as unit:
                     (decision,) = await self._plan_in(
-                        connection, [item], [payload_hash], write=True, attempts=attempt
+                        unit, [item], [payload_hash], attempts=attempt
                     )
                 return _outcome(event, decision, attempt)
             except StoreRace as race:
@@ -267,9 +236,9 @@ class Applier:
     ) -> Outcome:
         for _ in range(_MAX_PASSES):
             try:
-                async with self._transaction() as connection:
-                    inbox = await load_inbox(connection, [event.event_id])
-                    consumers = await load_consumers(connection, [event.consumer_uuid])
+                async with self._units.begin() as unit:
+                    inbox = await unit.load_inbox([event.event_id])
+                    consumers = await unit.load_consumers([event.consumer_uuid])
                     decision = decide_failed(
                         payload_hash,
                         consumers.get(event.consumer_uuid),
@@ -277,7 +246,7 @@ class Applier:
                     )
                     if decision.inbox is not InboxWrite.NONE:
                         row = _inbox_row((event, source), payload_hash, decision, attempts)
-                        await write_inbox(connection, [row], datetime.now(UTC))
+                        await unit.write_inbox([row], datetime.now(UTC))
             except StoreRace:
                 continue
             if decision.kind is OutcomeKind.FAILED:
@@ -288,44 +257,15 @@ class Applier:
 
     # --- plumbing ---------------------------------------------------------------
 
-    async def _between_read_and_write(self, connection: AsyncConnection) -> None:
+    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
         """A seam for tests that need another writer to act between read and write."""
 
-    @asynccontextmanager
-    async def _transaction(self, *, read_only_: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A transaction whose infrastructure failures surface as TransientDatabaseError
-        (after rollback); races and bugs propagate unchanged."""
-        turn = self._write_turn if not read_only_ else None
-        try:
-            async with turn or contextlib.nullcontext(), self._engine.connect() as connection:
-                if read_only_:
-                    connection = await read_only(connection)
-                async with connection.begin():
-                    yield connection
-        except (StoreRace, _CasLost, InvalidEventError):
-            raise
-        except Exception as exc:
-            if is_transient(exc):
-                raise TransientDatabaseError(describe(exc)) from exc
-            raise
 
-
-def _inbox_row(item: Item, payload_hash: str, decision: Decision, attempts: int) -> InboxRow:
+def _inbox_row(
+    item: Item, payload_hash: str, decision: Decision, attempts: int
+) -> tuple[InboxWrite, ProcessedEvent]:
     event, source = item
-    return InboxRow(
-        how=decision.inbox,
-        event_id=event.event_id,
-        consumer_uuid=event.consumer_uuid,
-        event_type=event.type.value,
-        payload_hash=payload_hash,
-        outcome=decision.kind,
-        reason=decision.reason,
-        generation_after=decision.generation_after,
-        attempts=attempts,
-        source_topic=source.topic if source else None,
-        source_partition=source.partition if source else None,
-        source_offset=source.offset if source else None,
-    )
+    return decision.inbox, decision.record(event, payload_hash, attempts=attempts, source=source)
 
 
 def _outcome(event: ConsumerEvent, decision: Decision, attempts: int) -> Outcome:

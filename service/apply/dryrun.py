@@ -1,9 +1,9 @@
 """The dry run: the outcomes a replay would have, computed without writing anything.
 
-``Applier.dry_run_batch`` decides one batch from one read, but it cannot carry state
+It is THE dry run: replay's ``--dry-run`` and the tests use it.  It must carry state
 from one batch to the next: the dry run of batch 2 must see what batch 1 *would* have
-done (a create in batch 1 makes a conditional update in batch 2 applicable).  So the
-dry run keeps an in-memory overlay of the would-be consumer rows and inbox entries,
+done (a create in batch 1 makes a conditional update in batch 2 applicable).  So it
+keeps an in-memory overlay of the would-be consumer rows and inbox entries,
 reads the live database (read-only transactions, no locks held between batches) only
 for what the overlay does not know yet, and decides each batch with the very same
 pure rules the Applier uses (``service.domain.rules.plan``).
@@ -21,18 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from service.apply.engine import TransientDatabaseError
 from service.config import Settings
 from service.domain.consumer import ConsumerState, Owners
 from service.domain.events import ConsumerEvent
-from service.domain.inbox import InboxEntry, InboxWrite
+from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import EventSource, Outcome
 from service.domain.rules import plan, validate
-from service.store.engine import read_only
-from service.store.errors import describe, is_transient
-from service.store.repository import load_consumers, load_inbox
+from service.store.unit_of_work import UnitOfWorkFactory
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +47,11 @@ class GenerationChange:
 class DryRun:
     """Decides batches like ``Applier.apply_batch`` would, one after the other."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self._engine = engine
+    def __init__(self, units: UnitOfWorkFactory, settings: Settings) -> None:
+        self._units = units
         self._placeholders = Owners(settings.incomplete_project_id, settings.incomplete_user_id)
         self._consumers: dict[str, ConsumerState | None] = {}
-        self._inbox: dict[str, InboxEntry] = {}
+        self._inbox: dict[str, ProcessedEvent] = {}
         self._before: dict[str, ConsumerState | None] = {}
 
     async def apply_batch(
@@ -78,7 +73,7 @@ class DryRun:
         outcomes = []
         for event, digest, decision in zip(events, hashes, result.decisions, strict=True):
             if decision.inbox is not InboxWrite.NONE:
-                self._inbox[event.event_id] = decision.inbox_entry(event, digest)
+                self._inbox[event.event_id] = decision.record(event, digest)
             outcomes.append(
                 Outcome(
                     event_id=event.event_id,
@@ -93,21 +88,15 @@ class DryRun:
         return outcomes
 
     async def _load(self, events: list[ConsumerEvent]) -> None:
-        """Read what the overlay does not know yet, in one read-only transaction."""
+        """Read what the overlay does not know yet, in one read-only transaction
+        (``TransientDatabaseError`` when the database cannot answer now)."""
         uuids = {e.consumer_uuid for e in events} - self._consumers.keys()
         ids = {e.event_id for e in events} - self._inbox.keys()
         if not uuids and not ids:
             return
-        try:
-            async with self._engine.connect() as connection:
-                connection = await read_only(connection)
-                async with connection.begin():
-                    inbox = await load_inbox(connection, ids)
-                    found = await load_consumers(connection, uuids)
-        except Exception as exc:
-            if is_transient(exc):
-                raise TransientDatabaseError(describe(exc)) from exc
-            raise
+        async with self._units.begin(read_only=True) as unit:
+            inbox = await unit.load_inbox(ids)
+            found = await unit.load_consumers(uuids)
         self._inbox.update(inbox)
         for uuid in uuids:
             self._consumers[uuid] = found.get(uuid)
