@@ -36,7 +36,7 @@ def wrapped(kind: type[sa_exc.DBAPIError], orig: BaseException) -> sa_exc.DBAPIE
 
 
 def test_the_dialects_are_the_modules_of_the_package() -> None:
-    assert known() == ["postgresql", "sqlite"]
+    assert known() == ("postgresql", "sqlite")
     for name in known():
         dialect = dialect_for(name)
         assert isinstance(dialect, Dialect) and dialect.name == name

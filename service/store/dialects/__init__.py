@@ -93,11 +93,11 @@ class Dialect(Protocol):
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]: ...
 
 
-def known() -> list[str]:
-    """Names of the dialect modules of this package."""
-    return sorted(
-        module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")
-    )
+@cache
+def known() -> tuple[str, ...]:
+    """Names of the dialect modules of this package (read once)."""
+    names = (module.name for module in pkgutil.iter_modules(__path__))
+    return tuple(sorted(name for name in names if not name.startswith("_")))
 
 
 @cache
