@@ -164,7 +164,7 @@ async def test_a_letter_refused_all_the_same_is_sent_bare_never_retried(
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from service.kafka.clients import topic_max_message_bytes
+    from service.kafka.topics import topic_max_message_bytes
 
     settings = daemon_settings(kafka_bootstrap, database_url, topics)
     canary = event_doc(CANARY_SAME, expected=None, project="p", user="u")
