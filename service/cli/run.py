@@ -59,7 +59,7 @@ def command(
 
 
 async def _run(settings: Settings) -> int:
-    from service.daemon.runner import run_daemon
+    from service.daemon.signals import run_daemon
     from service.kafka.records import KafkaClientUnfit
     from service.store.engine import create_engine
     from service.store.errors import SchemaNotCurrentError
