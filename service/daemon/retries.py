@@ -125,8 +125,10 @@ async def retry_until_stopped(
         try:
             return True, await work
         except asyncio.CancelledError:
-            if work.cancelled() and stop.is_set():
-                return False, None
+            current = asyncio.current_task()
+            ours = current is not None and current.cancelling() > 0
+            if work.cancelled() and stop.is_set() and not ours:
+                return False, None  # we cancelled the attempt, for the stop
             raise
         except Exception as exc:
             if stop.is_set() and retry_on(exc):
