@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaProducer
 
 from service.config import load_settings
 from service.domain.events import EventType
-from service.kafka.clients import client_options, ensure_topics
+from service.kafka.clients import client_options
+from service.kafka.topics import ensure_topics
 from service.producer import EventProducer, new_event
 
 

@@ -11,7 +11,8 @@ import asyncio
 import click
 
 from service.cli._common import EXIT_PROBLEM, settings_from
-from service.kafka.clients import BrokerUnavailable, ensure_topics
+from service.kafka.clients import BrokerUnavailable
+from service.kafka.topics import ensure_topics
 
 
 @click.group("topics")

@@ -272,7 +272,7 @@ class DeadLetterHeaders(BaseModel):
     attempts: Annotated[str, Field(pattern=r"^[1-9][0-9]*$")]
     first_failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
     failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
-    # A dead letter cut to fit the dead-letter topic (service/daemon/fit.py): which parts
+    # A dead letter cut to fit the dead-letter topic (service/sinks/fit.py): which parts
     # of the original were cut, and the original sizes in bytes.
     origin_truncated: (
         Annotated[str, Field(pattern=r"^(value|key|headers)(,(value|key|headers))*$")] | None

@@ -253,7 +253,7 @@ def _bounded(text: str, limit: int = 500) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-# -- dead letters cut to fit their topic (service/daemon/fit.py) -------------------------
+# -- dead letters cut to fit their topic (service/sinks/fit.py) -------------------------
 
 #: Headers on a dead letter that had to be cut to fit the dead-letter topic's
 #: ``max.message.bytes``: which parts were cut, and the original sizes of all three.

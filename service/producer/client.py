@@ -26,13 +26,16 @@ from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
 from service.domain.errors import InfrastructureUnavailable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.domain.outcomes import Reason
-from service.kafka.clients import BrokerUnavailable, client_options, describe_servers, start_bounded
+from service.kafka.clients import (
+    BrokerUnavailable,
+    describe_servers,
+    producer_options,
+    start_bounded,
+)
 from service.producer.events import encode, event_from_document, new_event
 
 log = structlog.get_logger(__name__)
 
-#: Room for the record overhead on top of the largest event a producer may send.
-_REQUEST_OVERHEAD: Final = 64 * 1024
 _HEADERS: Final = [(CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE.encode())]
 
 EventInput = ConsumerEvent | Mapping[str, Any] | bytes
@@ -86,13 +89,7 @@ class EventProducer:
 
     async def start(self) -> None:
         """Connect; ``BrokerUnavailable`` within the request timeout if Kafka is not there."""
-        kafka = AIOKafkaProducer(
-            **client_options(self._settings),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_request_size=self._max_bytes + _REQUEST_OVERHEAD,
-        )
+        kafka = AIOKafkaProducer(**producer_options(self._settings))
         await start_bounded(kafka, self._settings, "producer")
         self._kafka = kafka
 

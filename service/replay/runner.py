@@ -36,7 +36,7 @@ from service.contract.decode import InvalidEvent
 from service.contract.records import OWN_HEADERS
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
-from service.kafka.clients import client_options, start_bounded
+from service.kafka.clients import producer_options, start_bounded
 from service.replay.records import SourceRecord
 from service.replay.sources import Source
 from service.store.errors import TransientDatabaseError
@@ -192,13 +192,7 @@ async def replay(
         assert engine is not None, "a dry run reads the database"
         applier = dry = DryRun(SqlUnitOfWorkFactory(engine), settings)
     elif mode is Mode.REPUBLISH:
-        producer = AIOKafkaProducer(
-            **client_options(settings),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=max(1_048_576, settings.max_event_bytes + 65_536),
-        )
+        producer = AIOKafkaProducer(**producer_options(settings))
         await start_bounded(producer, settings, "republisher")
     started = time.monotonic()
     last_log = started

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings, load_settings
-from service.daemon.runner import Daemon
+from service.daemon.app import Daemon
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from tests.support.database import inbox

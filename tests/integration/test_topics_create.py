@@ -11,7 +11,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from service.config import Settings, load_settings
-from service.kafka.clients import (
+from service.kafka.topics import (
     BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     DEAD_LETTER_HEADROOM_BYTES,
     ensure_topics,

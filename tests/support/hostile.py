@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-from service.daemon.runner import Daemon
+from service.daemon.app import Daemon
 
 _PARTITIONER = DefaultPartitioner()
 

@@ -1,4 +1,5 @@
-"""A dead letter always fits its topic (``../shared/DESIGN.md``, *Failure classes*).
+"""A dead letter always fits its topic (``../shared/DESIGN.md``, *Failure classes*): the
+Kafka dead-letter sink (``service.sinks.kafka``) cuts what would not.
 
 A dead letter repeats the original key, value and headers and adds the service's own
 error headers, so it is bigger than the record it reports; and the record may have been
@@ -67,7 +68,7 @@ def fit_letter(
 
     When even the service's own headers alone exceed ``limit`` (a topic configured
     absurdly small) the result is the bare letter, which still does not fit: the
-    publisher then reports it (it cannot be written) instead of retrying it.
+    dead-letter sink then reports it (it cannot be written) instead of retrying it.
     """
     if letter_size(key, value, headers) <= limit:
         return FittedLetter(key, value, list(headers), ())
