@@ -16,11 +16,11 @@ from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import ConsumerRecord
 
 from service.kafka import records as kafka_records
+from service.kafka.batch_parser import parse_batch
 from service.kafka.records import (
     MissingCodec,
     TolerantMemoryRecords,
     UndecodableRecord,
-    parse_batch,
 )
 
 BAD_NAME = b"\xff\xfe-origin"
