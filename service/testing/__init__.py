@@ -13,5 +13,6 @@ For this project's tests and benchmarks and for anyone testing code around the s
 - ``processes``: who is alive, whose children are whose (Linux /proc).
 
 Nothing here imports pytest, and the service itself never imports this package
-(tests/unit/test_architecture.py checks both).  A free TCP port: ``service.embedded.process.free_port``.
+(tests/unit/test_architecture.py checks both).  A free TCP port:
+``service.embedded.process.free_port``.
 """
