@@ -15,15 +15,12 @@ import argparse
 import asyncio
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.apply.applier import Applier
 from service.config import load_settings

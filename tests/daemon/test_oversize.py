@@ -19,11 +19,12 @@ import pytest
 
 from service.contract.records import parse_dead_letter_headers
 from service.sinks.fit import letter_size
-from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import inbox
+from service.testing.kafka_io import produce_large, read_all
+from service.testing.model import event_doc
+from service.testing.polling import poll
 from tests.daemon.test_health import readyz
-from tests.support.database import inbox
-from tests.support.kafka_io import produce_large, read_all
-from tests.support.model import event_doc
 
 pytestmark = [pytest.mark.kafka]
 

@@ -13,7 +13,7 @@ from kafka_tools import read_all, settings_for
 from service.contract.decode import InvalidEvent, decode_event
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType
 from service.domain.outcomes import Reason
-from service.embedded._process import free_port
+from service.embedded.process import free_port
 from service.producer import (
     BrokerUnavailable,
     EventProducer,

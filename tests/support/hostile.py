@@ -175,7 +175,7 @@ async def kcat_records(bootstrap: str, topic: str, records: Sequence[Raw], codec
     """Send with librdkafka's kcat (not aiokafka), one run per record, each to its
     partition; sets each ``offset`` (the partition's end before the run: nothing else
     writes to it meanwhile).  Header names are raw bytes (``RawName`` or UTF-8)."""
-    from tests.support.kafka_io import end_offsets
+    from service.testing.kafka_io import end_offsets
     from tests.support.kcat import kcat_binary
 
     for record in records:

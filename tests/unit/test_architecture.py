@@ -120,3 +120,28 @@ def test_no_module_is_long_without_a_stated_reason(path: Path) -> None:
         f"{path.name} has {lines} lines; split it or say why in its docstring "
         f"({LONG_MODULE_MARK!r})"
     )
+
+
+def test_only_the_test_support_imports_the_test_support() -> None:
+    """service.testing is shipped for tests, benchmarks and users; the service itself
+    must run without it."""
+    importers = sorted(part for part, parts in import_graph().items() if "testing" in parts)
+    assert importers == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((PACKAGE / "testing").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_the_test_support_does_not_need_pytest(path: Path) -> None:
+    """Importing service.testing must work where pytest is not installed (benchmarks,
+    a user's own harness): no module-level ``import pytest``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        assert not any(name.split(".")[0] in {"pytest", "_pytest"} for name in names), path.name

@@ -30,7 +30,7 @@ from service.sinks.memory import MemoryDeadLetterSink, MemoryOutcomeSink
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.unit_of_work import SqlUnitOfWorkFactory
-from tests.support.model import event_doc
+from service.testing.model import event_doc
 
 TP = TopicPartition("events", 0)
 CONFIG = WorkerConfig(

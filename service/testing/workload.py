@@ -7,7 +7,7 @@ import random
 import uuid
 from typing import Any
 
-from tests.support.model import ABSENT, Model, event_doc
+from service.testing.model import ABSENT, Model, event_doc
 
 
 def mixed_stream(
@@ -39,10 +39,12 @@ def mixed_stream(
         state = belief.consumers.get(who)
         live = state is not None and not state.deleted
         kind = rng.random()
-        owners = {"project": rng.choice(projects), "user": f"user-{rng.randrange(3)}"}
+        project, user = rng.choice(projects), f"user-{rng.randrange(3)}"
         if not live:
             if kind < 0.8:
-                doc = event_doc(who, expected=None, consumer_type="INSTANCE", **owners)
+                doc = event_doc(
+                    who, expected=None, consumer_type="INSTANCE", project=project, user=user
+                )
             elif kind < 0.9:
                 doc = event_doc(who)  # unconditional create, incomplete owners
             else:
@@ -50,9 +52,9 @@ def mixed_stream(
         else:
             assert state is not None
             if kind < 0.45:
-                doc = event_doc(who, **owners)
+                doc = event_doc(who, project=project, user=user)
             elif kind < 0.8:
-                doc = event_doc(who, expected=state.generation, **owners)
+                doc = event_doc(who, expected=state.generation, project=project, user=user)
             elif kind < 0.88:
                 doc = event_doc(who, expected=max(0, state.generation - 1))  # stale
             elif kind < 0.92:

@@ -16,10 +16,8 @@ from click.testing import CliRunner, Result
 from service.cli import cli
 from service.config import Settings
 from service.store.migrate import upgrade
-from tests.daemon.conftest import Topics, daemon_settings, running_daemon, topics
-from tests.support.kafka_io import produce_docs, produce_raw, wait_all_committed
-
-__all__ = ["Cli", "Topics", "daemon_settings", "run_daemon_over", "settings_env", "topics"]
+from service.testing.daemon import Topics, running_daemon
+from service.testing.kafka_io import produce_docs, produce_raw, wait_all_committed
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
