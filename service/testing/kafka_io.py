@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import ConsumerRecord
 
 
@@ -90,11 +91,24 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str, within: float = 30
+) -> dict[int, int]:
+    """The group's committed offsets of ``topic``.  On a fresh broker the group
+    coordinator (the ``__consumer_offsets`` topic) takes a moment to exist: that answer,
+    and only that one, is asked again, for at most ``within`` seconds."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    deadline = time.monotonic() + within
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        while True:
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+                break
+            except GroupCoordinatorNotAvailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
