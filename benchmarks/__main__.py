@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from pathlib import Path
-
-# ``tests.support`` (the independent model) is imported by package path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import e2e, scaling, soak
 

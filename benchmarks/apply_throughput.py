@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
@@ -23,14 +22,13 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from service.apply.engine import Applier
+from service.apply.applier import Applier
 from service.config import load_settings
-from service.contract.event import ConsumerEvent, EventType
+from service.domain.events import ConsumerEvent, EventType
 from service.embedded.postgres import create_database
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
+from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 
 def workload(events: int, consumers: int) -> list[ConsumerEvent]:
@@ -54,7 +52,7 @@ async def measure(url: str, events: list[ConsumerEvent], batch: int | None) -> f
     engine = create_engine(settings)
     try:
         await upgrade_engine(engine)
-        applier = Applier(engine, settings)
+        applier = Applier(SqlUnitOfWorkFactory(engine), settings)
         started = time.perf_counter()
         if batch is None:
             for event in events:

@@ -249,7 +249,7 @@ repeat(s); the whole run took {results["seconds"] / 60:.1f} min.
 - **(d) daemon**: `python -m service run` (one process, outcomes topic on, INFO logs to a
   file), from the assignment of its partitions (its log) until the group's committed
   offsets cover every event (polled every 100 ms); then the database is compared with the
-  independent model (`tests/support/model.py`): every consumer's state and every inbox
+  independent model (`service/testing/model.py`): every consumer's state and every inbox
   row.  (d') is the same without an outcomes topic.
 - **Latency**: a fresh daemon fed {results["latency_rate"]:,.0f} events/s for
   {results["latency_seconds"]:.0f} s; per event, the outcome record's timestamp (sent

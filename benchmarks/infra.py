@@ -12,35 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import shutil
-import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.embedded._process import free_port
 from service.embedded.kafka import KAFKA_VERSION, KafkaBroker
 from service.embedded.postgres import PostgresCluster, create_database, find_bindir
+from service.testing.daemon_process import DaemonProcess
+from service.testing.database import asyncpg_url
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 @dataclass
@@ -80,7 +70,7 @@ class Infra:
 
     def stop(self) -> None:
         for daemon in self.daemons:
-            daemon.kill()
+            daemon.stop()
         if self.postgres is not None:
             self.postgres.remove()
         if self.broker is not None:
@@ -146,7 +136,7 @@ class Infra:
 
         assert self.postgres is not None
         name = url.rsplit("/", 1)[1]
-        conn = await asyncpg.connect(_plain(self.postgres.url()))
+        conn = await asyncpg.connect(asyncpg_url(self.postgres.url()))
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
@@ -156,133 +146,16 @@ class Infra:
     def daemon(self, name: str, **settings: object) -> DaemonProcess:
         env = {f"CONSUMERGEN_{key.upper()}": str(value) for key, value in settings.items()}
         env.setdefault("CONSUMERGEN_BOOTSTRAP_SERVERS", self.bootstrap)
-        process = DaemonProcess(name=name, env=env, log=self.root / f"{name}.log")
-        self.daemons.append(process)
-        return process
-
-
-@dataclass
-class DaemonProcess:
-    """``python -m service run`` with JSON logs to a file and a health port."""
-
-    name: str
-    env: dict[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    health_port: int = 0
-    started_at: float = 0.0
-
-    def start(self) -> DaemonProcess:
-        self.health_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMERGEN_")}
-        env.update(self.env)
-        env["CONSUMERGEN_HEALTH_PORT"] = str(self.health_port)
-        env.setdefault("CONSUMERGEN_LOG_FORMAT", "json")
         env.setdefault("CONSUMERGEN_LOG_REDACTION_KEY", "benchmark")
         env["PYTHONPATH"] = str(REPO)
-        command = [sys.executable, "-m", "service", "run"]
+        profile: list[str] = []
         profile_dir = os.environ.get("BENCHMARKS_PROFILE_DIR")
         if profile_dir:  # pyinstrument (the "bench" extra): a text profile per daemon
-            report = Path(profile_dir) / f"{self.name}.txt"
-            command[1:1] = ["-m", "pyinstrument", "-r", "text", "-o", str(report)]
-        with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                command,
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=str(REPO),
-            )
-        self.started_at = time.time()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def readiness(self) -> dict[str, Any] | None:
-        url = f"http://127.0.0.1:{self.health_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return dict(json.loads(response.read()))
-        except urllib.error.HTTPError as error:
-            return dict(json.loads(error.read()))
-        except OSError:
-            return None
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"daemon {self.name} exited with {self.process.returncode}:\n{self.tail()}"
-            )
-
-    async def wait_assigned(self, within: float = 90) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            self.check_alive()
-            body = await asyncio.to_thread(self.readiness)
-            if body and int(body.get("assigned_partitions") or 0) > 0:
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"daemon {self.name} got no partitions in {within}s:\n{self.tail()}")
-
-    def log_events(self) -> list[dict[str, Any]]:
-        events = []
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.log.read_text(errors="replace").splitlines():
-                if line.startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        events.append(json.loads(line))
-        return events
-
-    def assigned_at(self) -> float | None:
-        """Wall-clock time of the first "partitions assigned" log line."""
-        for event in self.log_events():
-            if event.get("event") == "partitions assigned" and event.get("timestamp"):
-                moment = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
-                return moment.timestamp()
-        return None
-
-    def rss_kib(self) -> int:
-        return _status_field(self.pid, "VmRSS")
-
-    def peak_rss_kib(self) -> int:
-        return _status_field(self.pid, "VmHWM")
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    async def stop(self, within: float = 60) -> None:
-        """SIGTERM (graceful) and wait; SIGKILL if it does not go."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(self.process.wait, within)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-def _status_field(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
+            report = Path(profile_dir) / f"{name}.txt"
+            profile = ["-m", "pyinstrument", "-r", "text", "-o", str(report)]
+        process = DaemonProcess(env, self.root, name=name, python_args=profile, cwd=REPO)
+        self.daemons.append(process)
+        return process
 
 
 def machine_description(postgres: bool) -> dict[str, str]:

@@ -17,10 +17,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from benchmarks.infra import DaemonProcess, Infra, _plain
+from benchmarks.infra import Infra
 from benchmarks.workload import Record, Workload
-from tests.support.database import consumer_state, inbox
-from tests.support.model import Model
+from service.testing.database import asyncpg_url, consumer_state, inbox
+from service.testing.model import Model
 
 #: Partitions of the events topic (the issue's workload).
 PARTITIONS = 6
@@ -163,7 +163,7 @@ async def raw_db_write(url: str, n: int, batch: int) -> float:
         return await asyncio.to_thread(run)
     import asyncpg
 
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(asyncpg_url(url))
     try:
         await conn.execute(_ROW_SQL.format(ts="TIMESTAMPTZ"))
         began = time.perf_counter()
@@ -183,12 +183,13 @@ async def raw_db_write(url: str, n: int, batch: int) -> float:
 async def naive_peer(bootstrap: str, topic: str, url: str, n: int) -> float:
     """What people write first: one message, one transaction (the same rules, through
     ``Applier.apply``), one offset commit, then the next message.  Events/s over ``n``."""
-    from service.apply.engine import Applier
-    from service.apply.outcomes import EventSource
+    from service.apply.applier import Applier
     from service.config import load_settings
     from service.contract.decode import decode_event
+    from service.domain.outcomes import EventSource
     from service.store.engine import create_engine
     from service.store.migrate import upgrade
+    from service.store.unit_of_work import SqlUnitOfWorkFactory
 
     settings = load_settings(database_url=url, bootstrap_servers=bootstrap)
     await upgrade(settings)
@@ -202,7 +203,7 @@ async def naive_peer(bootstrap: str, topic: str, url: str, n: int) -> float:
     )
     await consumer.start()
     try:
-        applier = Applier(engine, settings)
+        applier = Applier(SqlUnitOfWorkFactory(engine), settings)
         first = await consumer.getone()  # after the group join: not part of the rate
         began = time.perf_counter()
         message = first
@@ -304,7 +305,7 @@ async def daemon_run(
         peak = sum(d.peak_rss_kib() for d in daemons) / 1024
         cpu = sum(d.cpu_seconds() for d in daemons)
     finally:
-        await asyncio.gather(*(d.stop() for d in daemons))
+        await asyncio.gather(*(d.terminate() for d in daemons))
     verified = True
     if model is not None:
         verified = await verify(url, model)
@@ -490,7 +491,7 @@ async def offered_load(
         rss.append((time.monotonic() - began, daemon.rss_kib() / 1024))
         peak = daemon.peak_rss_kib() / 1024
     finally:
-        await daemon.stop()
+        await daemon.terminate()
     unmatched = 0
     for partition, offset, outcome_ms in pending:
         if not account(partition, offset, outcome_ms):
@@ -524,7 +525,6 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "DaemonProcess",
     "DaemonRun",
     "LoadRun",
     "daemon_run",

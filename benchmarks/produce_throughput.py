@@ -15,9 +15,10 @@ import uuid
 
 from aiokafka import AIOKafkaProducer
 
-from service.broker import client_options, ensure_topics
 from service.config import load_settings
-from service.contract.event import EventType
+from service.domain.events import EventType
+from service.kafka.clients import client_options
+from service.kafka.topics import ensure_topics
 from service.producer import EventProducer, new_event
 
 

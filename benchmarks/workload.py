@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.support.model import Model
+from service.testing.model import Model
 
 Doc = dict[str, Any]
 Record = tuple[bytes, bytes]  # (key, value)

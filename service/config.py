@@ -7,22 +7,28 @@ at start-up, naming the variable, instead of surfacing later as odd behaviour.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.domain.errors import ConfigurationError
+
 ENV_PREFIX = "CONSUMERGEN_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 #: Variables for the test suite (e.g. an existing broker); not service settings.
 TEST_PREFIX = f"{ENV_PREFIX}TEST_"
 
+#: ``database+driver://``: the service needs an asyncio driver, so the URL must name one.
+_URL_WITH_DRIVER = re.compile(r"^[a-z][a-z0-9_]*\+[a-z][a-z0-9_]*://")
+
 #: Placement's placeholder owner for consumers created without project/user.
 INCOMPLETE_OWNER = "00000000-0000-0000-0000-000000000000"
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigurationError):
     """Configuration that cannot be used; the message names the offending setting."""
 
 
@@ -132,10 +138,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        # The shape only: which databases and drivers exist is the store's dialects'
+        # to say (``service.store.dialects.dialect_for_url``, checked at start-up).
+        if not _URL_WITH_DRIVER.match(value):
             raise ValueError(
-                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
-                "(the service only speaks asyncio drivers)"
+                "must be DATABASE+DRIVER://..., e.g. sqlite+aiosqlite:///FILE or "
+                "postgresql+asyncpg://... (the service only speaks asyncio drivers)"
             )
         return value
 

@@ -19,6 +19,7 @@ from typing import Final
 
 from aiokafka import errors as kafka_errors
 
+from service.domain.errors import InfrastructureUnavailable
 from service.store.errors import TransientDatabaseError, is_transient
 
 
@@ -81,6 +82,12 @@ def infrastructure_kind(error: BaseException) -> str | None:
     """``"database"`` or ``"broker"`` for an infrastructure failure, else None."""
     if isinstance(error, TransientDatabaseError):
         return "database"
+    if isinstance(error, InfrastructureUnavailable):
+        # The service's own "not now" errors (BrokerUnavailable, a sink's
+        # SinkUnavailable) were classified where they were raised; a sink names
+        # what it depends on in ``kind``, everything else here is the broker's.
+        kind = getattr(error, "kind", None)
+        return kind if isinstance(kind, str) else "broker"
     if broker_unavailable(error):
         return "broker"
     if database_unavailable(error):

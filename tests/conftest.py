@@ -1,4 +1,5 @@
-"""Session-wide real infrastructure: one Kafka broker and one PostgreSQL cluster per run.
+"""Session-wide real infrastructure (one Kafka broker and one PostgreSQL cluster per run)
+and the suite's shared fixtures: fresh databases, migrated databases, fresh topics.
 
 Both are started by the project's own launchers (service/embedded) unless pointed at
 existing servers with CONSUMERGEN_TEST_BOOTSTRAP_SERVERS / CONSUMERGEN_TEST_POSTGRES_URL.
@@ -19,6 +20,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded.kafka import KafkaBroker
 from service.embedded.postgres import PostgresCluster, create_database
+from service.testing.daemon import Topics
+from tests.apply.helpers import Db, migrated
 
 # Extra pytest plugins of the suite (the whole-suite log guard registers here).
 pytest_plugins: list[str] = ["log_guard"]
@@ -98,6 +101,13 @@ async def database_url(request: pytest.FixtureRequest) -> str:
     return await create_database(request.getfixturevalue("postgres_server_url"), prefix="t")
 
 
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Db]:
+    """A migrated database (SQLite file and PostgreSQL, via ``database_url``) per test."""
+    async with migrated(database_url) as handle:
+        yield handle
+
+
 TopicFactory = Callable[..., Awaitable[str]]
 
 
@@ -127,3 +137,12 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
         yield create
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def topics(new_topic: TopicFactory) -> Topics:
+    """A daemon's fresh events (4 partitions), dead-letter and outcomes topics and group."""
+    events = await new_topic(partitions=4, prefix="events")
+    dlq = await new_topic(partitions=1, prefix="dlq")
+    outcomes = await new_topic(partitions=2, prefix="outcomes")
+    return Topics(events, dlq, outcomes, group=f"group-{uuid.uuid4().hex[:8]}")

@@ -12,9 +12,10 @@ does not know turns into ``undecodable``, with its class name for the dead lette
 
 from __future__ import annotations
 
-from service.apply.rules import InvalidEventError, validate
-from service.contract.decode import InvalidEvent, InvalidReason, decode_event, undecodable
-from service.contract.event import ConsumerEvent
+from service.contract.decode import InvalidEvent, decode_event, undecodable
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import Reason
+from service.domain.rules import InvalidEventError, validate
 
 
 def admit(key: bytes | None, value: bytes | None, max_bytes: int) -> ConsumerEvent:
@@ -24,7 +25,7 @@ def admit(key: bytes | None, value: bytes | None, max_bytes: int) -> ConsumerEve
         try:
             validate(event)
         except InvalidEventError as exc:
-            raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, str(exc)) from None
+            raise InvalidEvent(Reason.SCHEMA_VIOLATION, str(exc)) from None
         check_key(key, event)
     except InvalidEvent:
         raise
@@ -38,10 +39,10 @@ def check_key(key: bytes | None, event: ConsumerEvent) -> None:
     order rests on every event of a consumer landing on one partition."""
     if key is None:
         raise InvalidEvent(
-            InvalidReason.KEY_MISMATCH, "the record has no key (it must be the consumer_uuid)"
+            Reason.KEY_MISMATCH, "the record has no key (it must be the consumer_uuid)"
         )
     if key != event.consumer_uuid.encode():
         raise InvalidEvent(
-            InvalidReason.KEY_MISMATCH,
+            Reason.KEY_MISMATCH,
             "the key is not the consumer_uuid in canonical form (lower-case, dashed)",
         )

@@ -16,9 +16,9 @@ import click
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.broker import BrokerUnavailable
 from service.cli._common import EXIT_PROBLEM
-from service.kafka_records import KafkaClientUnfit
+from service.kafka.clients import BrokerUnavailable
+from service.kafka.records import KafkaClientUnfit
 from service.replay.ranges import RangeError, RangeSpec
 from service.replay.report import RichProgress
 from service.replay.runner import NoProgress, Progress

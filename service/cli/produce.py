@@ -21,11 +21,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from service.broker import BrokerUnavailable
 from service.cli._common import EXIT_PROBLEM, settings_from
 from service.config import Settings
 from service.contract.decode import InvalidEvent, undecodable
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.kafka.clients import BrokerUnavailable
 from service.producer import EventProducer, ProduceError, SendResult, event_from_line, new_event
 
 #: Files at least this big get a progress bar (when stderr is a terminal).

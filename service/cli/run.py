@@ -59,8 +59,8 @@ def command(
 
 
 async def _run(settings: Settings) -> int:
-    from service.daemon.runner import run_daemon
-    from service.kafka_records import KafkaClientUnfit
+    from service.daemon.signals import run_daemon
+    from service.kafka.records import KafkaClientUnfit
     from service.store.engine import create_engine
     from service.store.errors import SchemaNotCurrentError
 
@@ -78,8 +78,8 @@ async def _run(settings: Settings) -> int:
 
 def _run_local(settings: Settings) -> int:
     """Start the embedded broker, prepare database and topics, run; stop the broker after."""
-    from service.broker import ensure_topics
     from service.embedded.kafka import KafkaBroker
+    from service.kafka.topics import ensure_topics
     from service.store.migrate import upgrade
 
     host, _, port = settings.bootstrap_servers.partition(":")

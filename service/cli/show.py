@@ -17,14 +17,16 @@ from rich.table import Table
 from service.cli._common import EXIT_PROBLEM, settings_from
 from service.cli._operator import run, stdout_console
 from service.config import Settings
+from service.domain.consumer import ConsumerState
+from service.domain.inbox import ProcessedEvent
 from service.store.engine import create_engine
 from service.store.migrate import ensure_schema_current
-from service.store.repository import ConsumerRecord, ProcessedEvent, get_consumer, recent_events
+from service.store.reads import get_consumer, recent_events
 
 
 @dataclass
 class _Found:
-    consumer: ConsumerRecord | None
+    consumer: ConsumerState | None
     events: list[ProcessedEvent]
 
 
@@ -93,17 +95,17 @@ def _document(consumer_uuid: str, found: _Found) -> dict[str, Any]:
     doc["events"] = [
         {
             "event_id": e.event_id,
-            "type": e.event_type,
+            "type": None if e.event_type is None else e.event_type.value,
             "outcome": e.outcome.value,
             "reason": None if e.reason is None else e.reason.value,
             "generation_after": e.generation_after,
             "attempts": e.attempts,
             "source": None
-            if e.source_topic is None
+            if e.source is None
             else {
-                "topic": e.source_topic,
-                "partition": e.source_partition,
-                "offset": e.source_offset,
+                "topic": e.source.topic,
+                "partition": e.source.partition,
+                "offset": e.source.offset,
             },
             "processed_at": _time(e.processed_at),
         }
@@ -146,14 +148,12 @@ def _print(consumer_uuid: str, found: _Found) -> None:
     for e in found.events:
         outcome = e.outcome.value + (f" ({e.reason.value})" if e.reason else "")
         source = (
-            "-"
-            if e.source_topic is None
-            else (f"{e.source_topic}/{e.source_partition}@{e.source_offset}")
+            "-" if e.source is None else f"{e.source.topic}/{e.source.partition}@{e.source.offset}"
         )
         events.add_row(
             _time(e.processed_at),
             e.event_id,
-            e.event_type,
+            "-" if e.event_type is None else e.event_type.value,
             outcome,
             "-" if e.generation_after is None else str(e.generation_after),
             source,

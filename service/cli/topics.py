@@ -10,8 +10,9 @@ import asyncio
 
 import click
 
-from service.broker import BrokerUnavailable, ensure_topics
 from service.cli._common import EXIT_PROBLEM, settings_from
+from service.kafka.clients import BrokerUnavailable
+from service.kafka.topics import ensure_topics
 
 
 @click.group("topics")

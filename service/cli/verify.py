@@ -15,10 +15,12 @@ from rich.table import Table
 from service.cli._common import EXIT_PROBLEM, settings_from
 from service.cli._operator import progress_for, run, stdout_console
 from service.config import Settings
+from service.domain.errors import ConfigurationError
 from service.replay.ranges import RangeSpec
 from service.replay.report import summary_table
 from service.replay.sources import ArchiveSource, Source, TopicSource
 from service.replay.verify import VerifyReport, verify
+from service.store.dialects import DATABASE_URL_VARIABLE, dialect_for_url
 from service.store.engine import create_engine
 from service.store.migrate import ensure_schema_current
 
@@ -66,13 +68,12 @@ def command(
     scratch database with the daemon's apply path, and diff it against the database."""
     if with_topic and not archives:
         raise click.UsageError("--with-topic only applies with --archive")
-    if scratch_url is not None and not scratch_url.startswith(
-        ("sqlite+aiosqlite://", "postgresql+asyncpg://")
-    ):
-        raise click.BadParameter(
-            "must start with sqlite+aiosqlite:// or postgresql+asyncpg://",
-            param_hint="--scratch-url",
-        )
+    if scratch_url is not None:
+        try:
+            dialect_for_url(scratch_url)
+        except ConfigurationError as exc:
+            message = str(exc).replace(f"{DATABASE_URL_VARIABLE}: ", "")
+            raise click.BadParameter(message, param_hint="--scratch-url") from None
     settings = settings_from(ctx, bootstrap_servers=bootstrap_server, topic=topic)
     if scratch_url is not None and scratch_url == settings.database_url:
         raise click.BadParameter("is the live database", param_hint="--scratch-url")

@@ -12,37 +12,26 @@ import json
 import math
 import re
 import secrets
-from enum import StrEnum
 from typing import Any, Final, NoReturn
 
 from pydantic import ValidationError
 
-from service.contract.event import SCHEMA_VERSION, UNCONDITIONAL, ConsumerEvent, EventType
 from service.contract.models import (
     EVENT_ADAPTER,
     ConsumerUpsertV1,
     OutsizedNumber,
     sub_microsecond_nanos,
 )
+from service.domain.errors import InvalidInput
+from service.domain.events import SCHEMA_VERSION, UNCONDITIONAL, ConsumerEvent, EventType
+from service.domain.outcomes import Reason
 
 #: Messages and paths end up in Kafka headers: keep them short.
 _MAX_MESSAGE: Final = 500
 _MAX_PATH: Final = 200
 
 
-class InvalidReason(StrEnum):
-    """Why an event is invalid (the ``error.reason`` dead-letter header)."""
-
-    NOT_JSON = "not_json"
-    NOT_UTF8 = "not_utf8"
-    SCHEMA_VIOLATION = "schema_violation"
-    UNSUPPORTED_VERSION = "unsupported_version"
-    TOO_LARGE = "too_large"
-    KEY_MISMATCH = "key_mismatch"
-    UNDECODABLE = "undecodable"
-
-
-class InvalidEvent(Exception):
+class InvalidEvent(InvalidInput):
     """A record that is not a valid consumer event; retrying it cannot help.
 
     ``path`` is the JSON path of the offending field for ``schema_violation``
@@ -54,7 +43,7 @@ class InvalidEvent(Exception):
 
     def __init__(
         self,
-        reason: InvalidReason,
+        reason: Reason,
         message: str,
         path: str | None = None,
         exception: str | None = None,
@@ -76,18 +65,16 @@ def undecodable(exc: Exception) -> InvalidEvent:
     record's fault all the same (``../shared/DESIGN.md``, *Failure classes*). Only the
     class name is kept; ``str(exc)`` may quote the record."""
     name = type(exc).__name__
-    return InvalidEvent(
-        InvalidReason.UNDECODABLE, f"{name} while decoding the record", exception=name
-    )
+    return InvalidEvent(Reason.UNDECODABLE, f"{name} while decoding the record", exception=name)
 
 
 def decode_event(value: bytes | None, *, max_bytes: int) -> ConsumerEvent:
     """Decode a Kafka record value. The size is checked before any parsing."""
     if value is None:
-        raise InvalidEvent(InvalidReason.NOT_JSON, "the record has no value (a tombstone)")
+        raise InvalidEvent(Reason.NOT_JSON, "the record has no value (a tombstone)")
     if len(value) > max_bytes:
         raise InvalidEvent(
-            InvalidReason.TOO_LARGE, f"{len(value)} bytes, more than the limit of {max_bytes}"
+            Reason.TOO_LARGE, f"{len(value)} bytes, more than the limit of {max_bytes}"
         )
     return decode_document(load_json(value))
 
@@ -98,10 +85,10 @@ def load_json(value: bytes) -> Any:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent(
-            InvalidReason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
+            Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
         ) from None
     if not text.strip():
-        raise InvalidEvent(InvalidReason.NOT_JSON, "the value is empty")
+        raise InvalidEvent(Reason.NOT_JSON, "the value is empty")
     try:
         return json.loads(
             text,
@@ -112,19 +99,19 @@ def load_json(value: bytes) -> Any:
         )
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
-            InvalidReason.NOT_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+            Reason.NOT_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except _NotJson as exc:
-        raise InvalidEvent(InvalidReason.NOT_JSON, str(exc)) from None
+        raise InvalidEvent(Reason.NOT_JSON, str(exc)) from None
     except RecursionError:
-        raise InvalidEvent(InvalidReason.NOT_JSON, "nested too deeply") from None
+        raise InvalidEvent(Reason.NOT_JSON, "nested too deeply") from None
 
 
 def decode_document(doc: Any) -> ConsumerEvent:
     """Validate a parsed JSON document (e.g. a JSONL line) against the v1 contract."""
     if not isinstance(doc, dict):
         raise InvalidEvent(
-            InvalidReason.SCHEMA_VIOLATION,
+            Reason.SCHEMA_VIOLATION,
             f"an event is a JSON object, not {_json_type(doc)}",
             "$",
         )
@@ -213,7 +200,7 @@ def _check_version(version: Any) -> None:
         isinstance(version, int) and version != SCHEMA_VERSION
     ):
         raise InvalidEvent(
-            InvalidReason.UNSUPPORTED_VERSION,
+            Reason.UNSUPPORTED_VERSION,
             f"this schema_version is not supported (this service knows {SCHEMA_VERSION})",
             "$.schema_version",
         )
@@ -232,7 +219,7 @@ def _raise_violation(exc: ValidationError) -> NoReturn:
         message = "unknown field (a new field needs a new schema_version)"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
-    raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, message, _json_path(loc)) from None
+    raise InvalidEvent(Reason.SCHEMA_VIOLATION, message, _json_path(loc)) from None
 
 
 def _json_path(loc: list[int | str]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -22,6 +21,16 @@ from pydantic import (
     TypeAdapter,
     field_validator,
     model_validator,
+)
+
+from service.domain.outcomes import (
+    DEAD_LETTER_REASONS,
+    FAILED_REASONS,
+    INVALID_REASONS,
+    REASONS_BY_OUTCOME,
+    REJECTED_REASONS,
+    OutcomeKind,
+    Reason,
 )
 
 #: Dashed hexadecimal UUID, any letter case (normalised to lower case after validation).
@@ -176,50 +185,20 @@ EVENT_ADAPTER: Final[TypeAdapter[ConsumerUpsertV1 | ConsumerDeleteV1]] = TypeAda
 )
 
 
-class Outcome(StrEnum):
-    """The one outcome every event ends in (DESIGN.md, Outcomes)."""
+def _one_of(allowed: frozenset[Reason], what: str) -> AfterValidator:
+    """A string that is one of ``allowed`` (the domain's values: defined once, there)."""
 
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    REJECTED = "rejected"
-    INVALID = "invalid"
-    FAILED = "failed"
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"not a known {what}")
+        return value
+
+    return AfterValidator(check)
 
 
-REJECTED_REASONS: Final = frozenset(
-    {"consumer_exists", "generation_conflict", "consumer_not_found", "event_id_reused"}
-)
-INVALID_REASONS: Final = frozenset(
-    {
-        "not_json",
-        "not_utf8",
-        "schema_violation",
-        "unsupported_version",
-        "too_large",
-        "key_mismatch",
-        "undecodable",
-    }
-)
-FAILED_REASONS: Final = frozenset({"cas_retries_exhausted"})
-_REASONS_BY_OUTCOME: Final = {
-    Outcome.REJECTED: REJECTED_REASONS,
-    Outcome.INVALID: INVALID_REASONS,
-    Outcome.FAILED: FAILED_REASONS,
-}
-OutcomeReason = Literal[
-    "consumer_exists",
-    "generation_conflict",
-    "consumer_not_found",
-    "event_id_reused",
-    "not_json",
-    "not_utf8",
-    "schema_violation",
-    "unsupported_version",
-    "too_large",
-    "key_mismatch",
-    "undecodable",
-    "cas_retries_exhausted",
-]
+ALL_REASONS: Final = REJECTED_REASONS | INVALID_REASONS | FAILED_REASONS
+OutcomeReason = Annotated[str, _one_of(ALL_REASONS, "reason")]
+DeadLetterReasonValue = Annotated[str, _one_of(DEAD_LETTER_REASONS, "dead-letter reason")]
 
 
 class SourcePosition(BaseModel):
@@ -240,7 +219,7 @@ class OutcomeRecord(BaseModel):
     schema_version: SchemaVersion = 1
     event_id: CanonicalUuid | None
     consumer_uuid: CanonicalUuid | None
-    outcome: Outcome
+    outcome: OutcomeKind
     reason: OutcomeReason | None
     message: Annotated[str, Field(max_length=500)] | None = None
     generation_after: Annotated[int, Field(ge=0)] | None
@@ -250,15 +229,15 @@ class OutcomeRecord(BaseModel):
 
     @model_validator(mode="after")
     def _reason_fits_outcome(self) -> OutcomeRecord:
-        if self.outcome is Outcome.APPLIED:
+        if self.outcome is OutcomeKind.APPLIED:
             if self.reason is not None or self.generation_after is None:
                 raise ValueError("applied needs reason null and a generation_after")
         elif (
-            self.outcome in _REASONS_BY_OUTCOME
-            and self.reason not in _REASONS_BY_OUTCOME[self.outcome]
+            self.outcome in REASONS_BY_OUTCOME
+            and self.reason not in REASONS_BY_OUTCOME[self.outcome]
         ):
             raise ValueError(f"this reason does not fit outcome {self.outcome.value}")
-        if (self.outcome is Outcome.DUPLICATE) != (self.original_outcome is not None):
+        if (self.outcome is OutcomeKind.DUPLICATE) != (self.original_outcome is not None):
             raise ValueError("original_outcome is required for duplicate and only there")
         return self
 
@@ -281,16 +260,7 @@ class DeadLetterHeaders(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True, populate_by_name=True)
 
     error_class: Literal["invalid", "failed"] = Field(alias="error.class")
-    error_reason: Literal[
-        "not_json",
-        "not_utf8",
-        "schema_violation",
-        "unsupported_version",
-        "too_large",
-        "key_mismatch",
-        "undecodable",
-        "cas_retries_exhausted",
-    ] = Field(alias="error.reason")
+    error_reason: DeadLetterReasonValue = Field(alias="error.reason")
     error_message: Annotated[str, Field(max_length=500)] = Field(alias="error.message")
     error_path: Annotated[str, Field(pattern=r"^\$")] | None = Field(None, alias="error.path")
     error_exception: Annotated[str, Field(pattern=EXCEPTION_NAME_PATTERN)] | None = Field(
@@ -302,7 +272,7 @@ class DeadLetterHeaders(BaseModel):
     attempts: Annotated[str, Field(pattern=r"^[1-9][0-9]*$")]
     first_failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
     failed_at: Annotated[str, AfterValidator(_rfc3339_text)]
-    # A dead letter cut to fit the dead-letter topic (service/daemon/fit.py): which parts
+    # A dead letter cut to fit the dead-letter topic (service/sinks/fit.py): which parts
     # of the original were cut, and the original sizes in bytes.
     origin_truncated: (
         Annotated[str, Field(pattern=r"^(value|key|headers)(,(value|key|headers))*$")] | None

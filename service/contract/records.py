@@ -11,19 +11,18 @@ import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final
 
 from pydantic import ValidationError
 
 from service.contract.decode import InvalidEvent
-from service.contract.models import (
-    CANONICAL_UUID_PATTERN,
+from service.contract.models import CANONICAL_UUID_PATTERN, DeadLetterHeaders, OutcomeRecord
+from service.domain.outcomes import (
     FAILED_REASONS,
     INVALID_REASONS,
+    REASONS_BY_OUTCOME,
     REJECTED_REASONS,
-    DeadLetterHeaders,
-    Outcome,
-    OutcomeRecord,
+    OutcomeKind,
 )
 
 #: Header names the service owns on a dead-letter record (replaced if already present).
@@ -44,17 +43,6 @@ ERROR_HEADERS: Final = (
 #: Optional header the producer sets; the daemon never relies on it (the body is the truth).
 CONTENT_TYPE_HEADER: Final = "content-type"
 EVENT_CONTENT_TYPE: Final = "application/vnd.consumergen.event.v1+json"
-
-DeadLetterReason = Literal[
-    "not_json",
-    "not_utf8",
-    "schema_violation",
-    "unsupported_version",
-    "too_large",
-    "key_mismatch",
-    "undecodable",
-    "cas_retries_exhausted",
-]
 
 
 def dead_letter_headers(
@@ -195,13 +183,9 @@ def outcome_record(
 
 
 _CANONICAL_UUID: Final = re.compile(CANONICAL_UUID_PATTERN)
-_OUTCOMES: Final = frozenset(item.value for item in Outcome)
+_OUTCOMES: Final = frozenset(item.value for item in OutcomeKind)
 _ALL_REASONS: Final = REJECTED_REASONS | INVALID_REASONS | FAILED_REASONS
-_REASONS_OF: Final = {
-    Outcome.REJECTED.value: REJECTED_REASONS,
-    Outcome.INVALID.value: INVALID_REASONS,
-    Outcome.FAILED.value: FAILED_REASONS,
-}
+_REASONS_OF: Final = {kind.value: reasons for kind, reasons in REASONS_BY_OUTCOME.items()}
 _ORIGINALS: Final = frozenset({"applied", "rejected", "invalid", "failed"})
 
 
@@ -232,14 +216,14 @@ def _outcome_problem(
         return f"unknown reason {reason!r}"
     if generation_after is not None and not _natural(generation_after):
         return "generation_after must be an integer >= 0"
-    if outcome == Outcome.APPLIED.value:
+    if outcome == OutcomeKind.APPLIED.value:
         if reason is not None or generation_after is None:
             return "applied needs reason null and a generation_after"
     elif outcome in _REASONS_OF and reason not in _REASONS_OF[outcome]:
         return f"reason {reason!r} does not fit outcome {outcome}"
     if original is not None and original not in _ORIGINALS:
         return f"unknown original_outcome {original!r}"
-    if (outcome == Outcome.DUPLICATE.value) != (original is not None):
+    if (outcome == OutcomeKind.DUPLICATE.value) != (original is not None):
         return "original_outcome is required for duplicate and only there"
     if not (isinstance(topic, str) and topic):
         return "source.topic must be a non-empty string"
@@ -269,7 +253,7 @@ def _bounded(text: str, limit: int = 500) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-# -- dead letters cut to fit their topic (service/daemon/fit.py) -------------------------
+# -- dead letters cut to fit their topic (service/sinks/fit.py) -------------------------
 
 #: Headers on a dead letter that had to be cut to fit the dead-letter topic's
 #: ``max.message.bytes``: which parts were cut, and the original sizes of all three.

@@ -37,6 +37,12 @@ class DaemonMetrics:
             ["kind"],
             registry=r,
         )
+        self.retries = Counter(
+            "consumergen_retries",
+            "Retries of an infrastructure failure scheduled by stamina, by the step retried.",
+            ["step"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "consumergen_batch_size",
             "Events per applied batch.",

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.embedded._process import (
+from service.embedded.process import (
     die_with_parent,
     free_port,
     port_open,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.embedded._process import die_with_parent, free_port, stop_process, wait_until
+from service.embedded.process import die_with_parent, free_port, stop_process, wait_until
 
 SUPERUSER = "consumergen"
 DATABASE = "consumergen"

@@ -20,23 +20,28 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from service.broker import BrokerUnavailable, client_options, describe_servers, start_bounded
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason, decode_event
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.contract.decode import InvalidEvent, decode_event
 from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
+from service.domain.errors import InfrastructureUnavailable
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.domain.outcomes import Reason
+from service.kafka.clients import (
+    BrokerUnavailable,
+    describe_servers,
+    producer_options,
+    start_bounded,
+)
 from service.producer.events import encode, event_from_document, new_event
 
 log = structlog.get_logger(__name__)
 
-#: Room for the record overhead on top of the largest event a producer may send.
-_REQUEST_OVERHEAD: Final = 64 * 1024
 _HEADERS: Final = [(CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE.encode())]
 
 EventInput = ConsumerEvent | Mapping[str, Any] | bytes
 
 
-class ProduceError(Exception):
+class ProduceError(InfrastructureUnavailable):
     """Kafka did not take the event (unreachable, timed out, topic missing, refused)."""
 
 
@@ -84,13 +89,7 @@ class EventProducer:
 
     async def start(self) -> None:
         """Connect; ``BrokerUnavailable`` within the request timeout if Kafka is not there."""
-        kafka = AIOKafkaProducer(
-            **client_options(self._settings),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_request_size=self._max_bytes + _REQUEST_OVERHEAD,
-        )
+        kafka = AIOKafkaProducer(**producer_options(self._settings))
         await start_bounded(kafka, self._settings, "producer")
         self._kafka = kafka
 
@@ -247,7 +246,7 @@ class EventProducer:
         value = checked.to_json_bytes()
         if len(value) > self._max_bytes:
             raise InvalidEvent(
-                InvalidReason.TOO_LARGE,
+                Reason.TOO_LARGE,
                 f"{len(value)} bytes, more than the limit of {self._max_bytes}",
             )
         return checked, value

@@ -13,14 +13,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from service.contract.decode import (
-    InvalidEvent,
-    InvalidReason,
-    decode_document,
-    decode_event,
-    load_json,
-)
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.contract.decode import InvalidEvent, decode_document, decode_event, load_json
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.domain.outcomes import Reason
 
 
 def new_event(
@@ -63,16 +58,14 @@ def encode(event: ConsumerEvent) -> bytes:
     try:
         doc = event.to_document()
     except (OverflowError, ValueError) as exc:
-        raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, str(exc), "$.occurred_at") from None
+        raise InvalidEvent(Reason.SCHEMA_VIOLATION, str(exc), "$.occurred_at") from None
     except (AttributeError, TypeError) as exc:
-        raise InvalidEvent(InvalidReason.SCHEMA_VIOLATION, str(exc), "$") from None
+        raise InvalidEvent(Reason.SCHEMA_VIOLATION, str(exc), "$") from None
     try:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (UnicodeEncodeError, TypeError, ValueError):
         decode_document(doc)  # raises with the offending field's path
-        raise InvalidEvent(
-            InvalidReason.SCHEMA_VIOLATION, "not serialisable as JSON", "$"
-        ) from None
+        raise InvalidEvent(Reason.SCHEMA_VIOLATION, "not serialisable as JSON", "$") from None
 
 
 def event_from_document(doc: Mapping[str, Any] | bytes, *, max_bytes: int | None) -> ConsumerEvent:
@@ -91,7 +84,7 @@ def event_from_line(line: bytes, *, max_bytes: int, producer: str | None = None)
     """
     if len(line) > max_bytes:
         raise InvalidEvent(
-            InvalidReason.TOO_LARGE, f"{len(line)} bytes, more than the limit of {max_bytes}"
+            Reason.TOO_LARGE, f"{len(line)} bytes, more than the limit of {max_bytes}"
         )
     doc = load_json(line)
     if isinstance(doc, dict):

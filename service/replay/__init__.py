@@ -1,13 +1,12 @@
 """The operator's tools: replay, archive and verify (see docs/operations.md).
 
 Sources (``sources``) hand out records of a topic range or an archive file; the runner
-(``runner``) drives them through the daemon's apply path (or a dry run, ``dryrun``);
+(``runner``) drives them through the daemon's apply path (or ``service.apply.dryrun``'s dry run);
 ``archive`` writes the JSONL format ``records`` defines; ``verify`` rebuilds the
 expected state in a scratch database and diffs it against the live one.
 """
 
 from service.replay.archive import ArchiveReport, write_archive
-from service.replay.dryrun import DryRun, GenerationChange
 from service.replay.ranges import PartitionRange, RangeError, RangeSpec
 from service.replay.records import (
     ArchiveLineError,
@@ -24,8 +23,6 @@ __all__ = [
     "ArchiveReport",
     "ArchiveSource",
     "Difference",
-    "DryRun",
-    "GenerationChange",
     "Mode",
     "PartitionRange",
     "RangeError",

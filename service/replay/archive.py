@@ -4,7 +4,7 @@ The file is written next to its destination under a temporary name and renamed i
 place only when the whole range was read, so an interrupted archive never leaves a
 truncated file that looks complete.
 
-A record the Kafka client cannot decode (``service.kafka_records.UndecodableRecord``:
+A record the Kafka client cannot decode (``service.kafka.records.UndecodableRecord``:
 say a header name that is not UTF-8) is *reported and skipped*: no line is written for
 it (an archive line must be a record that replays as what was read, and such a record
 cannot be represented faithfully), its coordinates go into ``ArchiveReport.undecodable``
@@ -56,9 +56,7 @@ async def write_archive(
         async for chunk in source.batches():
             for record in chunk:
                 if record.undecodable is not None:
-                    report.undecodable.append(
-                        (record.partition, record.offset, record.undecodable)
-                    )
+                    report.undecodable.append((record.partition, record.offset, record.undecodable))
                     log.warning(
                         "archive_record_undecodable_skipped",
                         topic=record.topic,

@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from service.domain.errors import InvalidInput
 
-class RangeError(ValueError):
+
+class RangeError(InvalidInput, ValueError):
     """The range cannot be read as asked (the message names the option)."""
 
 

@@ -32,9 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.contract.decode import InvalidEvent, dump_json, load_json, parse_float, parse_int
+from service.domain.errors import InvalidInput
 
 
-class ArchiveLineError(ValueError):
+class ArchiveLineError(InvalidInput, ValueError):
     """A line of an archive file is not an archive record (the message says why)."""
 
 

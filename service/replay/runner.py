@@ -8,7 +8,7 @@ them process is applied once; the other sees a duplicate).  Nothing is dead-lett
 or committed by a replay: invalid records and failed events are counted and reported,
 and the exit status says so.
 
-Modes: ``apply`` (write), ``dry_run`` (``service.replay.dryrun``: same rules, nothing
+Modes: ``apply`` (write), ``dry_run`` (``service.apply.dryrun``: same rules, nothing
 written) and ``republish`` (dead letters back onto the events topic, key and value
 unchanged, the error headers dropped, for the daemon to process again).
 """
@@ -29,16 +29,18 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.admission import admit
-from service.apply.engine import Applier, TransientDatabaseError
-from service.apply.outcomes import EventSource, Outcome, OutcomeKind
-from service.broker import client_options, start_bounded
+from service.apply.applier import Applier
+from service.apply.dryrun import DryRun, GenerationChange
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason
-from service.contract.event import ConsumerEvent
+from service.contract.decode import InvalidEvent
 from service.contract.records import OWN_HEADERS
-from service.replay.dryrun import DryRun, GenerationChange
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
+from service.kafka.clients import producer_options, start_bounded
 from service.replay.records import SourceRecord
 from service.replay.sources import Source
+from service.store.errors import TransientDatabaseError
+from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -185,18 +187,12 @@ async def replay(
     producer: AIOKafkaProducer | None = None
     if mode is Mode.APPLY:
         assert engine is not None, "apply needs a database engine"
-        applier = Applier(engine, settings)
+        applier = Applier(SqlUnitOfWorkFactory(engine), settings)
     elif mode is Mode.DRY_RUN:
         assert engine is not None, "a dry run reads the database"
-        applier = dry = DryRun(engine, settings)
+        applier = dry = DryRun(SqlUnitOfWorkFactory(engine), settings)
     elif mode is Mode.REPUBLISH:
-        producer = AIOKafkaProducer(
-            **client_options(settings),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=max(1_048_576, settings.max_event_bytes + 65_536),
-        )
+        producer = AIOKafkaProducer(**producer_options(settings))
         await start_bounded(producer, settings, "republisher")
     started = time.monotonic()
     last_log = started
@@ -247,7 +243,7 @@ def _decode_chunk(
     for record in chunk:
         if record.undecodable is not None:
             # Counted invalid like the daemon dead-letters it; the replay goes on.
-            report.invalid[InvalidReason.UNDECODABLE.value] += 1
+            report.invalid[Reason.UNDECODABLE.value] += 1
             log.warning(
                 "replay_record_undecodable",
                 topic=record.topic,

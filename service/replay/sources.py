@@ -6,7 +6,7 @@ and cannot trigger a rebalance of the daemon's group.  The end of every partitio
 its high-water mark taken when the source opens, so a replay terminates while
 producers and the daemon keep writing.  Only committed transactional records are read
 (``read_committed``), and a record the Kafka client cannot decode comes as a
-``SourceRecord`` with ``undecodable`` set (see ``service.kafka_records``).
+``SourceRecord`` with ``undecodable`` set (see ``service.kafka.records``).
 
 An archive is checked whole (every line must be an archive record) before the first
 record is handed out: a malformed line is reported with its number and nothing is
@@ -26,16 +26,17 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.broker import BrokerUnavailable, client_options, consumer_options, start_bounded
 from service.config import Settings
-from service.kafka_records import UndecodableRecord
+from service.domain.errors import ConsumerGenError
+from service.kafka.clients import BrokerUnavailable, client_options, consumer_options, start_bounded
+from service.kafka.records import UndecodableRecord
 from service.replay.ranges import PartitionRange, RangeError, RangeSpec
 from service.replay.records import ArchiveLineError, SourceRecord, from_archive_line
 
 log = structlog.stdlib.get_logger(__name__)
 
 
-class SourceError(Exception):
+class SourceError(ConsumerGenError):
     """The source cannot be read as asked (missing topic, malformed archive line...)."""
 
 

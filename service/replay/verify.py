@@ -30,16 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.replay.runner import Mode, Progress, ReplayReport, replay
 from service.replay.sources import Source, SourceError
+from service.store import reads
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
-from service.store.repository import applied_counts
-from service.store.schema import consumer_types, consumers, projects, users
 
 #: (generation, deleted, project_id, user_id, consumer_type)
 Row = tuple[int, bool, str, str, str | None]
@@ -97,34 +95,9 @@ class VerifyReport:
         }
 
 
-def _rows_query(engine: AsyncEngine) -> Any:
-    """Consumers with owner names, ordered by UUID byte-wise on both databases (so that
-    the two streams merge; PostgreSQL's default collation would order differently)."""
-    key = consumers.c.uuid
-    ordered = key.collate("C") if engine.dialect.name == "postgresql" else key
-    return (
-        select(
-            consumers.c.uuid,
-            consumers.c.generation,
-            consumers.c.deleted_at,
-            projects.c.external_id,
-            users.c.external_id,
-            consumer_types.c.name,
-        )
-        .select_from(
-            consumers.join(projects, projects.c.id == consumers.c.project_id)
-            .join(users, users.c.id == consumers.c.user_id)
-            .outerjoin(consumer_types, consumer_types.c.id == consumers.c.consumer_type_id)
-        )
-        .order_by(ordered)
-    )
-
-
 async def _stream(engine: AsyncEngine) -> AsyncGenerator[tuple[str, Row], None]:
-    async with engine.connect() as connection:
-        result = await connection.stream(_rows_query(engine).execution_options(yield_per=2000))
-        async for r in result:
-            yield r[0], (int(r[1]), r[2] is not None, r[3], r[4], r[5])
+    async for c in reads.consumers_by_uuid(engine):
+        yield c.uuid, (c.generation, c.deleted, c.project_id, c.user_id, c.consumer_type)
 
 
 _END = ("\uffff", (0, False, "", "", None))
@@ -187,7 +160,7 @@ def _all(expected: Row | None, live: Row | None) -> dict[str, tuple[Any, Any]]:
 
 async def check_inbox(live: AsyncEngine, report: VerifyReport) -> None:
     """Applied inbox rows per consumer against its generation (see the module doc)."""
-    counts = await applied_counts(live)
+    counts = await reads.applied_counts(live)
     async for uuid, row in _stream(live):
         applied = counts.get(uuid, 0)
         if applied > row[0]:
@@ -199,9 +172,7 @@ async def check_inbox(live: AsyncEngine, report: VerifyReport) -> None:
 
 
 async def _require_empty(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
-        count = (await connection.execute(select(func.count()).select_from(consumers))).scalar()
-    if count:
+    if await reads.has_consumers(engine):
         raise SourceError("the scratch database is not empty: give verify an empty one")
 
 

@@ -1,4 +1,5 @@
-"""The consumer store: tables, engine, migrations, the unit of work and housekeeping."""
+"""The consumer store: tables, dialects, engine, migrations, the unit of work, reads and
+housekeeping."""
 
 from service.store.engine import create_engine
 from service.store.errors import SchemaNotCurrentError, TransientDatabaseError, is_transient
@@ -10,20 +11,16 @@ from service.store.migrate import (
     upgrade_engine,
 )
 from service.store.prune import PruneResult, prune
-from service.store.repository import (
-    ConsumerRecord,
-    ProcessedEvent,
-    applied_counts,
-    get_consumer,
-    recent_events,
-)
+from service.store.reads import applied_counts, get_consumer, recent_events
+from service.store.unit_of_work import SqlUnitOfWorkFactory, UnitOfWork, UnitOfWorkFactory
 
 __all__ = [
-    "ConsumerRecord",
-    "ProcessedEvent",
     "PruneResult",
     "SchemaNotCurrentError",
+    "SqlUnitOfWorkFactory",
     "TransientDatabaseError",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
     "applied_counts",
     "create_engine",
     "current_revision",

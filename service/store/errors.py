@@ -12,72 +12,41 @@ import asyncio
 
 from sqlalchemy import exc as sa_exc
 
+from service.domain.errors import ConfigurationError, InfrastructureUnavailable
+from service.store import dialects
 
-class TransientDatabaseError(Exception):
+
+class TransientDatabaseError(InfrastructureUnavailable):
     """The database could not do the work now (connection lost, locked, serialization
     failure, deadlock, shutting down).  Nothing of the failing unit was committed; the
     caller should back off and try the same events again."""
 
 
-class SchemaNotCurrentError(RuntimeError):
+class SchemaNotCurrentError(ConfigurationError, RuntimeError):
     """The database has not been migrated to the schema this code needs."""
 
 
-#: SQLSTATE classes/codes that mean "try again later", not "your statement is wrong".
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57P", "58")
-_TRANSIENT_SQLSTATES = frozenset({"55P03", "57014", "25P03"})
-
-#: SQLite/driver messages of the same kind (SQLITE_BUSY, SQLITE_LOCKED, I/O trouble).
-_TRANSIENT_SQLITE_TEXT = (
-    "database is locked",
-    "database table is locked",
-    "database is busy",
-    "disk i/o error",
-    "unable to open database file",
-    "cannot operate on a closed database",
-    "no active connection",
-)
-
-
-def _sqlstate(error: BaseException) -> str | None:
-    for candidate in (error, getattr(error, "orig", None), getattr(error, "__cause__", None)):
-        if candidate is None:
-            continue
-        for attribute in ("sqlstate", "pgcode"):
-            value = getattr(candidate, attribute, None)
-            if isinstance(value, str) and value:
-                return value
-    return None
-
-
 def is_transient(error: BaseException) -> bool:
-    """True when ``error`` is an infrastructure failure worth retrying later."""
+    """True when ``error`` is an infrastructure failure worth retrying later.
+
+    What every driver shares is decided here; what only one database's errors say (a
+    SQLSTATE, a SQLite message) its dialect decides (``service.store.dialects``).
+    """
     if isinstance(error, TransientDatabaseError):
         return True
     if isinstance(error, (OSError, asyncio.TimeoutError, sa_exc.TimeoutError)):
         return True
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    state = _sqlstate(error)
-    if state is not None:
-        return state in _TRANSIENT_SQLSTATES or state.startswith(_TRANSIENT_SQLSTATE_CLASSES)
-    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-        text = str(getattr(error, "orig", error)).lower()
-        if isinstance(error, sa_exc.InterfaceError):
-            return True
-        return any(marker in text for marker in _TRANSIENT_SQLITE_TEXT)
-    cause = error.__cause__ or getattr(error, "orig", None)
-    if isinstance(cause, (OSError, ConnectionError)):
+    verdict = dialects.transient(error)
+    if verdict is not None:
+        return verdict
+    if isinstance(error, sa_exc.InterfaceError):
         return True
-    name = type(error).__name__
-    # asyncpg raises these outside SQLAlchemy's wrapping (e.g. while connecting).
-    return name in {
-        "ConnectionDoesNotExistError",
-        "InterfaceError",
-        "InternalClientError",
-        "CannotConnectNowError",
-        "ConnectionFailureError",
-    }
+    if isinstance(error, sa_exc.OperationalError):
+        return False  # the database refused the work and no dialect calls it passing
+    cause = error.__cause__ or getattr(error, "orig", None)
+    return isinstance(cause, (OSError, ConnectionError))
 
 
 def describe(error: BaseException) -> str:

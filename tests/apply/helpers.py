@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.apply.engine import Applier
+from service.apply.applier import Applier
 from service.config import Settings, load_settings
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
+from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 TABLES = ("processed_events", "consumers", "consumer_types", "users", "projects")
 
@@ -64,7 +65,7 @@ class Db:
         async with self.engine.begin() as connection:
             for table in TABLES:
                 await connection.execute(text(f"DELETE FROM {table}"))
-        self.applier = Applier(self.engine, self.settings)
+        self.applier = Applier(SqlUnitOfWorkFactory(self.engine), self.settings)
 
 
 @asynccontextmanager
@@ -73,7 +74,7 @@ async def migrated(database_url: str, **overrides: Any) -> AsyncIterator[Db]:
     engine = create_engine(settings)
     try:
         await upgrade_engine(engine)
-        yield Db(database_url, settings, engine, Applier(engine, settings))
+        yield Db(database_url, settings, engine, Applier(SqlUnitOfWorkFactory(engine), settings))
     finally:
         await engine.dispose()
 

@@ -8,10 +8,11 @@ from collections import Counter
 
 from prometheus_client import REGISTRY
 
-from service.apply.engine import Applier
-from service.apply.outcomes import Outcome, OutcomeKind, Reason
-from service.contract.event import ConsumerEvent
+from service.apply.applier import Applier
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import Outcome, OutcomeKind, Reason
 from service.store.engine import create_engine
+from service.store.unit_of_work import SqlUnitOfWorkFactory
 from tests.apply.helpers import Db, delete, new_id, settings_for, upsert
 
 TASKS = 8
@@ -39,7 +40,8 @@ async def test_concurrent_unconditional_writers_lose_nothing_and_double_nothing(
         database_pool_size=2,
         sqlite_busy_timeout_ms=30_000,
     )
-    appliers = [Applier(create_engine(settings), settings) for _ in range(TASKS)]
+    engines = [create_engine(settings) for _ in range(TASKS)]
+    appliers = [Applier(SqlUnitOfWorkFactory(engine), settings) for engine in engines]
     metric_before = stamina_cas_retries()
 
     async def writer(index: int) -> list[tuple[ConsumerEvent, Outcome]]:
@@ -61,8 +63,8 @@ async def test_concurrent_unconditional_writers_lose_nothing_and_double_nothing(
     try:
         per_writer = await asyncio.gather(*(writer(i) for i in range(TASKS)))
     finally:
-        for applier in appliers:
-            await applier._engine.dispose()
+        for engine in engines:
+            await engine.dispose()
 
     pairs = [pair for done in per_writer for pair in done]
     outcomes = [o for _, o in pairs]

@@ -11,12 +11,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from service.apply.engine import Applier, TransientDatabaseError
-from service.apply.outcomes import EventSource, Outcome, OutcomeKind, Reason
-from service.apply.rules import InvalidEventError
+from service.apply.applier import Applier
+from service.apply.dryrun import DryRun
 from service.config import Settings
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
+from service.domain.rules import InvalidEventError
 from service.store import get_consumer, recent_events
 from service.store.engine import create_engine
+from service.store.errors import TransientDatabaseError
+from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
 from tests.apply.helpers import Db, delete, event, migrated, new_id, upsert
 
 Action = Callable[[AsyncConnection], Awaitable[None]]
@@ -30,14 +33,15 @@ class Interfering(Applier):
     """An Applier during which another writer acts between its read and its write."""
 
     def __init__(self, db: Db, action: Action, times: int, settings: Settings | None = None):
-        super().__init__(db.engine, settings or db.settings)
+        super().__init__(SqlUnitOfWorkFactory(db.engine), settings or db.settings)
         self._action = action
         self.remaining = times
 
-    async def _between_read_and_write(self, connection: AsyncConnection) -> None:
+    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
         if self.remaining > 0:
             self.remaining -= 1
-            await self._action(connection)
+            assert isinstance(unit, SqlUnitOfWork)
+            await self._action(unit.connection)
 
 
 def outside_bump(db: Db, consumer: str) -> Action:
@@ -211,10 +215,11 @@ async def test_placement_race_two_null_creators_exactly_one_wins(db: Db) -> None
 
     class Racer(Applier):
         def __init__(self, settings: Settings, barrier: asyncio.Barrier | None) -> None:
-            super().__init__(create_engine(settings), settings)
+            self.engine = create_engine(settings)
+            super().__init__(SqlUnitOfWorkFactory(self.engine), settings)
             self.barrier = barrier
 
-        async def _between_read_and_write(self, connection: AsyncConnection) -> None:
+        async def _between_read_and_write(self, unit: UnitOfWork) -> None:
             if self.barrier is not None:
                 barrier, self.barrier = self.barrier, None
                 await asyncio.wait_for(barrier.wait(), 10)
@@ -230,7 +235,7 @@ async def test_placement_race_two_null_creators_exactly_one_wins(db: Db) -> None
             )
         finally:
             for racer in racers:
-                await racer._engine.dispose()
+                await racer.engine.dispose()
         assert sorted((r.kind, r.reason) for r in results) == [
             (OutcomeKind.APPLIED, None),
             (OutcomeKind.REJECTED, Reason.CONSUMER_EXISTS),
@@ -364,11 +369,11 @@ async def test_batch_raced_by_an_outside_writer_splits_and_commits_consistently(
     assert await db.count("processed_events") == 2 + 4
 
 
-async def test_dry_run_batch_predicts_and_writes_nothing(db: Db) -> None:
+async def test_dry_run_predicts_and_writes_nothing(db: Db) -> None:
     c = new_id()
     await db.applier.apply(upsert(c, None))
     stream = [(upsert(c, 1), None), (upsert(c, 1), None), (delete(c), None)]
-    predicted = await db.applier.dry_run_batch(stream)
+    predicted = await DryRun(SqlUnitOfWorkFactory(db.engine), db.settings).apply_batch(stream)
     assert await db.count("processed_events") == 1 and await db.generation(c) == (1, False)
     assert [shape(o) for o in predicted] == [shape(o) for o in await db.applier.apply_batch(stream)]
 
@@ -464,7 +469,7 @@ async def test_unreachable_postgresql_is_transient(postgres_server_url: str) -> 
     engine = create_engine(settings)
     try:
         with pytest.raises(TransientDatabaseError):
-            await Applier(engine, settings).apply(upsert(new_id()))
+            await Applier(SqlUnitOfWorkFactory(engine), settings).apply(upsert(new_id()))
     finally:
         await engine.dispose()
 

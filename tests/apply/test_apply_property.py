@@ -3,7 +3,7 @@
 One-by-one, in random batches over a different interleaving of the consumers, and the
 whole stream applied twice: identical final state and outcomes, and both agree with
 an in-memory model written here from DESIGN.md (deliberately not using
-``service.apply.rules``), which also checks "generation = number of applied changes".
+``service.domain.rules``), which also checks "generation = number of applied changes".
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.apply.outcomes import Outcome
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType
+from service.domain.outcomes import Outcome
 from tests.apply.helpers import Db, event
 
 CONSUMERS = [

@@ -6,20 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from service.apply.outcomes import OutcomeKind, Reason
-from service.apply.rules import (
-    ConsumerState,
-    InboxEntry,
-    InboxWrite,
-    InvalidEventError,
-    Owners,
-    WriteKind,
-    decide,
-    decide_failed,
-    plan,
-    validate,
-)
-from service.contract.event import UNCONDITIONAL
+from service.domain.consumer import MAX_GENERATION, ConsumerState, Owners
+from service.domain.events import UNCONDITIONAL
+from service.domain.inbox import InboxWrite, ProcessedEvent
+from service.domain.outcomes import OutcomeKind, Reason
+from service.domain.rules import InvalidEventError, WriteKind, decide, decide_failed, plan, validate
 from tests.apply.helpers import delete, event, new_id, upsert
 
 PLACEHOLDERS = Owners("incomplete-project", "incomplete-user")
@@ -154,8 +145,8 @@ def test_delete_with_null_of_a_live_consumer_is_consumer_exists() -> None:
 # --- the inbox ------------------------------------------------------------------------
 
 
-def entry(ev, outcome_kind, reason=None, generation=2, payload_hash=None) -> InboxEntry:
-    return InboxEntry(
+def entry(ev, outcome_kind, reason=None, generation=2, payload_hash=None) -> ProcessedEvent:
+    return ProcessedEvent(
         ev.event_id, ev.consumer_uuid, payload_hash or ev.payload_hash(), outcome_kind, reason,
         generation,
     )  # fmt: skip
@@ -290,11 +281,21 @@ def test_validate_rejects_non_canonical_uuids(bad: str) -> None:
         validate(event(C, event_id=bad))
 
 
-@pytest.mark.parametrize("expected", [-1, True, 2**63, "3"])
+@pytest.mark.parametrize("expected", [-1, True, MAX_GENERATION + 1, 2**63, "3"])
 def test_validate_rejects_bad_preconditions(expected) -> None:
     with pytest.raises(InvalidEventError, match="expected_generation"):
         validate(upsert(C, expected))
 
 
 def test_validate_accepts_the_limits() -> None:
-    validate(upsert(C, 2**63 - 1, project_id="x" * 255, user_id="'\"; --", consumer_type="A_1"))
+    validate(
+        upsert(C, MAX_GENERATION, project_id="x" * 255, user_id="'\"; --", consumer_type="A_1")
+    )
+
+
+def test_an_event_type_the_rules_do_not_know_is_refused_not_tombstoned() -> None:
+    """``decide`` matches every EventType exhaustively: a type it does not handle raises
+    rather than falling into another type's branch (once, a non-upsert was a delete)."""
+    unknown = replace(upsert(C), type="consumer.merge")  # type: ignore[arg-type]
+    with pytest.raises(AssertionError):
+        decide(unknown, "hash", live(3), None, PLACEHOLDERS)

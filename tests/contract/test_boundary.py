@@ -17,16 +17,11 @@ from hypothesis import strategies as st
 
 from service.apply import admission
 from service.apply.admission import admit
-from service.contract.decode import (
-    InvalidEvent,
-    InvalidReason,
-    decode_event,
-    dump_json,
-    load_json,
-)
-from service.contract.event import ConsumerEvent
+from service.contract.decode import InvalidEvent, decode_event, dump_json, load_json
 from service.contract.models import OutsizedNumber
 from service.contract.records import invalid_event_headers, parse_dead_letter_headers
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import Reason
 
 CONSUMER = "0b7e4a52-9c1d-4f3e-8a26-5d9b1c7e3f80"
 KEY = CONSUMER.encode()
@@ -75,14 +70,14 @@ FIELDS = [
 @pytest.mark.parametrize("field", FIELDS)
 def test_a_huge_number_in_any_field_is_a_schema_violation_at_its_path(field: str, raw: str) -> None:
     error = refusal(with_raw(field, raw))
-    assert error.reason is InvalidReason.SCHEMA_VIOLATION
+    assert error.reason is Reason.SCHEMA_VIOLATION
     assert error.path == f"$.{field}"
 
 
 @pytest.mark.parametrize("raw", ["9" * 401, "9" * 4300, HUGE, "-" + HUGE, "1e400", "1" + "0" * 400])
 def test_a_huge_schema_version_is_unsupported_and_not_quoted(raw: str) -> None:
     error = refusal(with_raw("schema_version", raw))
-    assert error.reason is InvalidReason.UNSUPPORTED_VERSION
+    assert error.reason is Reason.UNSUPPORTED_VERSION
     assert error.path == "$.schema_version"
     assert error.message == "this schema_version is not supported (this service knows 1)"
 
@@ -96,7 +91,7 @@ def test_the_digit_limit_is_no_edge() -> None:
 
 def test_a_huge_number_nested_or_in_an_array_is_refused() -> None:
     error = refusal(with_raw("project_id", f'{{"a": [1, {HUGE}]}}'))
-    assert (error.reason, error.path) == (InvalidReason.SCHEMA_VIOLATION, "$.project_id")
+    assert (error.reason, error.path) == (Reason.SCHEMA_VIOLATION, "$.project_id")
 
 
 def test_load_json_keeps_outsized_numbers_and_dump_json_writes_them_back() -> None:
@@ -127,7 +122,7 @@ def test_an_upper_case_event_needs_the_canonical_key() -> None:
     assert admit(KEY, upper, MAX).consumer_uuid == CONSUMER
     with pytest.raises(InvalidEvent) as caught:
         admit(CONSUMER.upper().encode(), upper, MAX)
-    assert caught.value.reason is InvalidReason.KEY_MISMATCH
+    assert caught.value.reason is Reason.KEY_MISMATCH
 
 
 @pytest.mark.parametrize(
@@ -147,7 +142,7 @@ def test_any_other_key_is_a_key_mismatch(key: bytes | None) -> None:
     with pytest.raises(InvalidEvent) as caught:
         admit(key, VALUE, MAX)
     error = caught.value
-    assert error.reason is InvalidReason.KEY_MISMATCH
+    assert error.reason is Reason.KEY_MISMATCH
     assert error.path is None and error.exception is None
     assert CONSUMER not in error.message and CONSUMER.upper() not in error.message
 
@@ -155,7 +150,7 @@ def test_any_other_key_is_a_key_mismatch(key: bytes | None) -> None:
 def test_an_invalid_value_is_reported_for_the_value_whatever_the_key() -> None:
     with pytest.raises(InvalidEvent) as caught:
         admit(b"other", b"{broken", MAX)
-    assert caught.value.reason is InvalidReason.NOT_JSON
+    assert caught.value.reason is Reason.NOT_JSON
 
 
 # --- exceptions the decoder does not know -----------------------------------------------
@@ -178,7 +173,7 @@ def test_an_unknown_exception_is_undecodable_with_its_class(
     with pytest.raises(InvalidEvent) as caught:
         admit(KEY, VALUE, MAX)
     error = caught.value
-    assert error.reason is InvalidReason.UNDECODABLE
+    assert error.reason is Reason.UNDECODABLE
     assert error.exception == "_Surprise"
     assert error.message == "_Surprise while decoding the record"
     assert "value was" not in error.describe()
@@ -199,7 +194,7 @@ def test_cancellation_is_not_a_record_failure(
 
 def test_the_exception_class_goes_into_the_dead_letter() -> None:
     error = InvalidEvent(
-        InvalidReason.UNDECODABLE, "ValueError while decoding the record", exception="ValueError"
+        Reason.UNDECODABLE, "ValueError while decoding the record", exception="ValueError"
     )
     headers = invalid_event_headers(
         error,
@@ -219,7 +214,7 @@ def test_the_exception_class_goes_into_the_dead_letter() -> None:
 
 
 def test_no_exception_header_without_an_exception() -> None:
-    error = InvalidEvent(InvalidReason.KEY_MISMATCH, "the record has no key")
+    error = InvalidEvent(Reason.KEY_MISMATCH, "the record has no key")
     headers = invalid_event_headers(
         error,
         original_headers=[("error.exception", b"Spoofed")],
@@ -280,7 +275,7 @@ def _mutations() -> st.SearchStrategy[bytes]:
 
 def _outcome(result: ConsumerEvent | InvalidEvent) -> None:
     if isinstance(result, InvalidEvent):
-        assert isinstance(result.reason, InvalidReason)
+        assert isinstance(result.reason, Reason)
         assert "\n" not in result.message and len(result.message) <= 500
 
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.contract.decode import InvalidEvent, InvalidReason, decode_document, decode_event
-from service.contract.event import UNCONDITIONAL, EventType
+from service.contract.decode import InvalidEvent, decode_document, decode_event
+from service.domain.events import UNCONDITIONAL, EventType
+from service.domain.outcomes import Reason
 
 BASE = {
     "schema_version": 1,
@@ -58,7 +59,7 @@ def test_uuids_are_canonical_and_time_keeps_its_instant() -> None:
 def test_size_is_checked_before_parsing() -> None:
     with pytest.raises(InvalidEvent) as caught:
         decode_event(b"\xff" * 2000, max_bytes=1024)
-    assert caught.value.reason is InvalidReason.TOO_LARGE
+    assert caught.value.reason is Reason.TOO_LARGE
     assert caught.value.message == "2000 bytes, more than the limit of 1024"
     value = json.dumps(BASE).encode()
     assert decode_event(value, max_bytes=len(value)).event_id.startswith("6f1c")
@@ -67,14 +68,14 @@ def test_size_is_checked_before_parsing() -> None:
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (None, InvalidReason.NOT_JSON),
-        (b"", InvalidReason.NOT_JSON),
-        (b"[" * 200_000, InvalidReason.NOT_JSON),
-        (b'{"a": Infinity}', InvalidReason.NOT_JSON),
-        (b"\xc3\x28", InvalidReason.NOT_UTF8),
+        (None, Reason.NOT_JSON),
+        (b"", Reason.NOT_JSON),
+        (b"[" * 200_000, Reason.NOT_JSON),
+        (b'{"a": Infinity}', Reason.NOT_JSON),
+        (b"\xc3\x28", Reason.NOT_UTF8),
     ],
 )
-def test_hostile_values(value: bytes | None, reason: InvalidReason) -> None:
+def test_hostile_values(value: bytes | None, reason: Reason) -> None:
     with pytest.raises(InvalidEvent) as caught:
         decode_event(value, max_bytes=1 << 20)
     assert caught.value.reason is reason
@@ -113,6 +114,6 @@ def test_nothing_but_invalid_event_escapes(value: bytes) -> None:
     try:
         event = decode_event(value, max_bytes=1024)
     except InvalidEvent as exc:
-        assert exc.reason in InvalidReason
+        assert exc.reason in Reason
     else:
         assert event.schema_version == 1

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.contract.decode import decode_event
-from service.contract.event import UNCONDITIONAL, ConsumerEvent
+from service.domain.events import UNCONDITIONAL, ConsumerEvent
 
 BASE: dict[str, Any] = {
     "schema_version": 1,

@@ -16,19 +16,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.embedded.kafka import KafkaBroker
 from service.store.migrate import upgrade
-from tests.daemon.conftest import (
-    Topics,
-    assert_matches_model,
-    daemon_settings,
-    poll,
-    process_env,
-    sample,
-    total,
-)
-from tests.support.daemon_process import DaemonProcess
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import committed_offsets, produce_docs, read_all, wait_all_committed
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.daemon import Topics, assert_matches_model, daemon_settings, process_env
+from service.testing.daemon_process import DaemonProcess, sample, total
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import committed_offsets, produce_docs, read_all, wait_all_committed
+from service.testing.polling import poll
+from service.testing.workload import expected_state, mixed_stream
+from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
@@ -121,5 +115,5 @@ async def test_broker_restart_mid_stream(
         )
     finally:
         daemon.stop()
-        daemon.scan_logs()
+        scan_daemon_logs(daemon)
     assert_matches_model(await consumer_state(sqlite_url), await inbox(sqlite_url), model)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from service.store.migrate import upgrade
-from tests.daemon.conftest import Topics, daemon_settings
-from tests.support.daemon_process import DaemonProcess
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import committed_offsets, produce_docs, wait_all_committed
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.daemon import Topics, daemon_settings
+from service.testing.daemon_process import DaemonProcess
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import committed_offsets, produce_docs, wait_all_committed
+from service.testing.workload import expected_state, mixed_stream
+from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
@@ -72,7 +73,7 @@ async def test_kill_9_at_random_moments(
         assert daemon.wait(60) == 0, daemon.tail()
     finally:
         daemon.stop()
-        daemon.scan_logs()
+        scan_daemon_logs(daemon)
 
     assert kills >= 10
     assert await consumer_state(database_url) == model.state()

@@ -14,25 +14,18 @@ import pytest
 
 from service.embedded.postgres import PostgresCluster
 from service.store.migrate import upgrade
-from tests.daemon.conftest import (
-    DatabaseLock,
-    Topics,
-    assert_matches_model,
-    daemon_settings,
-    poll,
-    process_env,
-    sample,
-    total,
-)
-from tests.support.daemon_process import DaemonProcess
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import (
+from service.testing.daemon import Topics, assert_matches_model, daemon_settings, process_env
+from service.testing.daemon_process import DaemonProcess, sample, total
+from service.testing.database import DatabaseLock, consumer_state, inbox
+from service.testing.kafka_io import (
     committed_offsets,
     produce_docs,
     read_all,
     wait_all_committed,
 )
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.polling import poll
+from service.testing.workload import expected_state, mixed_stream
+from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
@@ -119,7 +112,7 @@ async def test_postgresql_stopped_for_10_seconds(
         assert_matches_model(await consumer_state(url), await inbox(url), model)
     finally:
         daemon.stop()
-        daemon.scan_logs()
+        scan_daemon_logs(daemon)
         cluster.remove()
 
 
@@ -158,6 +151,6 @@ async def test_sqlite_file_locked(
     finally:
         await lock.release()
         daemon.stop()
-        daemon.scan_logs()
+        scan_daemon_logs(daemon)
     assert await read_all(kafka_bootstrap, topics.dlq) == []
     assert_matches_model(await consumer_state(sqlite_url), await inbox(sqlite_url), model)

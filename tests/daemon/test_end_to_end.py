@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tests.daemon.conftest import Topics, daemon_settings, running_daemon
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import produce_docs, read_all, wait_all_committed
-from tests.support.model import Model
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import produce_docs, read_all, wait_all_committed
+from service.testing.model import Model
+from service.testing.workload import expected_state, mixed_stream
 
 pytestmark = [pytest.mark.kafka]
 

@@ -27,14 +27,11 @@ from typing import Any
 import pytest
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
-from tests.daemon.conftest import (
-    Topics,
-    assert_matches_model,
-    daemon_settings,
-    poll,
-    running_daemon,
-)
-from tests.support.database import consumer_state, inbox
+from service.testing.daemon import Topics, assert_matches_model, daemon_settings, running_daemon
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import committed_offsets, end_offsets, read_all
+from service.testing.model import Model, event_doc
+from service.testing.polling import poll
 from tests.support.hostile import (
     Raw,
     RawName,
@@ -46,8 +43,6 @@ from tests.support.hostile import (
     record_size,
     uuid_on,
 )
-from tests.support.kafka_io import committed_offsets, end_offsets, read_all
-from tests.support.model import Model, event_doc
 
 pytestmark = [pytest.mark.kafka, pytest.mark.fuzz]
 

@@ -12,24 +12,24 @@ from pathlib import Path
 import pytest
 
 from service.store.migrate import upgrade
-from tests.daemon.conftest import (
-    DatabaseLock,
+from service.testing.daemon import (
     Topics,
     assert_committed_prefix_durable,
     assert_matches_model,
     daemon_settings,
-    poll,
     process_env,
 )
-from tests.support.daemon_process import DaemonProcess
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import (
+from service.testing.daemon_process import DaemonProcess
+from service.testing.database import DatabaseLock, consumer_state, inbox
+from service.testing.kafka_io import (
     committed_offsets,
     end_offsets,
     produce_docs,
     wait_all_committed,
 )
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.polling import poll
+from service.testing.workload import expected_state, mixed_stream
+from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
@@ -90,7 +90,7 @@ async def test_sigterm_under_load_exits_0_within_grace(
         await _finish(daemon, kafka_bootstrap, topics)
     finally:
         daemon.stop()
-        daemon.scan_logs()
+        scan_daemon_logs(daemon)
 
     assert_matches_model(await consumer_state(database_url), await inbox(database_url), model)
 
@@ -176,6 +176,6 @@ async def test_stuck_batch_abandoned_after_grace_and_second_signal_exits_at_once
         await _finish(daemon, kafka_bootstrap, topics)
     finally:
         daemon.stop()
-        daemon.scan_logs()
+        scan_daemon_logs(daemon)
 
     assert_matches_model(await consumer_state(database_url), await inbox(database_url), model)

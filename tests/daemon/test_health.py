@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.embedded._process import free_port
-from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
+from service.embedded.process import free_port
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.kafka_io import produce_docs, produce_raw, wait_all_committed
+from service.testing.polling import poll
+from service.testing.workload import mixed_stream
 from tests.daemon.test_poison import _bad_records
-from tests.support.kafka_io import produce_docs, produce_raw, wait_all_committed
-from tests.support.workload import mixed_stream
 
 pytestmark = [pytest.mark.kafka]
 

@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
-from tests.support.database import consumer_state
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state
+from service.testing.kafka_io import read_all
+from service.testing.model import event_doc
+from service.testing.polling import poll
 from tests.support.hostile import (
     Raw,
     RawName,
@@ -33,8 +36,6 @@ from tests.support.hostile import (
     readyz,
     uuid_on,
 )
-from tests.support.kafka_io import read_all
-from tests.support.model import event_doc
 
 pytestmark = [pytest.mark.kafka]
 

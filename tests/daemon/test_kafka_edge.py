@@ -13,16 +13,18 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
-from service import kafka_records
 from service.config import Settings
-from service.contract.decode import InvalidEvent, InvalidReason
+from service.contract.decode import InvalidEvent
 from service.contract.records import invalid_event_headers
-from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
+from service.domain.outcomes import Reason
+from service.kafka import records as kafka_records
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import committed_offsets, read_all, wait_all_committed
+from service.testing.model import Model, event_doc
+from service.testing.polling import poll
 from tests.daemon.test_health import readyz
 from tests.support import java_producer, kcat
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import committed_offsets, read_all, wait_all_committed
-from tests.support.model import Model, event_doc
 
 
 def _contract_knows_undecodable() -> bool:
@@ -32,7 +34,7 @@ def _contract_knows_undecodable() -> bool:
     and pass, once the contract has it)."""
     try:
         invalid_event_headers(
-            InvalidEvent(InvalidReason.UNDECODABLE, "probe"),
+            InvalidEvent(Reason.UNDECODABLE, "probe"),
             original_headers=[],
             origin_topic="t",
             origin_partition=0,

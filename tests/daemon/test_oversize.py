@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from service.contract.records import parse_dead_letter_headers
-from service.daemon.fit import letter_size
-from tests.daemon.conftest import Topics, daemon_settings, poll, running_daemon
+from service.sinks.fit import letter_size
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import inbox
+from service.testing.kafka_io import produce_large, read_all
+from service.testing.model import event_doc
+from service.testing.polling import poll
 from tests.daemon.test_health import readyz
-from tests.support.database import inbox
-from tests.support.kafka_io import produce_large, read_all
-from tests.support.model import event_doc
 
 pytestmark = [pytest.mark.kafka]
 
@@ -164,14 +165,14 @@ async def test_a_letter_refused_all_the_same_is_sent_bare_never_retried(
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from service.broker import topic_max_message_bytes
+    from service.kafka.topics import topic_max_message_bytes
 
     settings = daemon_settings(kafka_bootstrap, database_url, topics)
     canary = event_doc(CANARY_SAME, expected=None, project="p", user="u")
     value = b"\x02" * (512 * 1024)
     async with running_daemon(settings) as daemon:
         await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
-        assert daemon.publisher.dead_letter_limit == DEFAULT_LIMIT
+        assert daemon.dead_letters.dead_letter_limit == DEFAULT_LIMIT
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:

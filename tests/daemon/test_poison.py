@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tests.daemon.conftest import Topics, daemon_settings, running_daemon
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import produce_raw, read_all, wait_all_committed
-from tests.support.model import Model, event_doc
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import produce_raw, read_all, wait_all_committed
+from service.testing.model import Model, event_doc
 
 pytestmark = [pytest.mark.kafka]
 

@@ -14,12 +14,14 @@ import pytest
 
 from service.embedded.kafka import KafkaBroker
 from service.store.migrate import upgrade
-from tests.daemon.conftest import assert_matches_model, daemon_settings, poll, process_env
+from service.testing.daemon import assert_matches_model, daemon_settings, process_env
+from service.testing.daemon_process import DaemonProcess
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import produce_docs, wait_all_committed
+from service.testing.polling import poll
+from service.testing.workload import expected_state, mixed_stream
 from tests.daemon.test_broker_restart import create_topics
-from tests.support.daemon_process import DaemonProcess
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import produce_docs, wait_all_committed
-from tests.support.workload import expected_state, mixed_stream
+from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
@@ -118,7 +120,7 @@ async def test_scram_credentials(
     finally:
         for daemon in daemons:
             daemon.stop()
-            daemon.scan_logs()
+            scan_daemon_logs(daemon)
     for daemon in daemons:
         output = daemon.all_logs()
         assert PASSWORD not in output and WRONG not in output, f"a password leaked ({daemon.name})"

@@ -12,16 +12,12 @@ from typing import Any
 import pytest
 
 from service.store.migrate import upgrade
-from tests.daemon.conftest import (
-    Topics,
-    assert_matches_model,
-    daemon_settings,
-    process_env,
-)
-from tests.support.daemon_process import DaemonProcess
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import produce_docs, wait_all_committed
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.daemon import Topics, assert_matches_model, daemon_settings, process_env
+from service.testing.daemon_process import DaemonProcess
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import produce_docs, wait_all_committed
+from service.testing.workload import expected_state, mixed_stream
+from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos, pytest.mark.postgres]
 
@@ -91,7 +87,7 @@ async def test_daemons_join_and_leave_mid_stream(
     finally:
         for proc in everyone:
             proc.stop()
-            proc.scan_logs()
+            scan_daemon_logs(proc)
 
     worked = {proc.name: _batches(proc) for proc in everyone}
     assert sum(1 for n in worked.values() if n > 0) >= 3, worked

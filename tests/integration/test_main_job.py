@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded._process import free_port
-from tests.support.kafka_io import read_all
-from tests.support.processes import children, wait_gone
+from service.embedded.process import free_port
+from service.testing.kafka_io import read_all
+from service.testing.processes import children, wait_gone
 
 pytestmark = [pytest.mark.kafka]
 

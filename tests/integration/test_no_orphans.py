@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.processes import alive, children, wait_gone
+from service.testing.processes import alive, children, wait_gone
 
 PROBE = Path(__file__).parent / "probes" / "hold_servers.py"
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.broker import (
+from service.config import Settings, load_settings
+from service.kafka.topics import (
     BROKER_DEFAULT_MAX_MESSAGE_BYTES,
     DEAD_LETTER_HEADROOM_BYTES,
     ensure_topics,
     topic_max_message_bytes,
 )
-from service.config import Settings, load_settings
 
 pytestmark = [pytest.mark.kafka]
 

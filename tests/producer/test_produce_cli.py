@@ -18,8 +18,8 @@ from kafka_tools import Record, read_all, unique
 
 from service.cli import cli
 from service.contract.decode import decode_event
-from service.contract.event import UNCONDITIONAL, EventType
-from service.embedded._process import free_port
+from service.domain.events import UNCONDITIONAL, EventType
+from service.embedded.process import free_port
 
 pytestmark = pytest.mark.kafka
 

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 from kafka_tools import read_all, settings_for
 
-from service.contract.decode import InvalidEvent, InvalidReason, decode_event
-from service.contract.event import UNCONDITIONAL, ConsumerEvent, EventType
-from service.embedded._process import free_port
+from service.contract.decode import InvalidEvent, decode_event
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType
+from service.domain.outcomes import Reason
+from service.embedded.process import free_port
 from service.producer import (
     BrokerUnavailable,
     EventProducer,
@@ -125,9 +126,9 @@ async def test_bulk_reports_every_item_and_sends_the_good_ones(
     assert [item.index for item in results] == list(range(6))
     assert [item.ok for item in results] == [True, False, True, False, False, True]
     assert [item.error.reason for item in results if isinstance(item.error, InvalidEvent)] == [
-        InvalidReason.NOT_JSON,
-        InvalidReason.UNSUPPORTED_VERSION,
-        InvalidReason.SCHEMA_VIOLATION,
+        Reason.NOT_JSON,
+        Reason.UNSUPPORTED_VERSION,
+        Reason.SCHEMA_VIOLATION,
     ]
     assert results[2].event_id == document["event_id"]
     records = await read_all(kafka_bootstrap, topic, 3)
@@ -139,18 +140,18 @@ async def test_bulk_reports_every_item_and_sends_the_good_ones(
 @pytest.mark.parametrize(
     ("value", "reason", "path"),
     [
-        (b"\xff\xfe{}", InvalidReason.NOT_UTF8, None),
-        (b"[1, 2", InvalidReason.NOT_JSON, None),
-        (b'{"schema_version": 7}', InvalidReason.UNSUPPORTED_VERSION, "$.schema_version"),
-        (b'{"schema_version": 1}', InvalidReason.SCHEMA_VIOLATION, "$.type"),
-        (b" " * 2000 + b"{}", InvalidReason.TOO_LARGE, None),
+        (b"\xff\xfe{}", Reason.NOT_UTF8, None),
+        (b"[1, 2", Reason.NOT_JSON, None),
+        (b'{"schema_version": 7}', Reason.UNSUPPORTED_VERSION, "$.schema_version"),
+        (b'{"schema_version": 1}', Reason.SCHEMA_VIOLATION, "$.type"),
+        (b" " * 2000 + b"{}", Reason.TOO_LARGE, None),
     ],
 )
 async def test_bad_raw_documents_are_refused_before_sending(
     kafka_bootstrap: str,
     new_topic: TopicFactory,
     value: bytes,
-    reason: InvalidReason,
+    reason: Reason,
     path: str | None,
 ) -> None:
     topic = await new_topic()
@@ -183,12 +184,12 @@ async def test_bad_arguments_are_schema_violations_or_too_large(
             with pytest.raises(InvalidEvent) as caught:
                 await call
             assert (caught.value.reason, caught.value.path) == (
-                InvalidReason.SCHEMA_VIOLATION,
+                Reason.SCHEMA_VIOLATION,
                 path,
             )
         with pytest.raises(InvalidEvent) as caught:
             await producer.upsert(consumer, project_id="é" * 255, user_id="é" * 255)
-        assert caught.value.reason is InvalidReason.TOO_LARGE
+        assert caught.value.reason is Reason.TOO_LARGE
         marker = await producer.upsert(consumer)
     assert marker.offset == 0
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.replay.conftest import Cli, Topics, daemon_settings, run_daemon_over, settings_env
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import end_offsets
-from tests.support.model import event_doc
+from service.testing.daemon import Topics, daemon_settings
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import end_offsets
+from service.testing.model import event_doc
+from tests.replay.helpers import Cli, run_daemon_over, settings_env
 
 pytestmark = [pytest.mark.kafka]
 
@@ -24,7 +25,7 @@ async def applied(kafka_bootstrap: str, database_url: str, topics: Topics) -> Cl
     docs += [event_doc(c) for c in consumers]
     settings = daemon_settings(kafka_bootstrap, database_url, topics)
     await run_daemon_over(settings, kafka_bootstrap, topics, docs)
-    from tests.support.kafka_io import produce_docs
+    from service.testing.kafka_io import produce_docs
 
     await produce_docs(kafka_bootstrap, topics.events, [event_doc(c) for c in consumers])
     return Cli(settings_env(settings))

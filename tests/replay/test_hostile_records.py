@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.conftest import poll, running_daemon
-from tests.replay.conftest import Cli, Topics, daemon_settings, settings_env
-from tests.support.database import consumer_state
-from tests.support.kafka_io import produce_docs, produce_raw, read_all, wait_all_committed
-from tests.support.model import Model, event_doc
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state
+from service.testing.kafka_io import produce_docs, produce_raw, read_all, wait_all_committed
+from service.testing.model import Model, event_doc
+from service.testing.polling import poll
+from tests.replay.helpers import Cli, settings_env
 
 pytestmark = [pytest.mark.kafka]
 

@@ -13,11 +13,12 @@ import pytest
 
 from service.replay.records import from_archive_line
 from service.store.migrate import upgrade
+from service.testing.daemon import Topics, daemon_settings
+from service.testing.database import consumer_state
+from service.testing.model import event_doc
 from tests.daemon.test_kafka_edge import produce_transactions
-from tests.replay.conftest import Cli, Topics, daemon_settings, settings_env
+from tests.replay.helpers import Cli, settings_env
 from tests.support import kcat
-from tests.support.database import consumer_state
-from tests.support.model import event_doc
 
 pytestmark = [pytest.mark.kafka]
 

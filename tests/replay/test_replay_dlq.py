@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from service.contract.records import ERROR_HEADERS
-from tests.daemon.conftest import running_daemon
-from tests.replay.conftest import Cli, Topics, daemon_settings, run_daemon_over, settings_env
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import end_offsets, read_all, wait_all_committed
-from tests.support.model import Model, event_doc
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import end_offsets, read_all, wait_all_committed
+from service.testing.model import Model, event_doc
+from tests.replay.helpers import Cli, run_daemon_over, settings_env
 
 pytestmark = [pytest.mark.kafka]
 

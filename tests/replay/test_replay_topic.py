@@ -9,12 +9,12 @@ import pytest
 
 from service.replay import Mode, RangeSpec, TopicSource, replay
 from service.store.engine import create_engine
-from tests.daemon.conftest import running_daemon
-from tests.replay.conftest import Cli, Topics, daemon_settings, run_daemon_over, settings_env
-from tests.support.database import consumer_state, inbox
-from tests.support.kafka_io import produce_docs, wait_all_committed
-from tests.support.model import Model
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import produce_docs, wait_all_committed
+from service.testing.model import Model
+from service.testing.workload import expected_state, mixed_stream
+from tests.replay.helpers import Cli, run_daemon_over, settings_env
 
 pytestmark = [pytest.mark.kafka]
 
@@ -73,7 +73,7 @@ async def test_dry_run_carries_state_between_batches(
     kafka_bootstrap: str, sqlite_url: str, topics: Topics
 ) -> None:
     """A create in one batch makes a conditional update in a later batch applicable."""
-    from tests.support.model import event_doc
+    from service.testing.model import event_doc
 
     consumer = "00000000-0000-4000-8000-00000000abcd"
     docs = [event_doc(consumer, expected=None, project="p", user="u")]

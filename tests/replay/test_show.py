@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.replay.conftest import Cli, Topics, daemon_settings, run_daemon_over, settings_env
-from tests.support.model import event_doc
+from service.testing.daemon import Topics, daemon_settings
+from service.testing.model import event_doc
+from tests.replay.helpers import Cli, run_daemon_over, settings_env
 
 pytestmark = [pytest.mark.kafka]
 

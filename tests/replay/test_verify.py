@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.replay.conftest import Cli, Topics, daemon_settings, run_daemon_over, settings_env
-from tests.support.database import consumer_state
-from tests.support.workload import expected_state, mixed_stream
+from service.testing.daemon import Topics, daemon_settings
+from service.testing.database import consumer_state
+from service.testing.workload import expected_state, mixed_stream
+from tests.replay.helpers import Cli, run_daemon_over, settings_env
 
 pytestmark = [pytest.mark.kafka]
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from service.apply.outcomes import OutcomeKind
 from service.cli import cli
+from service.domain.outcomes import OutcomeKind
 from service.store.prune import parse_duration, prune
 from tests.apply.helpers import Db, delete, new_id, upsert
 

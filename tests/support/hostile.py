@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-from service.daemon.runner import Daemon
+from service.daemon.app import Daemon
 
 _PARTITIONER = DefaultPartitioner()
 
@@ -175,7 +175,7 @@ async def kcat_records(bootstrap: str, topic: str, records: Sequence[Raw], codec
     """Send with librdkafka's kcat (not aiokafka), one run per record, each to its
     partition; sets each ``offset`` (the partition's end before the run: nothing else
     writes to it meanwhile).  Header names are raw bytes (``RawName`` or UTF-8)."""
-    from tests.support.kafka_io import end_offsets
+    from service.testing.kafka_io import end_offsets
     from tests.support.kcat import kcat_binary
 
     for record in records:

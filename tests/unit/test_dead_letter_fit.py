@@ -1,4 +1,4 @@
-"""Cutting a dead letter to fit its topic (service/daemon/fit.py), without a broker."""
+"""Cutting a dead letter to fit its topic (service/sinks/fit.py), without a broker."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from service.contract.records import (
     dead_letter_headers,
     parse_dead_letter_headers,
 )
-from service.daemon.fit import bare_letter, fit_letter, letter_size
+from service.sinks.fit import bare_letter, fit_letter, letter_size
 
 LIMIT = 64 * 1024
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The tolerant record parser (service.kafka_records) on hand-built batch bytes, no broker:
+"""The tolerant record parser (service.kafka.records) on hand-built batch bytes, no broker:
 what aiokafka's own parser raises on becomes one UndecodableRecord, the rest arrives."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import ConsumerRecord
 
-from service import kafka_records
-from service.kafka_records import (
+from service.kafka import records as kafka_records
+from service.kafka.batch_parser import parse_batch
+from service.kafka.records import (
     MissingCodec,
     TolerantMemoryRecords,
     UndecodableRecord,
-    parse_batch,
 )
 
 BAD_NAME = b"\xff\xfe-origin"
@@ -212,7 +212,7 @@ def test_missing_codec_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 #: sha256[:16] of the aiokafka 0.14 sources the tolerant layer relies on.  A change in
-#: any of them means service.kafka_records must be re-checked (and CHECKED_AIOKAFKA moved).
+#: any of them means service.kafka.records must be re-checked (and CHECKED_AIOKAFKA moved).
 _RELIED_ON = {
     "__init__": "8ec1c2ae6ea1af87",
     "__next__": "63ac34a08c309098",
@@ -230,7 +230,7 @@ def test_aiokafka_internals_are_the_ones_checked() -> None:
     for name, digest in _RELIED_ON.items():
         source = inspect.getsource(getattr(original, name))
         assert hashlib.sha256(source.encode()).hexdigest()[:16] == digest, (
-            f"aiokafka PartitionRecords.{name} changed: re-check service/kafka_records.py"
+            f"aiokafka PartitionRecords.{name} changed: re-check service/kafka/records.py"
         )
     fetch = inspect.getsource(fetcher.Fetcher)
     # Both names are looked up in the fetcher module at fetch time (so replacing them works).

@@ -1,0 +1,210 @@
+"""The daemon: wires its parts together and runs their life cycle.
+
+``Daemon.run`` waits for the schema and the broker (``startup``), joins the group
+(``membership``: a ``PartitionWorker`` per assigned partition, ``worker``), fetches
+(``fetch``) while the probes watch the broker and the database (``probes``), and on
+``request_stop`` stops gracefully: every worker finishes or abandons its in-flight
+batch, the consumer leaves the group, the sinks' producer flushes.  Offsets are
+committed (``commits``) only after the database commit and the sinks' acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.apply.applier import Applier
+from service.config import Settings
+from service.daemon.commits import CommitCoalescer
+from service.daemon.fetch import fetch_loop
+from service.daemon.health import HealthServer, Readiness
+from service.daemon.host import DaemonWorkerHost
+from service.daemon.membership import Membership
+from service.daemon.metrics import DaemonMetrics
+from service.daemon.pauses import Pauses
+from service.daemon.probes import Probes
+from service.daemon.retries import install_retry_hooks
+from service.daemon.startup import start_clients, wait_for_schema
+from service.daemon.worker import PartitionWorker, WorkerConfig
+from service.kafka.clients import consumer_options
+from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
+from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.unit_of_work import SqlUnitOfWorkFactory
+
+log = structlog.get_logger(__name__)
+
+
+class Daemon:
+    """Consume the events topic and apply it; see ``run`` for the life cycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        metrics: DaemonMetrics | None = None,
+    ) -> None:
+        install_retry_hooks()
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics or DaemonMetrics()
+        self.readiness = Readiness()
+        self.fatal_error: BaseException | None = None
+        self.health: HealthServer | None = None
+        self._stop = asyncio.Event()
+        #: How long a revoked partition may take to finish its in-flight batch.
+        self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
+        self.consumer = self._make_consumer()
+
+        self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
+        self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
+        self.outcomes = (
+            KafkaOutcomeSink(settings.outcomes_topic, self.producer)
+            if settings.outcomes_topic is not None
+            else None
+        )
+        self.pauses = Pauses(lambda: self.consumer)
+        self.commits = CommitCoalescer(
+            lambda offsets: self.consumer.commit(offsets),
+            timeout=settings.request_timeout_seconds,
+            committed=self._committed,
+        )
+        self.host = DaemonWorkerHost(
+            config=WorkerConfig.from_settings(settings),
+            applier=Applier(SqlUnitOfWorkFactory(engine), settings),
+            dead_letters=self.dead_letters,
+            outcomes=self.outcomes,
+            commits=self.commits,
+            pauses=self.pauses,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            fatal=self.fatal,
+        )
+        self.membership = Membership(
+            self.host,
+            pauses=self.pauses,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            revoke_grace=self.revoke_grace,
+        )
+        self.probes = Probes(
+            settings,
+            consumer=lambda: self.consumer,
+            engine=engine,
+            membership=self.membership,
+            pauses=self.pauses,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            drop_producer=self.producer.stop_quietly,
+        )
+
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        settings = self.settings
+        return AIOKafkaConsumer(
+            **consumer_options(
+                settings,
+                group_id=settings.group_id,
+                group_instance_id=settings.group_instance_id,
+            ),
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            # The group waits for a revoking member to finish its in-flight batch.
+            rebalance_timeout_ms=max(
+                settings.session_timeout_ms, int(self.revoke_grace * 1000) + 5_000
+            ),
+        )
+
+    def _renew_consumer(self) -> None:
+        self.consumer = self._make_consumer()
+
+    @property
+    def workers(self) -> dict[TopicPartition, PartitionWorker]:
+        return self.membership.workers
+
+    # -- life cycle -----------------------------------------------------------------------
+    def fatal(self, exc: BaseException) -> None:
+        """A worker hit a bug: stop the whole daemon, which then exits non-zero."""
+        if self.fatal_error is None:
+            self.fatal_error = exc
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self.readiness.stopping = True
+
+    async def run(self, health: bool = True) -> None:
+        """Start, consume until ``request_stop``, then stop gracefully."""
+        settings = self.settings
+        if health:
+            self.health = HealthServer(
+                settings.health_host, settings.health_port, self.readiness, self.metrics
+            )
+            self.health.start()
+            log.info("health endpoints up", port=self.health.port)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await wait_for_schema(
+                settings,
+                self.engine,
+                readiness=self.readiness,
+                metrics=self.metrics,
+                stop=self._stop,
+            )
+            if self._stop.is_set():
+                return
+            await start_clients(
+                settings,
+                producer=self.producer,
+                consumer=lambda: self.consumer,
+                renew_consumer=self._renew_consumer,
+                readiness=self.readiness,
+                metrics=self.metrics,
+                stop=self._stop,
+            )
+            if self._stop.is_set():
+                return
+            self.consumer.subscribe([settings.topic], listener=self.membership.listener())
+            self.readiness.started = True
+            log.info("daemon started", topic=settings.topic, group=settings.group_id)
+            watcher = asyncio.create_task(self.probes.watch(self._stop), name="probes")
+            await fetch_loop(
+                settings,
+                consumer=lambda: self.consumer,
+                membership=self.membership,
+                pauses=self.pauses,
+                high_water=self.host.high_water,
+                metrics=self.metrics,
+                stop=self._stop,
+                fatal=self.fatal,
+            )
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.readiness.stopping = True
+        await self.membership.stop_all(self.settings.shutdown_grace_seconds)
+        # Bounded: with the broker gone, leaving the group or flushing could wait long.
+        # Everything durable is committed by now; nothing else is left to lose.
+        bound = self.settings.request_timeout_seconds
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.consumer.stop(), bound)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.producer.stop(), bound)
+        if self.health is not None:
+            self.health.stop()
+        log.info("daemon stopped")
+
+    def _committed(self, tp: TopicPartition, offset: int) -> None:
+        """An offset is committed: the lag of a partition still assigned is known."""
+        if tp not in self.consumer.assignment():
+            return
+        high = self.consumer.highwater(tp)
+        if high is not None:
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - offset))

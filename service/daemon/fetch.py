@@ -1,0 +1,88 @@
+"""The fetch loop: records from the consumer to each partition's worker.
+
+Fetching happens in one loop; each assigned partition has its own worker, so
+partitions progress concurrently while each stays strictly in offset order.  A
+partition whose worker has too much queued is paused at the consumer (backpressure),
+so that memory stays bounded and nothing is fetched in vain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from stamina.instrumentation import RetryDetails
+
+from service.config import Settings
+from service.daemon.membership import Membership
+from service.daemon.metrics import DaemonMetrics
+from service.daemon.pauses import Pauses
+from service.daemon.retries import retry_scope, retry_until_stopped
+
+log = structlog.get_logger(__name__)
+
+Fetched = dict[TopicPartition, list[ConsumerRecord]]
+
+
+async def fetch_loop(
+    settings: Settings,
+    *,
+    consumer: Callable[[], AIOKafkaConsumer],
+    membership: Membership,
+    pauses: Pauses,
+    high_water: int,
+    metrics: DaemonMetrics,
+    stop: asyncio.Event,
+    fatal: Callable[[BaseException], None],
+) -> None:
+    """Fetch and hand out until ``stop``; a fetch error that is not the infrastructure's
+    (records aiokafka cannot decode arrive as ``UndecodableRecord`` values, so what is
+    still raised is the broker's "not now" or a bug) stops the daemon (``fatal``)."""
+
+    async def fetch() -> Fetched:
+        batches: Fetched = await consumer().getmany(
+            timeout_ms=500, max_records=settings.batch_max_events * 2
+        )
+        return batches
+
+    def retrying(details: RetryDetails) -> None:
+        error = details.caused_by
+        metrics.infrastructure_failures.labels("broker").inc()
+        log.warning(
+            "fetch failed, retrying",
+            error_class=type(error).__name__,
+            error=str(error)[:300],
+            attempt=details.retry_num,
+            retry_in=round(details.wait_for, 2),
+        )
+
+    while not stop.is_set():
+        try:
+            with retry_scope(metrics, "fetch", retrying):
+                fetched, batches = await retry_until_stopped(
+                    fetch,
+                    stop=stop,
+                    wait_initial=settings.infra_retry_wait_initial_seconds,
+                    wait_max=settings.infra_retry_wait_max_seconds,
+                    interrupt_attempt=True,
+                )
+        except Exception as exc:  # not the infrastructure's (those are retried): a bug
+            log.error(
+                "fetch failed with an error that is not the infrastructure's: stopping",
+                error_class=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+            fatal(exc)
+            return
+        if not fetched or batches is None:
+            return
+        for tp, records in batches.items():
+            worker = membership.workers.get(tp)
+            if worker is None:  # revoked while the fetch was in flight
+                continue
+            worker.feed(records)
+            if worker.backlog >= high_water:
+                pauses.pause(tp, "backpressure")

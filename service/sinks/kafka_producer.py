@@ -1,0 +1,124 @@
+"""The producer the Kafka sinks share, replaced after any failed write.
+
+A write that failed (timed out while the broker was away, or was refused with
+``OutOfOrderSequenceNumber`` because earlier batches of this idempotent producer
+expired) leaves the producer's sequence numbers out of step with the broker, and its
+sender keeps hammering the broker for metadata while batches are pending.  So the
+producer is dropped at once and a fresh one (new producer id, nothing pending) is
+started by the next attempt, which the caller paces with its backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from service.config import Settings
+from service.kafka.clients import (
+    BrokerUnavailable,
+    client_options,
+    max_request_size,
+    producer_options,
+    start_bounded,
+)
+from service.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, topic_max_message_bytes
+from service.sinks.base import SinkUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+class KafkaProducerHandle:
+    """Starts, hands out and drops the sinks' producer (see the module docstring)."""
+
+    def __init__(self, settings: Settings, broker_reachable: Callable[[], bool] | None = None):
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._broker_reachable = broker_reachable or (lambda: True)
+        #: The dead-letter topic's ``max.message.bytes`` (None: not read yet, or unreadable).
+        self.dlq_topic_limit: int | None = None
+
+    @property
+    def max_request_size(self) -> int:
+        return max_request_size(self.settings)
+
+    async def start(self) -> None:
+        """Connect, bounded by the request timeout; raises ``BrokerUnavailable`` (with the
+        half-started producer closed) when the broker cannot be reached."""
+        producer = AIOKafkaProducer(**producer_options(self.settings))
+        await start_bounded(producer, self.settings, "dead-letter producer")
+        self._producer = producer
+        if self.dlq_topic_limit is None:
+            self.dlq_topic_limit = await self._read_dlq_limit()
+
+    @staticmethod
+    def _unread_limit(topic: str, exc: BaseException) -> None:
+        log.warning(
+            "cannot read the dead-letter topic's max.message.bytes; assuming the default",
+            topic=topic,
+            default=BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+            error=str(exc),
+        )
+
+    async def _read_dlq_limit(self) -> int | None:
+        """The dead-letter topic's ``max.message.bytes``, or None (logged) when it cannot
+        be read; the broker default then stands in, and the next start tries again."""
+        settings = self.settings
+        topic = settings.dlq_topic
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        try:
+            await start_bounded(admin, settings, "admin client")  # closes it on failure
+        except BrokerUnavailable as exc:
+            self._unread_limit(topic, exc)
+            return None
+        try:
+            limit = await topic_max_message_bytes(admin, topic, settings)
+        except BrokerUnavailable as exc:
+            self._unread_limit(topic, exc)
+            return None
+        finally:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await asyncio.wait_for(admin.close(), settings.request_timeout_seconds)
+        if limit is None:
+            log.warning(
+                "the dead-letter topic's max.message.bytes is unknown; assuming the default",
+                topic=topic,
+                default=BROKER_DEFAULT_MAX_MESSAGE_BYTES,
+            )
+        else:
+            log.info(
+                "dead-letter size limit",
+                topic=topic,
+                max_message_bytes=limit,
+                max_request_size=self.max_request_size,
+            )
+        return limit
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await asyncio.wait_for(producer.stop(), self.settings.request_timeout_seconds)
+
+    async def stop_quietly(self) -> None:
+        """Drop the producer (after a failed write, or while the broker is away): its
+        pending writes fail and are retried, paced, by their partitions."""
+        with contextlib.suppress(Exception):
+            await self.stop()
+
+    async def ready(self) -> AIOKafkaProducer:
+        """The producer to write with, (re)started if the last write failed; fails fast
+        (``SinkUnavailable``) while the daemon's probe finds the broker away."""
+        if not self._broker_reachable():
+            raise SinkUnavailable("broker unreachable; not writing until it is back", kind="broker")
+        if self._producer is None:
+            try:
+                await self.start()
+            except BrokerUnavailable as exc:
+                raise SinkUnavailable(str(exc), kind="broker") from None
+        assert self._producer is not None
+        return self._producer

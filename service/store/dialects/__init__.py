@@ -1,0 +1,173 @@
+"""The dialect seam: everything the store does differently per database, behind one protocol.
+
+A dialect is one module of this package that defines ``DIALECT``, an object with the
+``Dialect`` protocol below; ``dialect_for(name)`` finds it by SQLAlchemy's backend name
+(``engine.dialect.name``, or the part of the URL before ``+``).  Nothing outside this
+package asks which database it talks to, so adding a database is one new module here
+(plus its tests): no list to extend, and no "everything that is not PostgreSQL is
+SQLite".  An unknown one is a ``ConfigurationError`` that names the setting.
+
+What a dialect provides:
+
+* ``create_engine(settings)``: the async engine with the settings correctness needs
+  (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool), honouring ``READ_ONLY``;
+* ``insert_ignoring_conflicts(table, key)``: ``INSERT .. ON CONFLICT (key) DO NOTHING``
+  that can take ``RETURNING``;
+* ``update_consumers(connection, rows)``: the batch's consumer compare-and-swaps, True
+  only if every row matched (``CAS_COLUMNS`` names the values of a row);
+* ``transient(error)``: True/False for an error this database's driver raised and that
+  the dialect recognises (SQLSTATEs, SQLite's messages), None for anything else;
+* ``bytewise(column)``: the column ordered byte-wise (so two databases' streams merge);
+* ``single_writer``: True when the database admits one writer at a time (the apply path
+  then queues its writers fairly in-process instead of in the database's busy handler).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+
+from sqlalchemy import ColumnElement, Table, and_, bindparam, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from service.domain.errors import ConfigurationError
+from service.store.schema import consumers
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.sql.dml import Insert
+
+    from service.config import Settings
+
+#: The setting that chooses the database (named in every error about it).
+DATABASE_URL_VARIABLE: Final = "CONSUMERGEN_DATABASE_URL"
+
+#: Execution option: this transaction only reads (SQLite then begins DEFERRED).
+READ_ONLY: Final = "consumergen_read_only"
+
+#: The values of one consumer compare-and-swap: the row as read (``b_``) and as written
+#: (``a_``); ``a_now`` is the same for every row of a batch.
+CAS_COLUMNS: Final = (
+    "b_uuid",
+    "b_generation",
+    "b_last_event_id",
+    "a_generation",
+    "a_project_id",
+    "a_user_id",
+    "a_consumer_type_id",
+    "a_last_event_id",
+    "a_deleted_at",
+)
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@runtime_checkable
+class Dialect(Protocol):
+    """What the store needs to know of one database (see the module docstring)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def drivers(self) -> frozenset[str]: ...
+
+    @property
+    def single_writer(self) -> bool: ...
+
+    def create_engine(self, settings: Settings) -> AsyncEngine: ...
+
+    def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert: ...
+
+    async def update_consumers(
+        self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+    ) -> bool: ...
+
+    def transient(self, error: BaseException) -> bool | None: ...
+
+    def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]: ...
+
+
+@cache
+def known() -> tuple[str, ...]:
+    """Names of the dialect modules of this package (read once)."""
+    names = (module.name for module in pkgutil.iter_modules(__path__))
+    return tuple(sorted(name for name in names if not name.startswith("_")))
+
+
+@cache
+def dialect_for(name: str) -> Dialect:
+    """The dialect of SQLAlchemy backend ``name``; ``ConfigurationError`` if none."""
+    if not _NAME.fullmatch(name) or name not in known():
+        raise ConfigurationError(
+            f"{DATABASE_URL_VARIABLE}: no support for the {name!r} database"
+            f" (supported: {', '.join(known())})"
+        )
+    dialect = getattr(importlib.import_module(f"{__name__}.{name}"), "DIALECT", None)
+    if not isinstance(dialect, Dialect):  # pragma: no cover - a broken dialect module
+        raise TypeError(f"{__name__}.{name} defines no DIALECT with the Dialect protocol")
+    return dialect
+
+
+def dialect_for_url(url: str) -> Dialect:
+    """The dialect of a database URL, which must name one of its asyncio drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"{DATABASE_URL_VARIABLE}: not a database URL") from None
+    dialect = dialect_for(parsed.get_backend_name())
+    driver = parsed.get_driver_name()
+    if driver not in dialect.drivers:
+        speaks = ", ".join(f"{dialect.name}+{d}://" for d in sorted(dialect.drivers))
+        raise ConfigurationError(
+            f"{DATABASE_URL_VARIABLE}: the service speaks {dialect.name} through {speaks}"
+            " only (asyncio drivers)"
+        )
+    return dialect
+
+
+def transient(error: BaseException) -> bool | None:
+    """The first verdict of the dialects, asked in name order; None if none knows it."""
+    for name in known():
+        verdict = dialect_for(name).transient(error)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+#: The compare-and-swap of one consumer row as an ``executemany`` statement: it matches
+#: the row as read, by generation and by the id of the event that made it, so a row
+#: changed (or pruned and re-created) by anyone else in between matches nothing.
+CAS_UPDATE: Final = (
+    update(consumers)
+    .where(
+        and_(
+            consumers.c.uuid == bindparam("b_uuid"),
+            consumers.c.generation == bindparam("b_generation"),
+            consumers.c.last_event_id == bindparam("b_last_event_id"),
+        )
+    )
+    .values(
+        generation=bindparam("a_generation"),
+        project_id=bindparam("a_project_id"),
+        user_id=bindparam("a_user_id"),
+        consumer_type_id=bindparam("a_consumer_type_id"),
+        last_event_id=bindparam("a_last_event_id"),
+        updated_at=bindparam("a_now"),
+        deleted_at=bindparam("a_deleted_at"),
+    )
+)
+
+
+async def update_by_executemany(
+    connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+) -> bool:
+    """``CAS_UPDATE`` over ``rows``; every row hit when the row count says so.  For a
+    driver whose ``executemany`` reports the total row count (SQLite's does)."""
+    result = await connection.execute(CAS_UPDATE, list(rows))
+    return bool(result.rowcount == len(rows))

@@ -1,0 +1,127 @@
+"""PostgreSQL (asyncpg): READ COMMITTED, a pool with pre-ping, one-statement batch CAS.
+
+The pool has ``database_pool_size`` connections and no overflow; pre-ping makes a
+server restart cost one failed checkout, not a crash.  Errors are classified by their
+SQLSTATE, which asyncpg puts on every server error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import ColumnElement, Table, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+from service.store.dialects import CAS_COLUMNS
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+#: SQLSTATE classes/codes that mean "try again later", not "your statement is wrong":
+#: connection (08), transaction rollback (40: serialization failure, deadlock),
+#: insufficient resources (53), operator intervention (57P: shutting down), system (58);
+#: lock not available, query cancelled (statement timeout), idle-in-transaction timeout.
+TRANSIENT_SQLSTATE_CLASSES: Final = ("08", "40", "53", "57P", "58")
+TRANSIENT_SQLSTATES: Final = frozenset({"55P03", "57014", "25P03"})
+
+#: asyncpg raises these outside SQLAlchemy's wrapping (e.g. while connecting).
+TRANSIENT_DRIVER_ERRORS: Final = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "InternalClientError",
+        "CannotConnectNowError",
+        "ConnectionFailureError",
+    }
+)
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a server error (on the error, the driver's, or its cause)."""
+    for candidate in (error, getattr(error, "orig", None), getattr(error, "__cause__", None)):
+        if candidate is None:
+            continue
+        for attribute in ("sqlstate", "pgcode"):
+            value = getattr(candidate, attribute, None)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+#: Every CAS update of a batch in one statement: the rows as read (uuid, generation,
+#: last_event_id) and their new values travel as arrays, the rows are locked in UUID
+#: order first (so that concurrent batches cannot deadlock on each other), and
+#: RETURNING names the rows that matched.  Under READ COMMITTED a row changed by a
+#: concurrent commit is re-checked against the WHERE clause on its newest version, so
+#: a lost race is a missing row in RETURNING, never an overwrite.
+_CAS_UPDATE = text(
+    """
+WITH v AS (
+    SELECT * FROM unnest(
+        CAST(:b_uuid AS VARCHAR[]), CAST(:b_generation AS BIGINT[]),
+        CAST(:b_last_event_id AS VARCHAR[]), CAST(:a_generation AS BIGINT[]),
+        CAST(:a_project_id AS INTEGER[]), CAST(:a_user_id AS INTEGER[]),
+        CAST(:a_consumer_type_id AS INTEGER[]), CAST(:a_last_event_id AS VARCHAR[]),
+        CAST(:a_deleted_at AS TIMESTAMPTZ[])
+    ) AS v(b_uuid, b_generation, b_last_event_id, a_generation, a_project_id, a_user_id,
+           a_consumer_type_id, a_last_event_id, a_deleted_at)
+), locked AS (
+    SELECT c.id FROM consumers AS c JOIN v ON c.uuid = v.b_uuid
+    ORDER BY c.uuid FOR UPDATE OF c
+)
+UPDATE consumers AS c
+SET generation = v.a_generation, project_id = v.a_project_id, user_id = v.a_user_id,
+    consumer_type_id = v.a_consumer_type_id, last_event_id = v.a_last_event_id,
+    updated_at = :a_now, deleted_at = v.a_deleted_at
+FROM v
+WHERE c.uuid = v.b_uuid AND c.generation = v.b_generation
+  AND c.last_event_id = v.b_last_event_id AND c.id IN (SELECT id FROM locked)
+RETURNING c.uuid
+"""
+)
+
+
+class PostgreSQL:
+    name = "postgresql"
+    drivers = frozenset({"asyncpg"})
+    single_writer = False
+
+    def create_engine(self, settings: Settings) -> AsyncEngine:
+        return create_async_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=0,
+            pool_pre_ping=True,
+        )
+
+    def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert:
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+
+    async def update_consumers(
+        self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """The batch's CAS updates in one round trip; True only if every one hit."""
+        arrays: dict[str, Any] = {name: [row[name] for row in rows] for name in CAS_COLUMNS}
+        arrays["a_now"] = rows[0]["a_now"]
+        hit = (await connection.execute(_CAS_UPDATE, arrays)).scalars().all()
+        return len(hit) == len(rows) and set(hit) == set(arrays["b_uuid"])
+
+    def transient(self, error: BaseException) -> bool | None:
+        """By SQLSTATE when the error has one (the verdict is final either way); True
+        for asyncpg's connection errors that carry none; None otherwise."""
+        state = sqlstate(error)
+        if state is not None:
+            return state in TRANSIENT_SQLSTATES or state.startswith(TRANSIENT_SQLSTATE_CLASSES)
+        if type(error).__name__ in TRANSIENT_DRIVER_ERRORS:
+            return True
+        return None
+
+    def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        # The database's default collation may order differently from Python's str.
+        return column.collate("C")
+
+
+DIALECT: Final = PostgreSQL()

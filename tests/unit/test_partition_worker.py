@@ -1,0 +1,233 @@
+"""The partition worker without a broker: in-memory sinks, a fake commit, a real
+``Applier`` on a temporary SQLite database.
+
+What must hold (``service/daemon/worker.py``): records of a partition are processed in
+offset order; the offset is committed only after the database commit and after both
+sinks acknowledged; an infrastructure failure of a sink pauses the partition and
+retries the *same* batch, committing nothing meanwhile; a bug stops loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from service.apply.applier import Applier
+from service.config import load_settings
+from service.daemon.metrics import DaemonMetrics
+from service.daemon.retries import install_retry_hooks
+from service.daemon.worker import PartitionWorker, WorkerConfig
+from service.domain.outcomes import Outcome
+from service.sinks.base import DeadLetter
+from service.sinks.memory import MemoryDeadLetterSink, MemoryOutcomeSink
+from service.store.engine import create_engine
+from service.store.migrate import upgrade
+from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.testing.model import event_doc
+
+TP = TopicPartition("events", 0)
+CONFIG = WorkerConfig(
+    batch_max_events=50, max_event_bytes=65_536, retry_wait_initial=0.01, retry_wait_max=0.02
+)
+
+
+def _record(offset: int, value: bytes, key: bytes | None = None) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic=TP.topic,
+        partition=TP.partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value),
+        headers=[],
+    )
+
+
+def _event(offset: int, consumer: str) -> ConsumerRecord:
+    doc = event_doc(consumer, project="p", user="u")
+    return _record(offset, json.dumps(doc).encode(), consumer.encode())
+
+
+def _consumer(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+@dataclass
+class FakeHost:
+    """A ``WorkerHost`` that records what the worker asked of it."""
+
+    applier: Any
+    config: WorkerConfig = field(
+        default_factory=lambda: WorkerConfig(
+            batch_max_events=50,
+            max_event_bytes=65_536,
+            retry_wait_initial=0.01,
+            retry_wait_max=0.02,
+        )
+    )
+    dead_letters: MemoryDeadLetterSink = field(default_factory=MemoryDeadLetterSink)
+    outcomes: MemoryOutcomeSink | None = field(default_factory=MemoryOutcomeSink)
+    metrics: DaemonMetrics = field(default_factory=DaemonMetrics)
+    #: (offset, letters written, outcome records written) at each commit.
+    commits: list[tuple[int, int, int]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    recovered: list[tuple[str, bool]] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)
+    fatal_errors: list[BaseException] = field(default_factory=list)
+    committed_all: asyncio.Event = field(default_factory=asyncio.Event)
+    expect_offset: int = -1
+
+    async def commit(self, tp: TopicPartition, offset: int) -> bool:
+        assert self.outcomes is not None
+        self.commits.append((offset, len(self.dead_letters.letters), len(self.outcomes.messages)))
+        if offset >= self.expect_offset:
+            self.committed_all.set()
+        return True
+
+    def relieve_backpressure(self, tp: TopicPartition, backlog: int) -> None:
+        pass
+
+    def infrastructure_failed(self, tp: TopicPartition, step: str, exc: BaseException) -> None:
+        self.failed.append((step, type(exc).__name__))
+
+    def infrastructure_recovered(self, tp: TopicPartition, step: str, *, resumed: bool) -> None:
+        self.recovered.append((step, resumed))
+
+    def record_batch(
+        self,
+        tp: TopicPartition,
+        batch: list[ConsumerRecord],
+        outcomes: list[Outcome],
+        dead: list[DeadLetter],
+        seconds: float,
+    ) -> None:
+        self.batches.append([r.offset for r in batch])
+
+    def fatal(self, exc: BaseException) -> None:
+        self.fatal_errors.append(exc)
+        self.committed_all.set()
+
+
+@pytest.fixture
+async def applier(sqlite_url: str) -> AsyncIterator[Applier]:
+    settings = load_settings(database_url=sqlite_url)
+    await upgrade(settings)
+    engine = create_engine(settings)
+    try:
+        yield Applier(SqlUnitOfWorkFactory(engine), settings)
+    finally:
+        await engine.dispose()
+
+
+async def _run(host: FakeHost, records: list[ConsumerRecord]) -> PartitionWorker:
+    install_retry_hooks()
+    host.expect_offset = records[-1].offset + 1
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    worker.feed(records)
+    await asyncio.wait_for(host.committed_all.wait(), 10)
+    await worker.stop(1.0)
+    return worker
+
+
+def _outcome_offsets(host: FakeHost) -> list[int]:
+    assert host.outcomes is not None
+    return [json.loads(m.value)["source"]["offset"] for m in host.outcomes.messages]
+
+
+async def test_a_batch_is_committed_in_order_after_both_sinks_acknowledged(
+    applier: Applier,
+) -> None:
+    host = FakeHost(applier)
+    records = [_event(10, _consumer(1)), _record(11, b"not json"), _event(12, _consumer(2))]
+    worker = await _run(host, records)
+    assert host.fatal_errors == []
+    # One batch, committed after the offset of its last record, with its one dead letter
+    # and its three outcome records already written.
+    assert host.commits == [(13, 1, 3)]
+    assert worker.committed == 13
+    assert host.batches == [[10, 11, 12]]
+    assert [letter.origin.offset for letter in host.dead_letters.letters] == [11]
+    assert host.dead_letters.letters[0].invalid
+    kinds = {
+        json.loads(m.value)["source"]["offset"]: json.loads(m.value)["outcome"]
+        for m in host.outcomes.messages  # type: ignore[union-attr]
+    }
+    assert kinds == {10: "applied", 11: "invalid", 12: "applied"}
+
+
+async def test_records_of_a_partition_are_applied_in_offset_order(applier: Applier) -> None:
+    host = FakeHost(applier)
+    host.config = WorkerConfig(
+        batch_max_events=2, max_event_bytes=65_536, retry_wait_initial=0.01, retry_wait_max=0.02
+    )
+    consumer = _consumer(3)
+    records = [_event(offset, consumer) for offset in range(7)]
+    await _run(host, records)
+    assert host.fatal_errors == []
+    flat = [offset for batch in host.batches for offset in batch]
+    assert flat == list(range(7))
+    assert all(len(batch) <= 2 for batch in host.batches)
+    assert [c[0] for c in host.commits] == [batch[-1] + 1 for batch in host.batches]
+    assert sorted(_outcome_offsets(host)) == _outcome_offsets(host)
+    # The same consumer, unconditionally, seven times: each a new generation, in order.
+    generations = [
+        json.loads(m.value)["generation_after"]
+        for m in host.outcomes.messages  # type: ignore[union-attr]
+    ]
+    assert generations == sorted(generations) and len(set(generations)) == 7
+
+
+@pytest.mark.parametrize("sink", ["dead_letters", "outcomes"])
+async def test_an_unavailable_sink_pauses_and_retries_the_same_batch(
+    applier: Applier, sink: str
+) -> None:
+    host = FakeHost(applier)
+    getattr(host, sink).fail_next(3)
+    records = [_event(0, _consumer(4)), _record(1, b"{}")]
+    await _run(host, records)
+    assert host.fatal_errors == []
+    step = "dead_letter" if sink == "dead_letters" else "outcomes"
+    assert host.failed == [(step, "SinkUnavailable")]
+    assert host.recovered == [(step, True)]
+    assert getattr(host, sink).attempts == 4
+    # Nothing was committed while the sink failed; once it took the batch, the one
+    # commit came, with everything written exactly once.
+    assert host.commits == [(2, 1, 2)]
+    retried = host.metrics.registry.get_sample_value("consumergen_retries_total", {"step": step})
+    assert retried == 3
+
+
+async def test_a_bug_in_a_sink_stops_loudly_and_commits_nothing(applier: Applier) -> None:
+    host = FakeHost(applier)
+    assert host.outcomes is not None
+    host.outcomes.fail_with(RuntimeError("a bug in a sink"))
+    await _run(host, [_event(0, _consumer(5))])
+    assert [type(e) for e in host.fatal_errors] == [RuntimeError]
+    assert host.commits == []
+    assert host.outcomes.attempts == 1  # a bug is not retried
+    assert host.failed == []
+
+
+async def test_without_an_outcome_sink_only_dead_letters_are_written(applier: Applier) -> None:
+    host = FakeHost(applier, outcomes=None)
+
+    async def commit(tp: TopicPartition, offset: int) -> bool:
+        host.commits.append((offset, len(host.dead_letters.letters), 0))
+        host.committed_all.set()
+        return True
+
+    host.commit = commit  # type: ignore[method-assign]
+    await _run(host, [_record(0, b"[]"), _event(1, _consumer(6))])
+    assert host.commits == [(2, 1, 0)]
