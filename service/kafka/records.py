@@ -19,7 +19,7 @@ Installation replaces two names in ``aiokafka.consumer.fetcher`` (``MemoryRecord
 which keeps each batch's bytes for the fallback, and ``PartitionRecords``, which turns
 an unreadable record into an ``UndecodableRecord``), in ``install`` and nowhere else.
 It depends on aiokafka internals: ``install`` refuses any aiokafka outside
-``CHECKED_AIOKAFKA`` and ``tests/test_kafka_records.py`` fails when the internals it
+``CHECKED_AIOKAFKA`` and ``tests/unit/test_kafka_records.py`` fails when the internals it
 relies on change.  Every consumer is built through ``service.kafka.clients.consumer_options``,
 which installs it.
 """
