@@ -6,6 +6,10 @@ One class serves both.  Each ``start()`` is a new run with its own JSON log file
 afresh per run.  Signals are explicit: ``kill(sig)`` only sends, ``stop()`` ends the
 process for sure (SIGKILL, reaped), ``terminate()`` is the graceful SIGTERM a benchmark
 waits for.
+
+A run dies with the process that started it (the kernel's parent-death signal, as the
+embedded broker and PostgreSQL do): a killed test run or benchmark leaves no daemon
+spinning against a broker that is gone.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from service.embedded.process import free_port
+from service.embedded.process import die_with_parent, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -64,6 +68,7 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=None if self.cwd is None else str(self.cwd),
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
         self.started_at = time.time()
         return self

@@ -1,4 +1,4 @@
-"""Killing a test run with SIGKILL leaves no Kafka or PostgreSQL process behind."""
+"""Killing a test run with SIGKILL leaves no Kafka, PostgreSQL or daemon process behind."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def test_sigkill_of_the_test_run_leaves_no_server(tmp_path: Path) -> None:
         servers = [
             pids["kafka_pid"],
             pids["postgres_pid"],
+            pids["daemon_pid"],
             *children(pids["postgres_pid"]),
         ]
         assert all(alive(pid) for pid in servers), "servers should be up before the kill"

@@ -13,12 +13,21 @@ from pathlib import Path
 
 from service.embedded.kafka import KafkaBroker
 from service.embedded.postgres import PostgresCluster
+from service.testing.daemon_process import DaemonProcess
 
 
 def test_hold(kafka_broker: KafkaBroker | None, postgres_cluster: PostgresCluster | None) -> None:
     assert kafka_broker is not None and kafka_broker.process is not None
     assert postgres_cluster is not None and postgres_cluster.process is not None
     report = Path(os.environ["ORPHAN_PROBE_REPORT"])
+    daemon = DaemonProcess(
+        env={
+            "CONSUMERGEN_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
+            "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{report.parent / 'orphan.db'}",
+        },
+        log_dir=report.parent,
+        name="orphan-probe",
+    ).start()
     staging = report.with_suffix(".tmp")
     staging.write_text(
         json.dumps(
@@ -27,6 +36,7 @@ def test_hold(kafka_broker: KafkaBroker | None, postgres_cluster: PostgresCluste
                 "postgres_pid": postgres_cluster.process.pid,
                 "postgres_root": str(postgres_cluster.root),
                 "pytest_pid": os.getpid(),
+                "daemon_pid": daemon.pid,
             }
         )
     )
