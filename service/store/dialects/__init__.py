@@ -9,8 +9,11 @@ SQLite".  An unknown one is a ``ConfigurationError`` that names the setting.
 
 What a dialect provides:
 
-* ``create_engine(settings)``: the async engine with the settings correctness needs
-  (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool), honouring ``READ_ONLY``;
+* ``create_engine(settings, read_only=False)``: the async engine with the settings
+  correctness needs (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool),
+  honouring ``READ_ONLY``; with ``read_only=True`` an engine that cannot write or create
+  anything (the read-only commands: ``show``, ``verify``, dry runs), raising
+  ``store.errors.DatabaseNotFound`` when there is no database to read;
 * ``insert_ignoring_conflicts(table, key)``: ``INSERT .. ON CONFLICT (key) DO NOTHING``
   that can take ``RETURNING``;
 * ``update_consumers(connection, rows)``: the batch's consumer compare-and-swaps, True
@@ -80,7 +83,7 @@ class Dialect(Protocol):
     @property
     def single_writer(self) -> bool: ...
 
-    def create_engine(self, settings: Settings) -> AsyncEngine: ...
+    def create_engine(self, settings: Settings, *, read_only: bool = False) -> AsyncEngine: ...
 
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert: ...
 
