@@ -21,7 +21,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from service.cli._common import EXIT_PROBLEM, settings_from
+from service.cli._common import EXIT_PROBLEM, settings_from, uuid_parameter
 from service.config import Settings
 from service.contract.decode import InvalidEvent, undecodable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
@@ -35,7 +35,7 @@ WINDOW: Final = 2000
 
 
 @click.command("produce")
-@click.option("--consumer-uuid", help="The consumer (single event mode).")
+@click.option("--consumer-uuid", callback=uuid_parameter, help="The consumer (single event mode).")
 @click.option("--project", "project_id", help="Owning project (upsert).")
 @click.option("--user", "user_id", help="Owning user (upsert).")
 @click.option("--consumer-type", help="Consumer type, e.g. INSTANCE (upsert).")
