@@ -8,6 +8,8 @@ busy timeout, ``BEGIN IMMEDIATE`` for writers; PostgreSQL: a pre-pinged pool of
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -34,8 +36,6 @@ def describe_database(url: str) -> str:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         database = parsed.database or ""
         if not database.startswith("file:"):
-            from pathlib import Path
-
             return f"{parsed.drivername}:///{Path(database).expanduser().resolve()}"
     return parsed.render_as_string(hide_password=True)
 

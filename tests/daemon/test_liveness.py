@@ -70,6 +70,11 @@ async def test_livez_fails_while_the_loop_is_blocked_and_recovers(
             10,
             "the stall hook installed",
         )
+        # The start-up lines say which database and which health address are in use.
+        lines = {str(e.get("event")): e for e in daemon.log_events()}
+        assert lines["daemon starting"]["database"] == sqlite_url
+        health = f"http://127.0.0.1:{daemon.health_port}"
+        assert lines["health endpoints up"]["address"] == health
         daemon.kill(signal.SIGUSR1)
 
         failed: list[dict[str, object]] = []
