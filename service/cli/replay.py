@@ -142,8 +142,8 @@ async def _drive(source: Source, settings: Settings, mode: Mode) -> ReplayReport
     progress, every = progress_for()
     engine: AsyncEngine | None = None
     if mode in (Mode.APPLY, Mode.DRY_RUN):
-        # A dry run only reads: it opens the database read-only and creates nothing.
-        engine = create_engine(settings, read_only=mode is Mode.DRY_RUN)
+        # Never creates a database; a dry run only reads (opened read-only).
+        engine = create_engine(settings, read_only=mode is Mode.DRY_RUN, create=False)
     try:
         if engine is not None:
             await ensure_schema_current(engine)

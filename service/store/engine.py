@@ -18,11 +18,15 @@ from service.config import Settings
 from service.store.dialects import READ_ONLY, dialect_for_url
 
 
-def create_engine(settings: Settings, *, read_only: bool = False) -> AsyncEngine:
+def create_engine(
+    settings: Settings, *, read_only: bool = False, create: bool = True
+) -> AsyncEngine:
     """The service's engine for ``settings.database_url``; ``read_only=True`` for the
-    commands that only read: it creates nothing and cannot write (``DatabaseNotFound``
-    when there is no database)."""
-    return dialect_for_url(settings.database_url).create_engine(settings, read_only=read_only)
+    commands that only read (it creates nothing and cannot write), ``create=False`` for
+    those that write into an existing database only (``DatabaseNotFound`` when there is
+    none: a wrong SQLite path must not become a second, empty store)."""
+    dialect = dialect_for_url(settings.database_url)
+    return dialect.create_engine(settings, read_only=read_only, create=create)
 
 
 def describe_database(url: str) -> str:

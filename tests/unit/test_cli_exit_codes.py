@@ -25,6 +25,12 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     (["produce", "--consumer-uuid", "nope"], {}, 2, "not a UUID: 'nope'"),
     (["produce", "--consumer-uuid", "123"], {}, 2, "not a UUID: '123'"),
     (["pseudonym", "nope"], {}, 2, "not a UUID: 'nope'"),
+    (
+        ["produce", "--consumer-uuid", UUID, "--expected-generation", "abc"],
+        {},
+        2,
+        "invalid event, schema_violation at $.expected_generation",
+    ),
     (["show", UUID, "--events", "-1"], {}, 2, "--events"),
     (["show", UUID, "--database-url", "mysql+aiomysql://h/db"], {}, 2, "'mysql' database"),
     (["db", "upgrade", "--database-url", "sqlite:///x.db"], {}, 2, "CONSUMERGEN_DATABASE_URL"),

@@ -1,5 +1,6 @@
-"""The read-only commands never create a database: a wrong SQLite path (or a run from
-another folder) is a clear error naming the resolved path, and no file appears.
+"""No command but ``db upgrade`` creates a database: a wrong SQLite path (or a run from
+another folder) is a clear error naming the resolved path, exit 2, and no file appears.
+The read-only commands open it read-only.
 
 Against an existing database they read it, and Alembic's INFO lines stay out of their
 output (those belong to ``db upgrade``).
@@ -28,10 +29,13 @@ def _read_only_commands(archive: Path) -> list[list[str]]:
         ["db", "prune", "--dry-run"],
         ["verify", "--archive", str(archive)],
         ["replay", "--dry-run", "--archive", str(archive)],
+        # These write, into an existing database only: only `db upgrade` creates one.
+        ["replay", "--archive", str(archive)],
+        ["run"],
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(8))
 def test_a_missing_database_is_named_and_not_created(
     index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

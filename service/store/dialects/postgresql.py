@@ -89,7 +89,10 @@ class PostgreSQL:
     drivers = frozenset({"asyncpg"})
     single_writer = False
 
-    def create_engine(self, settings: Settings, *, read_only: bool = False) -> AsyncEngine:
+    def create_engine(
+        self, settings: Settings, *, read_only: bool = False, create: bool = True
+    ) -> AsyncEngine:
+        """``create`` is SQLite's concern: a PostgreSQL database is never created here."""
         # A reader's sessions refuse writes server-side: a read-only command cannot
         # change the database whatever code path it takes.
         server_settings = {"default_transaction_read_only": "on"} if read_only else {}

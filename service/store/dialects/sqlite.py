@@ -11,14 +11,16 @@ is the only one (the documented recipe).  A ``READ_ONLY`` transaction begins DEF
 
 A read-only engine opens the file through SQLite's URI ``mode=ro``: the database file
 is never created (a plain path would make an empty one wherever the command was run)
-and never written; a missing file is ``DatabaseNotFound`` naming the resolved path.
+and never written; an engine with ``create=False`` (the daemon, ``replay``) opens it
+``mode=rw``: written, never created.  A missing file is ``DatabaseNotFound`` naming the
+resolved path.  Only ``db upgrade`` (and ``run --local``) create a database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote
 
 from sqlalchemy import ColumnElement, Table, event
@@ -51,8 +53,12 @@ class SQLite:
     drivers = frozenset({"aiosqlite"})
     single_writer = True
 
-    def create_engine(self, settings: Settings, *, read_only: bool = False) -> AsyncEngine:
-        url = read_only_url(settings.database_url) if read_only else settings.database_url
+    def create_engine(
+        self, settings: Settings, *, read_only: bool = False, create: bool = True
+    ) -> AsyncEngine:
+        url = settings.database_url
+        if read_only or not create:
+            url = existing_file_url(url, "ro" if read_only else "rw")
         engine = create_async_engine(url)
         busy_timeout_ms = int(settings.sqlite_busy_timeout_ms)
 
@@ -107,8 +113,9 @@ def database_path(url: str) -> Path | None:
     return Path(database).expanduser().resolve()
 
 
-def read_only_url(url: str) -> str:
-    """``url`` opened with ``mode=ro``; ``DatabaseNotFound`` when the file is missing."""
+def existing_file_url(url: str, mode: Literal["ro", "rw"]) -> str:
+    """``url`` as a URI opened with ``mode`` (``ro`` read-only, ``rw`` read-write: both
+    never create the file); ``DatabaseNotFound`` when the file is missing."""
     from service.store.errors import DatabaseNotFound  # errors imports this package
 
     path = database_path(url)
@@ -122,7 +129,7 @@ def read_only_url(url: str) -> str:
         )
     parsed = make_url(url)
     query = "&".join(f"{key}={value}" for key, value in sorted(parsed.query.items()))
-    return f"{parsed.drivername}:///file:{quote(str(path))}?mode=ro&uri=true" + (
+    return f"{parsed.drivername}:///file:{quote(str(path))}?mode={mode}&uri=true" + (
         f"&{query}" if query else ""
     )
 
