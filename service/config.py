@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(
         300_000, ge=1, description="Longest a daemon may go between fetches and stay a member."
     )
+    liveness_stale_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="/livez fails when the event loop's heartbeat is older than this "
+        "(a wedged loop, restarted by the orchestrator).",
+    )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
 

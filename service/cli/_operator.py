@@ -16,14 +16,19 @@ import click
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.cli._common import EXIT_PROBLEM
+from service.cli._common import EXIT_PROBLEM, EXIT_USAGE
 from service.kafka.clients import BrokerUnavailable
 from service.kafka.records import KafkaClientUnfit
 from service.replay.ranges import RangeError, RangeSpec
 from service.replay.report import RichProgress
 from service.replay.runner import NoProgress, Progress
 from service.replay.sources import SourceError
-from service.store.errors import SchemaNotCurrentError, TransientDatabaseError, describe
+from service.store.errors import (
+    DatabaseNotFound,
+    SchemaNotCurrentError,
+    TransientDatabaseError,
+    describe,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -98,6 +103,9 @@ def run(verb: str, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(work)
     except (RangeError, SourceError) as exc:
         raise click.UsageError(str(exc)) from None
+    except DatabaseNotFound as exc:
+        click.echo(f"consumergen {verb}: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
     except (
         BrokerUnavailable,
         TransientDatabaseError,

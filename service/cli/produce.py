@@ -3,7 +3,9 @@
 One event from options, or many from a JSONL file (``--file PATH`` or ``--file -`` for
 stdin). Lines are validated with the daemon's rules before anything is sent; a bad line
 is reported (line number and reason) and skipped, and the exit code is 1 at the end,
-unless ``--stop-on-error`` stops reading at the first bad line.
+unless ``--stop-on-error`` stops reading at the first bad line.  A single event made of
+options that the contract refuses (or a malformed ``--consumer-uuid``) is a bad
+argument: exit 2, nothing sent.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from service.cli._common import EXIT_PROBLEM, settings_from
+from service.cli._common import EXIT_PROBLEM, EXIT_USAGE, settings_from, uuid_parameter
 from service.config import Settings
 from service.contract.decode import InvalidEvent, undecodable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
@@ -35,7 +37,7 @@ WINDOW: Final = 2000
 
 
 @click.command("produce")
-@click.option("--consumer-uuid", help="The consumer (single event mode).")
+@click.option("--consumer-uuid", callback=uuid_parameter, help="The consumer (single event mode).")
 @click.option("--project", "project_id", help="Owning project (upsert).")
 @click.option("--user", "user_id", help="Owning user (upsert).")
 @click.option("--consumer-type", help="Consumer type, e.g. INSTANCE (upsert).")
@@ -125,8 +127,10 @@ def _single(
             max_bytes=settings.max_event_bytes,
         )
     except InvalidEvent as exc:
+        # Every part of a single event is an option: one the contract refuses is a bad
+        # argument (exit 2), like a malformed --consumer-uuid.
         output.invalid(None, exc)
-        return False
+        raise SystemExit(EXIT_USAGE) from None
 
     async def send() -> bool:
         async with EventProducer(settings) as producer:

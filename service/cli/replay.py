@@ -14,7 +14,7 @@ from typing import Any
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.cli._common import EXIT_PROBLEM, settings_from
+from service.cli._common import EXIT_PROBLEM, database_url_option, settings_from
 from service.cli._operator import progress_for, range_options, range_spec, run, stdout_console
 from service.config import Settings
 from service.replay.ranges import RangeSpec
@@ -69,6 +69,7 @@ from service.store.migrate import ensure_schema_current
 @click.option("--bootstrap-server", help="Kafka host:port[,...] (CONSUMERGEN_BOOTSTRAP_SERVERS).")
 @click.option("--topic", help="Events topic (CONSUMERGEN_TOPIC).")
 @click.option("--dlq-topic", help="Dead-letter topic (CONSUMERGEN_DLQ_TOPIC).")
+@database_url_option
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -84,6 +85,7 @@ def command(
     bootstrap_server: str | None,
     topic: str | None,
     dlq_topic: str | None,
+    database_url: str | None,
     **ranges: Any,
 ) -> None:
     """Re-drive events from the events topic, the dead-letter topic (--dlq) or an
@@ -99,6 +101,7 @@ def command(
         topic=topic,
         dlq_topic=dlq_topic,
         max_event_bytes=max_event_bytes,
+        database_url=database_url,
     )
     if republish:
         mode = Mode.REPUBLISH_DRY_RUN if dry_run else Mode.REPUBLISH
@@ -139,7 +142,8 @@ async def _drive(source: Source, settings: Settings, mode: Mode) -> ReplayReport
     progress, every = progress_for()
     engine: AsyncEngine | None = None
     if mode in (Mode.APPLY, Mode.DRY_RUN):
-        engine = create_engine(settings)
+        # Never creates a database; a dry run only reads (opened read-only).
+        engine = create_engine(settings, read_only=mode is Mode.DRY_RUN, create=False)
     try:
         if engine is not None:
             await ensure_schema_current(engine)

@@ -62,9 +62,14 @@ async def _run(settings: Settings) -> int:
     from service.daemon.signals import run_daemon
     from service.kafka.records import KafkaClientUnfit
     from service.store.engine import create_engine
-    from service.store.errors import SchemaNotCurrentError
+    from service.store.errors import DatabaseNotFound, SchemaNotCurrentError
 
-    engine = create_engine(settings)
+    try:
+        # Never creates the database: a wrong SQLite path is named, not made empty.
+        engine = create_engine(settings, create=False)
+    except DatabaseNotFound as exc:
+        click.echo(f"consumergen run: {exc}", err=True)
+        return EXIT_USAGE
     try:
         # The daemon checks the schema itself (waiting, not crashing, while the database
         # is down or locked) and raises this when the schema is not this code's.

@@ -1,20 +1,20 @@
 """`consumergen show`: a consumer's state and its last processed events.
 
 The UUID and the rows are the operator's data, printed on stdout (not logged).  Exit 1
-when the database has no row for the consumer, 2 for a malformed UUID.
+when the database has no row for the consumer, 2 for a malformed UUID or a database
+that does not exist (opened read-only: a wrong SQLite path creates nothing).
 """
 
 from __future__ import annotations
 
 import json
-import uuid as uuid_module
 from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich.table import Table
 
-from service.cli._common import EXIT_PROBLEM, settings_from
+from service.cli._common import EXIT_PROBLEM, database_url_option, settings_from, uuid_parameter
 from service.cli._operator import run, stdout_console
 from service.config import Settings
 from service.domain.consumer import ConsumerState
@@ -23,6 +23,9 @@ from service.store.engine import create_engine
 from service.store.migrate import ensure_schema_current
 from service.store.reads import get_consumer, recent_events
 
+#: A canonical UUID's length: the event id column is never narrower.
+EVENT_ID_WIDTH = 36
+
 
 @dataclass
 class _Found:
@@ -30,15 +33,8 @@ class _Found:
     events: list[ProcessedEvent]
 
 
-def _canonical(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    try:
-        return str(uuid_module.UUID(value.strip()))
-    except ValueError:
-        raise click.BadParameter(f"not a UUID: {value!r}") from None
-
-
 @click.command("show")
-@click.argument("consumer_uuid", metavar="UUID", callback=_canonical)
+@click.argument("consumer_uuid", metavar="UUID", callback=uuid_parameter)
 @click.option(
     "--events",
     "limit",
@@ -48,11 +44,14 @@ def _canonical(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="How many of the latest inbox rows to list.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@database_url_option
 @click.pass_context
-def command(ctx: click.Context, consumer_uuid: str, limit: int, as_json: bool) -> None:
+def command(
+    ctx: click.Context, consumer_uuid: str, limit: int, as_json: bool, database_url: str | None
+) -> None:
     """A consumer's current state (generation, owners, tombstone) and its latest
     processed events with their outcomes."""
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, database_url=database_url)
     found = run("show", _load(settings, consumer_uuid, limit))
     if as_json:
         click.echo(json.dumps(_document(consumer_uuid, found), ensure_ascii=False))
@@ -63,7 +62,7 @@ def command(ctx: click.Context, consumer_uuid: str, limit: int, as_json: bool) -
 
 
 async def _load(settings: Settings, consumer_uuid: str, limit: int) -> _Found:
-    engine = create_engine(settings)
+    engine = create_engine(settings, read_only=True)
     try:
         await ensure_schema_current(engine)
         consumer = await get_consumer(engine, consumer_uuid)
@@ -122,8 +121,8 @@ def _print(consumer_uuid: str, found: _Found) -> None:
     else:
         state = f"deleted (tombstone since {_time(c.deleted_at)})" if c.deleted else "live"
         table = Table(title=f"consumer {consumer_uuid}", title_justify="left", show_header=False)
-        table.add_column("field")
-        table.add_column("value")
+        table.add_column("field", no_wrap=True)
+        table.add_column("value", overflow="fold")  # ids wrap whole, never cut
         for name, value in (
             ("state", state),
             ("generation", str(c.generation)),
@@ -143,8 +142,12 @@ def _print(consumer_uuid: str, found: _Found) -> None:
     events = Table(
         title=f"last {len(found.events)} processed events, newest first", title_justify="left"
     )
-    for column in ("processed at", "event", "type", "outcome", "generation after", "source"):
-        events.add_column(column)
+    # Never an ellipsis: the event id stays whole on one line (copyable on 80 columns),
+    # the other columns fold; --json is the form for scripts.
+    events.add_column("processed at", overflow="fold")
+    events.add_column("event", no_wrap=True, min_width=EVENT_ID_WIDTH)
+    for column in ("type", "outcome", "generation after", "source"):
+        events.add_column(column, overflow="fold")
     for e in found.events:
         outcome = e.outcome.value + (f" ({e.reason.value})" if e.reason else "")
         source = (

@@ -12,12 +12,12 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from service.cli._common import EXIT_PROBLEM, settings_from
+from service.cli._common import EXIT_PROBLEM, database_url_option, settings_from
 from service.cli._operator import progress_for, run, stdout_console
 from service.config import Settings
 from service.domain.errors import ConfigurationError
 from service.replay.ranges import RangeSpec
-from service.replay.report import summary_table
+from service.replay.report import UUID_WIDTH, summary_table
 from service.replay.sources import ArchiveSource, Source, TopicSource
 from service.replay.verify import VerifyReport, verify
 from service.store.dialects import DATABASE_URL_VARIABLE, dialect_for_url
@@ -52,6 +52,7 @@ from service.store.migrate import ensure_schema_current
 )
 @click.option("--bootstrap-server", help="Kafka host:port[,...] (CONSUMERGEN_BOOTSTRAP_SERVERS).")
 @click.option("--topic", help="Events topic (CONSUMERGEN_TOPIC).")
+@database_url_option
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -63,6 +64,7 @@ def command(
     limit: int,
     bootstrap_server: str | None,
     topic: str | None,
+    database_url: str | None,
 ) -> None:
     """Rebuild the expected state from the log (events topic and/or archives) in a
     scratch database with the daemon's apply path, and diff it against the database."""
@@ -74,7 +76,9 @@ def command(
         except ConfigurationError as exc:
             message = str(exc).replace(f"{DATABASE_URL_VARIABLE}: ", "")
             raise click.BadParameter(message, param_hint="--scratch-url") from None
-    settings = settings_from(ctx, bootstrap_servers=bootstrap_server, topic=topic)
+    settings = settings_from(
+        ctx, bootstrap_servers=bootstrap_server, topic=topic, database_url=database_url
+    )
     if scratch_url is not None and scratch_url == settings.database_url:
         raise click.BadParameter("is the live database", param_hint="--scratch-url")
     report = run(
@@ -102,7 +106,7 @@ async def _main(
         archive.scan()
         sources.append(archive)
     progress, _ = progress_for()
-    live = create_engine(settings)
+    live = create_engine(settings, read_only=True)  # the live database is only read
     try:
         await ensure_schema_current(live)
         if not use_topic:
@@ -158,11 +162,9 @@ def _print(report: VerifyReport, limit: int) -> None:
         title="differences" + (f" (first {limit})" if len(problems) > limit else ""),
         title_justify="left",
     )
-    table.add_column("consumer", no_wrap=True)
-    table.add_column("kind")
-    table.add_column("field")
-    table.add_column("expected (log)")
-    table.add_column("live (database)")
+    table.add_column("consumer", no_wrap=True, min_width=UUID_WIDTH)  # never cut: copyable
+    for column in ("kind", "field", "expected (log)", "live (database)"):
+        table.add_column(column, overflow="fold")
     for difference in problems[:limit]:
         fields = difference.fields or {"": ("", "")}
         for name, (expected, live) in fields.items():

@@ -23,6 +23,7 @@ from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.host import DaemonWorkerHost
+from service.daemon.liveness import beat_interval, heartbeat
 from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
@@ -33,6 +34,7 @@ from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.engine import describe_database
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
@@ -51,7 +53,7 @@ class Daemon:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
-        self.readiness = Readiness()
+        self.readiness = Readiness(stale_after=settings.liveness_stale_seconds)
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
         self._stop = asyncio.Event()
@@ -139,12 +141,26 @@ class Daemon:
     async def run(self, health: bool = True) -> None:
         """Start, consume until ``request_stop``, then stop gracefully."""
         settings = self.settings
+        log.info(
+            "daemon starting",
+            database=describe_database(settings.database_url),
+            bootstrap=settings.bootstrap_servers,
+            topic=settings.topic,
+            group=settings.group_id,
+        )
         if health:
             self.health = HealthServer(
                 settings.health_host, settings.health_port, self.readiness, self.metrics
             )
             self.health.start()
-            log.info("health endpoints up", port=self.health.port)
+            log.info(
+                "health endpoints up",
+                address=f"http://{settings.health_host}:{self.health.port}",
+                paths="/livez /readyz /metrics",
+            )
+        beats = asyncio.create_task(
+            heartbeat(self.readiness, beat_interval(settings)), name="liveness-heartbeat"
+        )
         watcher: asyncio.Task[None] | None = None
         try:
             await wait_for_schema(
@@ -185,7 +201,11 @@ class Daemon:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
 
     async def _shutdown(self) -> None:
         self.readiness.stopping = True

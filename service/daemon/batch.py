@@ -9,10 +9,12 @@ contract's (``service.contract.records``).
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from service.apply.admission import admit
 from service.contract.decode import InvalidEvent
@@ -133,6 +135,49 @@ def outcome_messages(
         )
         messages.append(OutcomeMessage(None, value))
     return messages
+
+
+#: A dead letter's value is read for its ``event_id`` only up to this size.
+_READ_EVENT_ID_MAX_BYTES: Final = 64 * 1024
+
+
+def dead_letter_fields(letter: DeadLetter) -> dict[str, Any]:
+    """The fields of a dead letter's WARNING line: the reason, where it was read, and
+    the consumer (its key) and event ids when they are UUIDs, which the log redactor
+    turns into pseudonyms; anything else of the record stays out of the logs."""
+    headers = dict(letter.headers)
+    origin = letter.origin
+    fields: dict[str, Any] = {
+        "reason": letter.reason,
+        "error_class": "invalid" if letter.invalid else "failed",
+        "origin": f"{origin.topic}/{origin.partition}@{origin.offset}",
+        "consumer": _uuid_or_none(letter.key),
+        "event_id": _event_id(letter.value),
+    }
+    path = headers.get("error.path")
+    if path is not None:
+        fields["path"] = path.decode("utf-8", "replace")
+    return fields
+
+
+def _uuid_or_none(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        return str(uuid.UUID(text.strip()))
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+
+
+def _event_id(value: bytes | None) -> str | None:
+    if value is None or len(value) > _READ_EVENT_ID_MAX_BYTES:
+        return None
+    try:
+        document = json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return _uuid_or_none(document.get("event_id")) if isinstance(document, dict) else None
 
 
 def _letter(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
@@ -39,6 +40,11 @@ class Readiness:
     stopping: bool = False
     #: The latest infrastructure error, for an operator reading /readyz (no secrets).
     last_error: str | None = None
+    #: ``time.monotonic()`` of the event loop's latest heartbeat (``daemon.liveness``);
+    #: None until the loop first beats (the daemon is starting: alive).
+    last_beat: float | None = None
+    #: How old that heartbeat may be before /livez fails (the loop is wedged).
+    stale_after: float = 30.0
 
     @property
     def paused(self) -> set[str]:
@@ -56,14 +62,9 @@ class Readiness:
         failing = dict(self.failing)  # one consistent copy (the loop may be writing)
         database_ok = self.database_reachable and "database" not in failing.values()
         broker_ok = self.broker_reachable and "broker" not in failing.values()
-        ready = (
-            self.started
-            and self.assigned > 0
-            and database_ok
-            and broker_ok
-            and not failing
-            and not self.stopping
-        )
+        # Able to work, not "working now": a member without partitions (more replicas
+        # than partitions, or between rebalances) is ready, or a rolling update stalls.
+        ready = self.started and database_ok and broker_ok and not failing and not self.stopping
         return ready, {
             "ready": ready,
             "started": self.started,
@@ -73,6 +74,19 @@ class Readiness:
             "paused_partitions": sorted(failing),
             "stopping": self.stopping,
             "last_error": None if ready else self.last_error,
+        }
+
+    def live_verdict(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """Alive while the event loop's heartbeat is fresh (read off the loop)."""
+        beat = self.last_beat
+        if beat is None:
+            return True, {"alive": True, "heartbeat_age_seconds": None}
+        age = (time.monotonic() if now is None else now) - beat
+        alive = age <= self.stale_after
+        return alive, {
+            "alive": alive,
+            "heartbeat_age_seconds": round(age, 3),
+            "stale_after_seconds": self.stale_after,
         }
 
 
@@ -115,7 +129,8 @@ class HealthServer:
         if path == "/metrics":
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path in ("/livez", "/healthz"):
-            return _json(start_response, "200 OK", {"alive": True})
+            alive, detail = self._readiness.live_verdict()
+            return _json(start_response, "200 OK" if alive else "503 Service Unavailable", detail)
         if path == "/readyz":
             ready, detail = self._readiness.verdict()
             return _json(start_response, "200 OK" if ready else "503 Service Unavailable", detail)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiokafka import TopicPartition
 
+from service.daemon.batch import dead_letter_fields
 from service.daemon.commits import CommitCoalescer
 from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
@@ -111,6 +112,9 @@ class DaemonWorkerHost:
             if outcome.attempts > 1:
                 metrics.cas_retries.inc(outcome.attempts - 1)
         for letter in dead:
+            # One line per dead letter, at WARNING: an operator sees each without
+            # reading INFO batch summaries (UUIDs become pseudonyms in the line).
+            log.warning("dead-lettered", **dead_letter_fields(letter))
             metrics.dead_lettered.labels(letter.reason).inc()
             if letter.invalid:
                 counts[("invalid", letter.reason)] = counts.get(("invalid", letter.reason), 0) + 1

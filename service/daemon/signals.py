@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.daemon.app import Daemon
+from service.daemon.liveness import install_stall_hook
 from service.daemon.log_limits import limit_library_repeats
 
 log = structlog.get_logger(__name__)
@@ -39,12 +40,15 @@ async def run_daemon(settings: Settings, engine: AsyncEngine) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    stall_hook = install_stall_hook(loop)  # a test hook: only with its variable set
     began = time.monotonic()
     try:
         await daemon.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if stall_hook:
+            loop.remove_signal_handler(signal.SIGUSR1)
     if daemon.fatal_error is not None:
         log.error(
             "daemon exited after an internal error", error_class=type(daemon.fatal_error).__name__

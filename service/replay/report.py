@@ -24,6 +24,9 @@ from rich.text import Text
 
 from service.replay.runner import Mode, ReplayReport
 
+#: A canonical UUID's length: an id column is never narrower (rich would cut it).
+UUID_WIDTH = 36
+
 
 class _RateColumn(ProgressColumn):
     """Events per second (rich's speed columns speak bytes)."""
@@ -96,7 +99,7 @@ def changes_table(report: ReplayReport, limit: int) -> Table | None:
         + (f" (first {limit}; --json lists all)" if len(changed) > limit else ""),
         title_justify="left",
     )
-    table.add_column("consumer", no_wrap=True)
+    table.add_column("consumer", no_wrap=True, min_width=UUID_WIDTH)  # never cut: copyable
     table.add_column("generation before", justify="right")
     table.add_column("generation after", justify="right")
     table.add_column("tombstone after")

@@ -26,6 +26,11 @@ class SchemaNotCurrentError(ConfigurationError, RuntimeError):
     """The database has not been migrated to the schema this code needs."""
 
 
+class DatabaseNotFound(ConfigurationError):
+    """A read-only command was pointed at a database that does not exist (a typo in the
+    SQLite path, or run from another folder).  Nothing was created."""
+
+
 def is_transient(error: BaseException) -> bool:
     """True when ``error`` is an infrastructure failure worth retrying later.
 

@@ -8,6 +8,9 @@ an ``alembic.ini`` or a checkout.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -39,8 +42,23 @@ def head_revision() -> str:
     return str(heads[0])
 
 
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Reading the revision is not migrating: Alembic's INFO lines ("Context impl
+    SQLiteImpl.", "Will assume non-transactional DDL.") belong to ``db upgrade`` only,
+    not to every ``show``, ``verify`` and daemon start."""
+    logger = logging.getLogger("alembic.runtime.migration")
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _current(connection: Connection) -> str | None:
-    heads = MigrationContext.configure(connection).get_current_heads()
+    with _quiet_alembic():
+        heads = MigrationContext.configure(connection).get_current_heads()
     return str(heads[0]) if heads else None
 
 

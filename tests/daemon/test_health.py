@@ -56,7 +56,7 @@ async def test_not_ready_without_a_broker(sqlite_url: str, topics: Topics) -> No
         assert (await get(port, "/nowhere"))[0] == 404
 
 
-async def test_ready_only_with_partitions_and_metrics(
+async def test_ready_with_or_without_partitions_and_metrics(
     kafka_bootstrap: str, sqlite_url: str, new_topic: Any
 ) -> None:
     topics = Topics(
@@ -98,7 +98,9 @@ async def test_ready_only_with_partitions_and_metrics(
         await poll(caught_up, 10, "consumer lag 0 for the partition")
         samples = await scrape()
 
-        # A second member of the group gets nothing of a one-partition topic: not ready.
+        # A second member of the group gets nothing of a one-partition topic, and is
+        # ready all the same (able to work): more replicas than partitions must not stall
+        # a rolling update.
         async with running_daemon(settings.model_copy(update={"health_port": 0}), True) as idle:
             await poll(lambda: idle.readiness.started, 60, "the second daemon started")
             await poll(
@@ -112,10 +114,12 @@ async def test_ready_only_with_partitions_and_metrics(
             assert idle.health is not None
             owner, other = (first, idle) if first.readiness.assigned else (idle, first)
             assert other.health is not None and owner.health is not None
+            await poll(lambda: other.readiness.verdict()[0], 30, "the idle member ready")
             status, body = await readyz(other.health.port)
-            assert status == 503 and body["assigned_partitions"] == 0
+            assert status == 200 and body["ready"] and body["assigned_partitions"] == 0
             await poll(lambda: owner.readiness.verdict()[0], 30, "the owner ready")
-            assert (await readyz(owner.health.port))[0] == 200
+            status, body = await readyz(owner.health.port)
+            assert status == 200 and body["assigned_partitions"] == 1
 
     lag_key = ("consumergen_consumer_lag", (("partition", "0"), ("topic", topics.events)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -40,7 +41,7 @@ def _bad_records(consumer: str) -> list[tuple[bytes | None, bytes | None, str]]:
 
 
 async def test_poison_is_dead_lettered_and_the_rest_applied(
-    kafka_bootstrap: str, database_url: str, topics: Topics
+    kafka_bootstrap: str, database_url: str, topics: Topics, caplog: pytest.LogCaptureFixture
 ) -> None:
     consumers = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 6)]
     valid = [event_doc(c, expected=None, project="p", user="u") for c in consumers]
@@ -71,6 +72,16 @@ async def test_poison_is_dead_lettered_and_the_rest_applied(
 
     letters = await read_all(kafka_bootstrap, topics.dlq)
     assert len(letters) == len(bad)
+    # One WARNING line per dead letter: its reason and where it was read.
+    warned = [
+        r.msg
+        for r in caplog.records
+        if r.levelno == logging.WARNING and isinstance(r.msg, dict)
+        if r.msg.get("event") == "dead-lettered"
+    ]
+    assert sorted(w["reason"] for w in warned) == sorted(reason for _, _, reason in bad)
+    assert {w["origin"].rsplit("/", 1)[0] for w in warned} == {topics.events}
+    assert all(w["consumer"] == consumers[0] for w in warned)  # a pseudonym once rendered
     sent = {(k, v) for k, v, _ in bad}
     reasons_sent = sorted(reason for _, _, reason in bad)
     reasons_got = []

@@ -141,7 +141,8 @@ def test_single_event_round_trip(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("args", "path"),
     [
-        (["--consumer-uuid", "nope"], "$.consumer_uuid"),
+        # A malformed --consumer-uuid is refused by click, before any event is made
+        # (tests/unit/test_cli_exit_codes.py).
         (["--expected-generation", "abc"], "$.expected_generation"),
         (["--expected-generation", "-1"], "$.expected_generation"),
         (["--consumer-type", "lower"], "$.consumer_type"),
@@ -152,7 +153,7 @@ def test_single_event_invalid_options(env: dict[str, str], args: list[str], path
     if "--consumer-uuid" not in args:
         args = ["--consumer-uuid", str(uuid.uuid4()), *args]
     result = run(env, "produce", *args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # options are arguments: a bad one is a usage error
     assert result.stdout == ""
     assert (
         result.stderr

@@ -250,6 +250,7 @@ def test_a_missing_codec_stops_the_cli_with_one_line_naming_it(
     from service.cli import cli
 
     monkeypatch.setitem(kafka_records.CODECS, "snappy", lambda: False)
+    (tmp_path / "db.sqlite3").touch()  # `run` creates no database; an empty one will do
     env = {
         "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
         "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}",

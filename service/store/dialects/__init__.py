@@ -9,8 +9,12 @@ SQLite".  An unknown one is a ``ConfigurationError`` that names the setting.
 
 What a dialect provides:
 
-* ``create_engine(settings)``: the async engine with the settings correctness needs
-  (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool), honouring ``READ_ONLY``;
+* ``create_engine(settings, read_only=False, create=True)``: the async engine with the
+  settings correctness needs (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool),
+  honouring ``READ_ONLY``; with ``read_only=True`` an engine that cannot write or create
+  anything (the read-only commands: ``show``, ``verify``, dry runs), with
+  ``create=False`` one that writes but creates no database (the daemon, ``replay``);
+  both raise ``store.errors.DatabaseNotFound`` when there is no database;
 * ``insert_ignoring_conflicts(table, key)``: ``INSERT .. ON CONFLICT (key) DO NOTHING``
   that can take ``RETURNING``;
 * ``update_consumers(connection, rows)``: the batch's consumer compare-and-swaps, True
@@ -80,7 +84,9 @@ class Dialect(Protocol):
     @property
     def single_writer(self) -> bool: ...
 
-    def create_engine(self, settings: Settings) -> AsyncEngine: ...
+    def create_engine(
+        self, settings: Settings, *, read_only: bool = False, create: bool = True
+    ) -> AsyncEngine: ...
 
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert: ...
 

@@ -89,12 +89,19 @@ class PostgreSQL:
     drivers = frozenset({"asyncpg"})
     single_writer = False
 
-    def create_engine(self, settings: Settings) -> AsyncEngine:
+    def create_engine(
+        self, settings: Settings, *, read_only: bool = False, create: bool = True
+    ) -> AsyncEngine:
+        """``create`` is SQLite's concern: a PostgreSQL database is never created here."""
+        # A reader's sessions refuse writes server-side: a read-only command cannot
+        # change the database whatever code path it takes.
+        server_settings = {"default_transaction_read_only": "on"} if read_only else {}
         return create_async_engine(
             settings.database_url,
             pool_size=settings.database_pool_size,
             max_overflow=0,
             pool_pre_ping=True,
+            connect_args={"server_settings": server_settings} if server_settings else {},
         )
 
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert:

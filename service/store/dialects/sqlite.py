@@ -8,22 +8,30 @@ is locked" regardless of the busy timeout.  Taking the write lock at BEGIN seria
 writers cleanly, so our read-decide-write always sees the state it writes over.  The
 pysqlite driver's own transaction handling is switched off so that SQLAlchemy's BEGIN
 is the only one (the documented recipe).  A ``READ_ONLY`` transaction begins DEFERRED.
+
+A read-only engine opens the file through SQLite's URI ``mode=ro``: the database file
+is never created (a plain path would make an empty one wherever the command was run)
+and never written; an engine with ``create=False`` (the daemon, ``replay``) opens it
+``mode=rw``: written, never created.  A missing file is ``DatabaseNotFound`` naming the
+resolved path.  Only ``db upgrade`` (and ``run --local``) create a database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import quote
 
 from sqlalchemy import ColumnElement, Table, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.dml import Insert
 
-from service.store.dialects import READ_ONLY, update_by_executemany
+from service.store.dialects import DATABASE_URL_VARIABLE, READ_ONLY, update_by_executemany
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -45,8 +53,13 @@ class SQLite:
     drivers = frozenset({"aiosqlite"})
     single_writer = True
 
-    def create_engine(self, settings: Settings) -> AsyncEngine:
-        engine = create_async_engine(settings.database_url)
+    def create_engine(
+        self, settings: Settings, *, read_only: bool = False, create: bool = True
+    ) -> AsyncEngine:
+        url = settings.database_url
+        if read_only or not create:
+            url = existing_file_url(url, "ro" if read_only else "rw")
+        engine = create_async_engine(url)
         busy_timeout_ms = int(settings.sqlite_busy_timeout_ms)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -56,16 +69,17 @@ class SQLite:
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-                cursor.execute("PRAGMA journal_mode = WAL")
-                cursor.execute("PRAGMA synchronous = NORMAL")
+                if not read_only:  # WAL is persistent: a writer set it when it made the file
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                    cursor.execute("PRAGMA synchronous = NORMAL")
                 cursor.execute("PRAGMA foreign_keys = ON")
             finally:
                 cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection: Connection) -> None:
-            read_only = connection.get_execution_options().get(READ_ONLY, False)
-            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            reader = read_only or connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if reader else "BEGIN IMMEDIATE")
 
         return engine
 
@@ -88,6 +102,36 @@ class SQLite:
 
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return column  # SQLite's default collation (BINARY) is byte-wise already
+
+
+def database_path(url: str) -> Path | None:
+    """The resolved file of a plain SQLite URL; None for memory or URI-form URLs."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().resolve()
+
+
+def existing_file_url(url: str, mode: Literal["ro", "rw"]) -> str:
+    """``url`` as a URI opened with ``mode`` (``ro`` read-only, ``rw`` read-write: both
+    never create the file); ``DatabaseNotFound`` when the file is missing."""
+    from service.store.errors import DatabaseNotFound  # errors imports this package
+
+    path = database_path(url)
+    if path is None:
+        return url  # in-memory, or already a URI the operator wrote: theirs to say
+    if not path.is_file():
+        raise DatabaseNotFound(
+            f"no SQLite database at {path} ({DATABASE_URL_VARIABLE}); nothing was created."
+            " Check the path (a relative one is taken from the current folder), or create"
+            " the database there with `consumergen db upgrade`"
+        )
+    parsed = make_url(url)
+    query = "&".join(f"{key}={value}" for key, value in sorted(parsed.query.items()))
+    return f"{parsed.drivername}:///file:{quote(str(path))}?mode={mode}&uri=true" + (
+        f"&{query}" if query else ""
+    )
 
 
 DIALECT: Final = SQLite()

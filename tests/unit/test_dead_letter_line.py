@@ -1,0 +1,45 @@
+"""The fields of a dead letter's WARNING line: the reason, where it was read, and only
+UUID-shaped ids (which the log redactor pseudonymises); nothing else of the record."""
+
+from __future__ import annotations
+
+import json
+
+from service.daemon.batch import dead_letter_fields
+from service.domain.outcomes import EventSource
+from service.sinks.base import DeadLetter
+
+CONSUMER = "0b7e4a52-9c1d-4f3e-8a26-5d9b1c7e3f80"
+EVENT = "1c8f5b63-ad2e-4a4f-9b37-6e0c2d8f4a91"
+
+
+def _letter(key: bytes | None, value: bytes | None, **headers: bytes) -> DeadLetter:
+    return DeadLetter(
+        key=key,
+        value=value,
+        headers=list(headers.items()),
+        origin=EventSource("events", 3, 42),
+        reason="schema_violation",
+        invalid=True,
+    )
+
+
+def test_fields_name_reason_origin_and_ids() -> None:
+    value = json.dumps({"event_id": EVENT.upper(), "project_id": "secret-project"}).encode()
+    fields = dead_letter_fields(_letter(CONSUMER.encode(), value, **{"error.path": b"$.x"}))
+    assert fields == {
+        "reason": "schema_violation",
+        "error_class": "invalid",
+        "origin": "events/3@42",
+        "consumer": CONSUMER,
+        "event_id": EVENT,
+        "path": "$.x",
+    }
+
+
+def test_what_is_not_a_uuid_stays_out() -> None:
+    fields = dead_letter_fields(_letter(b"alice@example.com", b'{"event_id": "not-an-id"}'))
+    assert fields["consumer"] is None and fields["event_id"] is None
+    assert "alice" not in repr(fields)
+    for value in (None, b"\xff\xfe", b"[1, 2]", b"{", b"x" * 100_000):
+        assert dead_letter_fields(_letter(None, value))["event_id"] is None
