@@ -52,6 +52,7 @@ class Daemon:
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
         self.readiness = Readiness()
+        self.metrics.bind_readiness(lambda: self.readiness.verdict()[0])
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
         self._stop = asyncio.Event()
