@@ -19,8 +19,6 @@ import platform
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,6 +32,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from service import __version__
 from service.domain.outcomes import (
     DEAD_LETTER_REASONS,
     REASONS_BY_OUTCOME,
@@ -64,14 +63,6 @@ RETRY_STEPS = (
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
 )  # fmt: skip
-
-
-def service_version() -> str:
-    """The installed distribution's version (from git tags, ``pyproject.toml``)."""
-    try:
-        return package_version("consumer-generation-service")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
 
 
 def event_label_values() -> list[tuple[str, str]]:
@@ -182,7 +173,7 @@ class DaemonMetrics:
             "consumergen_build", "The running service's version and Python.", registry=r
         )
         self.build_info.info(
-            {"version": service_version(), "python_version": platform.python_version()}
+            {"version": __version__, "python_version": platform.python_version()}
         )
         self.ready = Gauge(
             "consumergen_ready",
