@@ -172,9 +172,7 @@ class DaemonMetrics:
         self.build_info = Info(
             "consumergen_build", "The running service's version and Python.", registry=r
         )
-        self.build_info.info(
-            {"version": __version__, "python_version": platform.python_version()}
-        )
+        self.build_info.info({"version": __version__, "python_version": platform.python_version()})
         self.ready = Gauge(
             "consumergen_ready",
             "1 while /readyz answers 200 (able to work), else 0; read at each scrape.",
