@@ -54,6 +54,7 @@ class Daemon:
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
         self.readiness = Readiness(stale_after=settings.liveness_stale_seconds)
+        self.metrics.bind_readiness(lambda: self.readiness.verdict()[0])
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
         self._stop = asyncio.Event()

@@ -185,7 +185,8 @@ class PartitionWorker:
                 batch.append(self.queue.get_nowait())
             self._busy = True
             try:
-                await self._process(batch)
+                with self.host.metrics.batches_in_progress.track_inprogress():
+                    await self._process(batch)
             finally:
                 self._busy = False
             self.host.relieve_backpressure(self.tp, self.backlog)
@@ -214,6 +215,7 @@ class PartitionWorker:
         next_offset = batch[-1].offset + 1
         if await self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)):
             self.committed = next_offset
+            host.metrics.observe_committed(event.occurred_at for event, _ in admitted.valid)
         host.record_batch(self.tp, batch, outcomes, dead, time.perf_counter() - began)
 
     async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:

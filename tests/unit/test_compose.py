@@ -55,3 +55,38 @@ def test_daemon_port_matches_health_setting() -> None:
     daemon = _compose()["services"]["daemon"]
     port = int(daemon["environment"]["CONSUMERGEN_HEALTH_PORT"])
     assert daemon["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+def test_one_image_is_built_once_and_used_by_init_and_daemon() -> None:
+    services = _compose()["services"]
+    built = [name for name, service in services.items() if "build" in service]
+    assert built == ["init"]
+    assert services["init"]["image"] == services["daemon"]["image"]
+    assert services["daemon"]["pull_policy"] == "never"
+
+
+def test_data_lives_in_named_volumes() -> None:
+    compose = _compose()
+    named = set(compose["volumes"])
+    for name in ("kafka", "postgres"):
+        [mount] = compose["services"][name]["volumes"]
+        volume, _, target = mount.partition(":")
+        assert volume in named, mount
+        assert target.startswith("/var/lib/"), mount
+    kafka_env = compose["services"]["kafka"]["environment"]
+    assert kafka_env["KAFKA_LOG_DIRS"] == compose["services"]["kafka"]["volumes"][0].split(":")[1]
+
+
+def test_the_broker_has_a_listener_the_host_reaches() -> None:
+    kafka = _compose()["services"]["kafka"]
+    env = kafka["environment"]
+    advertised = dict(
+        listener.split("://", 1) for listener in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    )
+    host, _, port = advertised["HOST"].rpartition(":")
+    assert host == "127.0.0.1"
+    assert f"127.0.0.1:{port}:{port}" in kafka["ports"]
+    assert f"HOST://:{port}" in env["KAFKA_LISTENERS"].split(",")
+    assert "HOST:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    # The containers keep the internal listener (the daemon's CONSUMERGEN_BOOTSTRAP_SERVERS).
+    assert advertised["PLAINTEXT"] == "kafka:9092"

@@ -231,3 +231,31 @@ async def test_without_an_outcome_sink_only_dead_letters_are_written(applier: Ap
     host.commit = commit  # type: ignore[method-assign]
     await _run(host, [_record(0, b"[]"), _event(1, _consumer(6))])
     assert host.commits == [(2, 1, 0)]
+
+
+async def test_a_committed_batch_observes_each_valid_events_latency(applier: Applier) -> None:
+    """``consumergen_event_latency_seconds`` counts a valid event once its offset is
+    committed (an invalid one has no trusted ``occurred_at``), and the in-progress gauge
+    covers the batch from taking it to its commit."""
+    host = FakeHost(applier)
+    seen_in_progress: list[float | None] = []
+    commit = host.commit
+
+    async def observing_commit(tp: TopicPartition, offset: int) -> bool:
+        seen_in_progress.append(
+            host.metrics.registry.get_sample_value("consumergen_batches_in_progress")
+        )
+        return await commit(tp, offset)
+
+    host.commit = observing_commit  # type: ignore[method-assign]
+    records = [_event(0, _consumer(7)), _record(1, b"not json"), _event(2, _consumer(8))]
+    await _run(host, records)
+    assert host.fatal_errors == []
+    registry = host.metrics.registry
+    assert registry.get_sample_value("consumergen_event_latency_seconds_count") == 2
+    # The events were made just now: each took well under the largest finite bucket.
+    assert (
+        registry.get_sample_value("consumergen_event_latency_seconds_bucket", {"le": "3600.0"}) == 2
+    )
+    assert seen_in_progress == [1.0]
+    assert registry.get_sample_value("consumergen_batches_in_progress") == 0
