@@ -1,0 +1,286 @@
+"""TLS for real: one embedded broker for this module with a TLS listener, a mutual-TLS
+listener (``ssl.client.auth=required``), a SASL_SSL listener with SCRAM, and two
+listeners presenting bad certificates (expired; for another host name).  Certificates
+are made at test time (``tests/support/certs.py``).
+
+Over each good listener, ``topics create``, the producer API, ``consumergen produce``,
+the daemon and ``consumergen replay`` do their work and the database equals the
+independent model.  Against each bad certificate (a CA the client does not trust, an
+expired one, the wrong host name, and a mutual-TLS broker given no client
+certificate) the daemon logs one error line per attempt naming the setting to look at,
+retries with backoff (counted over a window), is not ready, and exits cleanly on
+SIGTERM; no PEM block, key password or SCRAM password reaches its logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from service.config import Settings, load_settings
+from service.embedded.kafka import KafkaBroker
+from service.embedded.listeners import TlsListener
+from service.producer import EventProducer
+from service.store.migrate import upgrade
+from service.testing.daemon import (
+    Topics,
+    assert_matches_model,
+    process_env,
+    running_daemon,
+)
+from service.testing.daemon_process import DaemonProcess
+from service.testing.database import consumer_state, inbox
+from service.testing.kafka_io import wait_all_committed
+from service.testing.polling import poll
+from service.testing.workload import expected_state, mixed_stream
+from tests.replay.helpers import Cli
+from tests.support.certs import CertificateSet, make_certificates
+from tests.support.process_logs import scan_daemon_logs
+
+pytestmark = [pytest.mark.kafka]
+
+SCRAM_USER = "tls-alice"
+SCRAM_PASSWORD = "scram-Over-tls-pw-1618"
+#: What must never be in a log: PEM armour (any key or certificate block).
+PEM_MARKERS = ("-----BEGIN", "PRIVATE KEY")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_broker(
+    certs: CertificateSet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaBroker]:
+    """One broker for the module (a broker start costs ~20 s on this machine)."""
+    broker = KafkaBroker(
+        tmp_path_factory.mktemp("kafka-tls"),
+        scram_users={SCRAM_USER: SCRAM_PASSWORD},
+        tls_listeners={
+            "TLS": TlsListener(certs.broker.bundle),
+            "MTLS": TlsListener(certs.broker.bundle, truststore=certs.ca, client_auth="required"),
+            "SASLTLS": TlsListener(certs.broker.bundle, sasl=True),
+            "EXPIRED": TlsListener(certs.broker_expired.bundle),
+            "WRONGHOST": TlsListener(certs.broker_wrong_host.bundle),
+        },
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def security(mode: str, certs: CertificateSet) -> dict[str, Any]:
+    """Client settings (by field name) for one of the broker's listeners."""
+    if mode == "tls":
+        return {"security_protocol": "SSL", "ssl_cafile": certs.ca}
+    if mode == "mtls":
+        # The password-protected client key: CONSUMERGEN_SSL_KEYFILE_PASSWORD is used too.
+        return {
+            "security_protocol": "SSL",
+            "ssl_cafile": certs.ca,
+            "ssl_certfile": certs.client_encrypted.cert,
+            "ssl_keyfile": certs.client_encrypted.key,
+            "ssl_keyfile_password": certs.client_key_password,
+        }
+    assert mode == "sasl_ssl"
+    return {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": certs.ca,
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": SCRAM_USER,
+        "sasl_password": SCRAM_PASSWORD,
+    }
+
+
+LISTENER = {"tls": "TLS", "mtls": "MTLS", "sasl_ssl": "SASLTLS"}
+
+
+def fresh_topics() -> Topics:
+    tag = uuid.uuid4().hex[:10]
+    return Topics(f"tls-events-{tag}", f"tls-dlq-{tag}", f"tls-out-{tag}", f"tls-group-{tag}")
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The CLI's environment for ``settings``, security included."""
+    env = {
+        "CONSUMERGEN_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "CONSUMERGEN_DATABASE_URL": settings.database_url,
+        "CONSUMERGEN_TOPIC": settings.topic,
+        "CONSUMERGEN_DLQ_TOPIC": settings.dlq_topic,
+        "CONSUMERGEN_OUTCOMES_TOPIC": settings.outcomes_topic or "",
+        "CONSUMERGEN_TOPIC_PARTITIONS": "4",
+        "CONSUMERGEN_REQUEST_TIMEOUT_SECONDS": "15",
+        "CONSUMERGEN_SECURITY_PROTOCOL": settings.security_protocol,
+    }
+    optional = {
+        "CONSUMERGEN_SSL_CAFILE": settings.ssl_cafile,
+        "CONSUMERGEN_SSL_CERTFILE": settings.ssl_certfile,
+        "CONSUMERGEN_SSL_KEYFILE": settings.ssl_keyfile,
+        "CONSUMERGEN_SASL_MECHANISM": settings.sasl_mechanism,
+        "CONSUMERGEN_SASL_USERNAME": settings.sasl_username,
+    }
+    env.update({name: str(value) for name, value in optional.items() if value is not None})
+    for name, secret in (
+        ("CONSUMERGEN_SSL_KEYFILE_PASSWORD", settings.ssl_keyfile_password),
+        ("CONSUMERGEN_SASL_PASSWORD", settings.sasl_password),
+    ):
+        if secret is not None:
+            env[name] = secret.get_secret_value()
+    return env
+
+
+async def topic_partitions(plain: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=plain)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+        return len(described[0].get("partitions") or [])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("mode", ["tls", "mtls", "sasl_ssl"])
+async def test_every_tool_over_tls(
+    mode: str, tls_broker: KafkaBroker, certs: CertificateSet, sqlite_url: str, tmp_path: Path
+) -> None:
+    plain = tls_broker.bootstrap_servers  # only to check from outside what was done
+    topics = fresh_topics()
+    settings = load_settings(
+        bootstrap_servers=tls_broker.tls_bootstrap_servers(LISTENER[mode]),
+        database_url=sqlite_url,
+        topic=topics.events,
+        dlq_topic=topics.dlq,
+        outcomes_topic=topics.outcomes,
+        group_id=topics.group,
+        health_port=0,
+        infra_retry_wait_initial_seconds=0.05,
+        infra_retry_wait_max_seconds=0.5,
+        batch_max_events=50,
+        **security(mode, certs),
+    )
+    cli = Cli(cli_env(settings))
+
+    created = await cli("topics", "create")
+    assert created.exit_code == 0, created.output
+    assert await topic_partitions(plain, topics.events) == 4
+
+    stream = mixed_stream(consumers=25, events=400, seed=len(mode) + 60)
+    model = expected_state(stream)
+    half = len(stream) // 2
+    async with EventProducer(settings) as producer:
+        results = await producer.send_many(stream[:half])
+    assert all(item.ok for item in results), [i.error for i in results if not i.ok][:3]
+
+    events_file = tmp_path / "events.jsonl"
+    events_file.write_text("".join(json.dumps(doc) + "\n" for doc in stream[half:]))
+    produced = await cli("produce", "--file", str(events_file))
+    assert produced.exit_code == 0, produced.output
+
+    async with running_daemon(settings):
+        await wait_all_committed(plain, topics.group, topics.events, within=90)
+    assert_matches_model(await consumer_state(sqlite_url), await inbox(sqlite_url), model)
+
+    replayed = await cli.json("replay", "--from-beginning", "--dry-run")
+    assert replayed["read"] == len(stream)
+    assert replayed["outcomes"]["applied"] == 0 and replayed["outcomes"]["failed"] == 0
+    assert replayed["invalid"] == 0 and replayed["problems"] == 0
+
+
+BAD = {
+    # case: (listener, client settings, what the error line must say).  The secrets a
+    # daemon holds (a SCRAM password, a client key's password) are given where the
+    # listener allows, so that the check below that they stay out of the logs means
+    # something.
+    "wrong_ca": ("SASLTLS", "sasl_other_ca", "is not signed by a CA in CONSUMERGEN_SSL_CAFILE="),
+    "expired": ("EXPIRED", "client_certificate", "has expired: renew it on the broker"),
+    "wrong_host": (
+        "WRONGHOST",
+        "client_certificate",
+        "does not name the host 127.0.0.1 (from CONSUMERGEN_BOOTSTRAP_SERVERS",
+    ),
+    "mtls_without_client_certificate": ("MTLS", "ca_only", "set CONSUMERGEN_SSL_CERTFILE"),
+}
+
+
+def bad_client(kind: str, certs: CertificateSet) -> dict[str, Any]:
+    if kind == "sasl_other_ca":
+        return {**security("sasl_ssl", certs), "ssl_cafile": certs.other_ca}
+    if kind == "client_certificate":
+        return security("mtls", certs)
+    return security("tls", certs)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+async def test_a_bad_certificate_is_one_clear_line_retried_with_backoff(
+    case: str, tls_broker: KafkaBroker, certs: CertificateSet, sqlite_url: str, tmp_path: Path
+) -> None:
+    listener, client, expected = BAD[case]
+    topics = fresh_topics()
+    await upgrade(load_settings(database_url=sqlite_url))
+    env = process_env(
+        tls_broker.tls_bootstrap_servers(listener),
+        sqlite_url,
+        topics,
+        infra_retry_wait_initial_seconds=1.0,
+        infra_retry_wait_max_seconds=4.0,
+        request_timeout_seconds=5,
+        **bad_client(client, certs),
+    )
+    daemon = DaemonProcess(env, tmp_path, name=case)
+
+    def handshake_errors() -> list[dict[str, object]]:
+        return [
+            e
+            for e in daemon.log_events()
+            if str(e.get("event", "")).startswith("Kafka TLS handshake failed; retrying.")
+        ]
+
+    try:
+        daemon.start()
+        await poll(lambda: bool(handshake_errors()), 40, "the TLS error logged")
+        first = handshake_errors()[0]
+        assert first["level"] == "error", first
+        assert expected in str(first["event"]), first["event"]
+        lines_before = len(daemon.log_events())
+        window_start = time.monotonic()
+        while time.monotonic() - window_start < 8:
+            assert daemon.alive(), daemon.tail()
+            body = daemon.readiness()
+            if body is not None:
+                assert not body["ready"] and not body["broker_ok"], body
+            await asyncio.sleep(0.5)
+        body = daemon.readiness()
+        assert body is not None and expected in str(body["last_error"]), body
+        attempts = len(handshake_errors())
+        lines_in_window = len(daemon.log_events()) - lines_before
+        # Waits of 0.5-1, 1-2, 2-4, 2-4 s ...: at most 6 attempts fit in ~9 s; a hot loop
+        # would make dozens.  aiokafka's own lines are held to one per template per 5 s.
+        assert 2 <= attempts <= 6, f"{attempts} attempts"
+        assert lines_in_window <= 8 * attempts, f"{lines_in_window} log lines in 8 s"
+        daemon.kill(signal.SIGTERM)
+        assert await asyncio.to_thread(daemon.wait, 20) == 0, daemon.tail()
+        print(f"\n[tls] {case}: {attempts} attempts, {lines_in_window} log lines in 8 s")
+    finally:
+        daemon.stop()
+        scan_daemon_logs(daemon)
+    output = daemon.all_logs()
+    for marker in PEM_MARKERS:
+        assert marker not in output, f"{marker!r} in the logs of {case}"
+    for key_file in (certs.broker.key, certs.client.key, certs.client_encrypted.key):
+        body_line = key_file.read_text().splitlines()[1]
+        assert body_line not in output, "key material in the logs"
+    for secret in (SCRAM_PASSWORD, certs.client_key_password):
+        assert secret not in output, f"a password leaked ({case})"
