@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from service.config import ConfigError, Settings
 from service.domain.errors import InfrastructureUnavailable
 from service.kafka import records as kafka_records
+from service.kafka import tls
 
 log = structlog.get_logger(__name__)
 
@@ -167,6 +168,8 @@ async def start_bounded(client: Any, settings: Settings, what: str) -> None:
     except (TimeoutError, KafkaError, OSError) as exc:
         await close_quietly(client)
         detail = "no answer" if isinstance(exc, TimeoutError) else error_text(exc)
+        # A certificate failure is lost in aiokafka's "unable to bootstrap": ask once.
+        detail = await tls.diagnose(settings, client_options(settings)) or detail
         raise BrokerUnavailable(
             f"cannot connect the {what} to Kafka at {describe_servers(settings)} "
             f"within {timeout:g} s: {detail}"

@@ -13,8 +13,12 @@ Which class such a failure is (infrastructure, kind "broker") is decided in
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from typing import Final
+from typing import Any, Final
+
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
 
 from service.config import Settings
 
@@ -102,4 +106,28 @@ def explain_unverified_close(settings: Settings, server: str) -> str | None:
             "if it requires client certificates (mutual TLS), set CONSUMERGEN_SSL_CERTFILE "
             "and CONSUMERGEN_SSL_KEYFILE"
         )
+    return None
+
+
+async def diagnose(settings: Settings, options: dict[str, Any]) -> str | None:
+    """Why a TLS client could not start, when it is a certificate: one direct
+    connection to the first bootstrap server with the clients' ``options``
+    (``service.kafka.clients.client_options``) gives the handshake's own error, which
+    aiokafka's "unable to bootstrap" drops.  None for anything else (and for no TLS)."""
+    if settings.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    options = dict(options)
+    servers: list[str] = options.pop("bootstrap_servers")
+    server = servers[0]
+    host, _, port = server.rpartition(":")
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, int(port), **options), settings.request_timeout_seconds
+        )
+    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+        explained = explain(exc, settings, server)
+        if explained is None and isinstance(exc, KafkaError) and "closed" in str(exc):
+            explained = explain_unverified_close(settings, server)
+        return explained
+    conn.close()
     return None
