@@ -174,10 +174,7 @@ async def diagnose_connection(settings: Settings) -> str | None:
         text_ = " ".join(str(exc).split())
         return f"authentication failed ({settings.sasl_mechanism}): {text_}"
     except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-        server = servers[0]
-        explained = tls.explain(exc, settings, server)
-        if explained is None and isinstance(exc, KafkaError) and "closed" in str(exc):
-            explained = tls.explain_unverified_close(settings, server)
+        explained = tls.explain_connect_error(exc, settings, servers[0])
         return explained or " ".join((str(exc) or type(exc).__name__).split())
     conn.close()
     return None

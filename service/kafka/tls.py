@@ -125,9 +125,15 @@ async def diagnose(settings: Settings, options: dict[str, Any]) -> str | None:
             create_conn(host, int(port), **options), settings.request_timeout_seconds
         )
     except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-        explained = explain(exc, settings, server)
-        if explained is None and isinstance(exc, KafkaError) and "closed" in str(exc):
-            explained = explain_unverified_close(settings, server)
-        return explained
+        return explain_connect_error(exc, settings, server)
     conn.close()
     return None
+
+
+def explain_connect_error(error: BaseException, settings: Settings, server: str) -> str | None:
+    """:func:`explain`, or for a TLS client whose connection the broker closed right
+    after the handshake, :func:`explain_unverified_close`."""
+    explained = explain(error, settings, server)
+    if explained is None and isinstance(error, KafkaError) and "closed" in str(error):
+        explained = explain_unverified_close(settings, server)
+    return explained

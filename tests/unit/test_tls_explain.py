@@ -91,3 +91,15 @@ def test_a_close_after_the_handshake_hints_at_a_missing_client_certificate() -> 
     hint = tls.explain_unverified_close(without, SERVER)
     assert hint is not None and "set CONSUMERGEN_SSL_CERTFILE" in hint
     assert tls.explain_unverified_close(SETTINGS, SERVER) is None
+
+
+def test_a_connection_error_is_explained_as_the_handshake_or_the_close() -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    without = load_settings(bootstrap_servers=SERVER, security_protocol="SSL")
+    closed = KafkaConnectionError(f"Connection at {SERVER} closed")
+    hint = tls.explain_connect_error(closed, without, SERVER)
+    assert hint is not None and "mutual TLS" in hint
+    expired = tls.explain_connect_error(_verify_failed(10), without, SERVER)
+    assert expired is not None and "has expired" in expired
+    assert tls.explain_connect_error(ConnectionRefusedError(), without, SERVER) is None
