@@ -41,7 +41,7 @@ from service.testing.daemon import (
 )
 from service.testing.daemon_process import DaemonProcess
 from service.testing.database import consumer_state, inbox
-from service.testing.kafka_io import wait_all_committed
+from service.testing.kafka_io import read_all, wait_all_committed
 from service.testing.polling import poll
 from service.testing.workload import expected_state, mixed_stream
 from tests.daemon.test_broker_restart import create_topics
@@ -195,11 +195,17 @@ async def test_every_tool_over_tls(
     async with running_daemon(settings):
         await wait_all_committed(plain, topics.group, topics.events, within=90)
     assert_matches_model(await consumer_state(sqlite_url), await inbox(sqlite_url), model)
+    # The daemon's own producer wrote over TLS too: an outcome record (keyed by event id)
+    # for every event.
+    outcomes = await read_all(plain, topics.outcomes)
+    assert {r.key.decode() for r in outcomes if r.key} == {d["event_id"] for d in stream}
 
-    replayed = await cli.json("replay", "--from-beginning", "--dry-run")
-    assert replayed["read"] == len(stream)
-    assert replayed["outcomes"]["applied"] == 0 and replayed["outcomes"]["failed"] == 0
-    assert replayed["invalid"] == 0 and replayed["problems"] == 0
+    for dry in (["--dry-run"], []):
+        replayed = await cli.json("replay", "--from-beginning", *dry)
+        assert replayed["read"] == len(stream)
+        assert replayed["outcomes"]["applied"] == 0 and replayed["outcomes"]["failed"] == 0
+        assert replayed["invalid"] == 0 and replayed["problems"] == 0
+    assert_matches_model(await consumer_state(sqlite_url), await inbox(sqlite_url), model)
 
 
 BAD = {
