@@ -97,16 +97,23 @@ def explain(error: BaseException, settings: Settings, server: str) -> str | None
 
 
 def explain_unverified_close(settings: Settings, server: str) -> str | None:
-    """A TLS 1.3 broker that requires a client certificate checks it only after the
-    handshake and then just closes the connection: without a certificate configured,
-    that close is most likely why."""
-    if settings.security_protocol in ("SSL", "SASL_SSL") and settings.ssl_certfile is None:
+    """A TLS 1.3 broker checks the client's certificate only after the handshake, and
+    when it refuses it (or there is none but it requires one) it just closes the
+    connection: the alert is lost.  For a TLS client whose connection was closed right
+    after the handshake, that is the likely reason; None without TLS."""
+    if settings.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    if settings.ssl_certfile is None:
         return (
             f"{PREFIX}the broker at {server} closed the connection after the handshake; "
             "if it requires client certificates (mutual TLS), set CONSUMERGEN_SSL_CERTFILE "
             "and CONSUMERGEN_SSL_KEYFILE"
         )
-    return None
+    return (
+        f"{PREFIX}the broker at {server} closed the connection after the handshake; it "
+        f"most likely refuses this client's certificate, CONSUMERGEN_SSL_CERTFILE="
+        f"{settings.ssl_certfile} (not signed by a CA the broker trusts, or expired)"
+    )
 
 
 async def diagnose(settings: Settings, options: dict[str, Any]) -> str | None:

@@ -6,10 +6,10 @@ are made at test time (``tests/support/certs.py``).
 Over each good listener, ``topics create``, the producer API, ``consumergen produce``,
 the daemon and ``consumergen replay`` do their work and the database equals the
 independent model.  Against each bad certificate (a CA the client does not trust, an
-expired one, the wrong host name, and a mutual-TLS broker given no client
-certificate) the daemon logs one error line per attempt naming the setting to look at,
-retries with backoff (counted over a window), is not ready, and exits cleanly on
-SIGTERM; the wrong CA, mended under the running daemon, lets it start by itself;
+expired one, the wrong host name, and a mutual-TLS broker given no client certificate
+or one from a CA it does not trust) the daemon logs one error line per attempt naming
+the setting to look at, retries with backoff (counted over a window), is not ready, and
+exits cleanly on SIGTERM; the wrong CA, mended under the running daemon, lets it start by itself;
 ``topics create`` says the same in one ``error:`` line and exits 1; no PEM block, key
 line, key password or SCRAM password reaches the daemon's logs.
 """
@@ -221,6 +221,11 @@ BAD = {
         "does not name the host 127.0.0.1 (from CONSUMERGEN_BOOTSTRAP_SERVERS",
     ),
     "mtls_without_client_certificate": ("MTLS", "ca_only", "set CONSUMERGEN_SSL_CERTFILE"),
+    "mtls_client_certificate_refused": (
+        "MTLS",
+        "client_other_ca",
+        "most likely refuses this client's certificate, CONSUMERGEN_SSL_CERTFILE=",
+    ),
 }
 
 
@@ -229,6 +234,12 @@ def bad_client(kind: str, certs: CertificateSet) -> dict[str, Any]:
         return {**security("sasl_ssl", certs), "ssl_cafile": certs.other_ca}
     if kind == "client_certificate":
         return security("mtls", certs)
+    if kind == "client_other_ca":
+        return {
+            **security("tls", certs),
+            "ssl_certfile": certs.client_other_ca.cert,
+            "ssl_keyfile": certs.client_other_ca.key,
+        }
     return security("tls", certs)
 
 
@@ -334,7 +345,12 @@ async def test_bad_certificates_are_one_clear_line_retried_with_backoff(
         lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and BAD[case][2] in lines[0], (case, result.stderr)
 
-    keys = (certs.broker.key, certs.client.key, certs.client_encrypted.key)
+    keys = (
+        certs.broker.key,
+        certs.client.key,
+        certs.client_encrypted.key,
+        certs.client_other_ca.key,
+    )
     key_lines = [line for key in keys for line in key.read_text().splitlines()[1:-1]]
     for case, daemon in daemons.items():
         output = daemon.all_logs()

@@ -46,6 +46,7 @@ class CertificateSet:
     client: Identity  #: a client certificate for mutual TLS
     client_key_password: str  #: ``client_encrypted``'s key password
     client_encrypted: Identity  #: the client certificate with a password-protected key
+    client_other_ca: Identity  #: a client certificate the broker's CA did not sign
 
 
 def _name(common_name: str) -> x509.Name:
@@ -201,5 +202,8 @@ def make_certificates(folder: Path) -> CertificateSet:
             _issue(ca, "consumergen-client-2", client=True),
             ca[0],
             password,
+        ),
+        client_other_ca=_write(
+            folder, "client-other-ca", _issue(other, "stranger", client=True), other[0]
         ),
     )

@@ -90,7 +90,11 @@ def test_a_close_after_the_handshake_hints_at_a_missing_client_certificate() -> 
     without = load_settings(bootstrap_servers=SERVER, security_protocol="SSL")
     hint = tls.explain_unverified_close(without, SERVER)
     assert hint is not None and "set CONSUMERGEN_SSL_CERTFILE" in hint
-    assert tls.explain_unverified_close(SETTINGS, SERVER) is None
+    refused = tls.explain_unverified_close(SETTINGS, SERVER)
+    assert refused is not None
+    assert "refuses this client's certificate, CONSUMERGEN_SSL_CERTFILE=/etc/" in refused
+    plain = load_settings(bootstrap_servers=SERVER)
+    assert tls.explain_unverified_close(plain, SERVER) is None
 
 
 def test_a_connection_error_is_explained_as_the_handshake_or_the_close() -> None:
