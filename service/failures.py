@@ -20,6 +20,7 @@ from typing import Final
 from aiokafka import errors as kafka_errors
 
 from service.domain.errors import InfrastructureUnavailable
+from service.kafka.tls import is_certificate_failure
 from service.store.errors import TransientDatabaseError, is_transient
 
 
@@ -59,12 +60,19 @@ _BROKER_NOT_NOW: Final[tuple[type[BaseException], ...]] = (
 
 
 def broker_unavailable(error: BaseException) -> bool:
-    """True when ``error`` says the broker cannot be reached or cannot serve us now."""
+    """True when ``error`` says the broker cannot be reached or cannot serve us now.
+
+    A TLS certificate failure (``service.kafka.tls.is_certificate_failure``: the
+    broker's certificate untrusted, expired or for another host, or ours refused) is
+    the broker connection's too: it is mended outside this process (a certificate
+    renewed, a CA file replaced) and nothing about the record is wrong, so the daemon
+    waits, paced and not ready, and resumes without a restart once it is fixed.
+    """
     if isinstance(error, RECORD_REFUSALS):
         return False
     if isinstance(error, kafka_errors.KafkaError):
         return bool(error.retriable) or isinstance(error, _BROKER_NOT_NOW)
-    return isinstance(error, (ConnectionError, TimeoutError))
+    return isinstance(error, (ConnectionError, TimeoutError)) or is_certificate_failure(error)
 
 
 def database_unavailable(error: BaseException) -> bool:

@@ -51,6 +51,10 @@ def settings_from(ctx: click.Context, **overrides: object) -> Settings:
     try:
         settings = load_settings(config_file, **overrides)
         dialect_for_url(settings.database_url)  # a database no dialect speaks: say so now
+        if settings.security_protocol in ("SSL", "SASL_SSL"):
+            from service.kafka.clients import ssl_context
+
+            ssl_context(settings)  # unreadable TLS files: name the setting before connecting
     except (ConfigError, ConfigurationError) as exc:
         raise click.UsageError(str(exc)) from None
     return settings

@@ -23,6 +23,7 @@ from service.config import Settings
 from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import retry_scope, retry_until_stopped
+from service.kafka import tls
 from service.kafka.clients import BrokerUnavailable, client_options, start_bounded
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.errors import describe, is_transient
@@ -114,7 +115,15 @@ async def start_clients(
 
     def retrying(details: RetryDetails) -> None:
         delay = round(details.wait_for, 2)
-        if cause is not None and cause.startswith("authentication failed"):
+        if cause is not None and cause.startswith(tls.PREFIX):
+            # One error line per attempt that says which setting to look at.
+            log.error(
+                f"Kafka TLS handshake failed; retrying. {cause}",
+                security_protocol=settings.security_protocol,
+                attempt=details.retry_num,
+                retry_in=delay,
+            )
+        elif cause is not None and cause.startswith("authentication failed"):
             log.error(
                 "Kafka refused the credentials; check CONSUMERGEN_SASL_USERNAME, "
                 "CONSUMERGEN_SASL_PASSWORD and CONSUMERGEN_SASL_MECHANISM; retrying",
@@ -165,6 +174,7 @@ async def diagnose_connection(settings: Settings) -> str | None:
         text_ = " ".join(str(exc).split())
         return f"authentication failed ({settings.sasl_mechanism}): {text_}"
     except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-        return " ".join((str(exc) or type(exc).__name__).split())
+        explained = tls.explain_connect_error(exc, settings, servers[0])
+        return explained or " ".join((str(exc) or type(exc).__name__).split())
     conn.close()
     return None

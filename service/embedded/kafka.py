@@ -27,6 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.embedded.listeners import (
+    SCRAM_MECHANISMS,
+    TlsListener,
+    tls_listener_properties,
+    validate_listener_name,
+)
 from service.embedded.process import (
     die_with_parent,
     free_port,
@@ -124,6 +130,10 @@ class KafkaBroker:
     #: SCRAM users (name -> password) for an extra SASL_PLAINTEXT listener on ``sasl_port``.
     scram_users: dict[str, str] = field(default_factory=dict)
     sasl_port: int = 0
+    #: Extra TLS listeners by (upper-case) name: SSL, mutual TLS or SASL_SSL with the
+    #: SCRAM users above (``service.embedded.listeners``); ports in ``tls_ports``.
+    tls_listeners: dict[str, TlsListener] = field(default_factory=dict)
+    tls_ports: dict[str, int] = field(default_factory=dict)
     controller_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
@@ -167,16 +177,26 @@ class KafkaBroker:
             props["advertised.listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
             props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
             props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512"
-            for mechanism in ("scram-sha-256", "scram-sha-512"):
+            for mechanism in SCRAM_MECHANISMS:
                 props[f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config"] = (
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;"
                 )
+        for name, listener in self.tls_listeners.items():
+            port = self.tls_ports[name]
+            props["listeners"] += f",{name}://127.0.0.1:{port}"
+            props["advertised.listeners"] += f",{name}://127.0.0.1:{port}"
+            props["listener.security.protocol.map"] += f",{name}:{listener.protocol}"
+            props.update(tls_listener_properties(name, port, listener))
         props.update(self.extra_properties)
         return props
 
     @property
     def sasl_bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.sasl_port}"
+
+    def tls_bootstrap_servers(self, name: str) -> str:
+        """host:port of the TLS listener ``name``."""
+        return f"127.0.0.1:{self.tls_ports[name]}"
 
     def start(self, timeout: float = 90.0) -> KafkaBroker:
         """Format (first time) and start the node; returns once it accepts clients."""
@@ -189,6 +209,11 @@ class KafkaBroker:
         self.controller_port = self.controller_port or free_port()
         if self.scram_users:
             self.sasl_port = self.sasl_port or free_port()
+        for name, listener in self.tls_listeners.items():
+            validate_listener_name(name)
+            if listener.sasl and not self.scram_users:
+                raise ValueError(f"TLS listener {name} is SASL_SSL: give the broker scram_users")
+            self.tls_ports[name] = self.tls_ports.get(name) or free_port()
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{key}={value}\n" for key, value in self._properties().items()))
         classpath = f"{libs}/*"
@@ -208,7 +233,7 @@ class KafkaBroker:
             scram = [
                 arg
                 for name, password in self.scram_users.items()
-                for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for mechanism in (m.upper() for m in SCRAM_MECHANISMS)
                 for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
             ]
             formatted = subprocess.run(

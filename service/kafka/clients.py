@@ -10,15 +10,16 @@ nowhere else: nothing here logs them.  Topic administration is ``service.kafka.t
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any, Final
 
 import structlog
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.domain.errors import InfrastructureUnavailable
 from service.kafka import records as kafka_records
+from service.kafka import tls
 
 log = structlog.get_logger(__name__)
 
@@ -40,19 +41,67 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        password = settings.ssl_keyfile_password
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.ssl_cafile,
-            certfile=settings.ssl_certfile,
-            keyfile=settings.ssl_keyfile,
-            password=password.get_secret_value() if password else None,
-        )
+        options["ssl_context"] = ssl_context(settings)
     if settings.security_protocol.startswith("SASL_"):
         options["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
         options["sasl_plain_username"] = settings.sasl_username
         secret = settings.sasl_password
         options["sasl_plain_password"] = secret.get_secret_value() if secret else None
     return options
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of every client: the broker's certificate is verified against
+    ``ssl_cafile`` (the system's CAs when unset) and must name the host connected to;
+    ``ssl_certfile``/``ssl_keyfile`` are the client's own for mutual TLS.
+
+    A file that cannot be read, or a key its password does not open, is a configuration
+    error naming the setting, raised before any connection (the key password and the
+    file contents never appear in it)."""
+    password = settings.ssl_keyfile_password
+    files = (
+        ("CONSUMERGEN_SSL_CAFILE", settings.ssl_cafile),
+        ("CONSUMERGEN_SSL_CERTFILE", settings.ssl_certfile),
+        ("CONSUMERGEN_SSL_KEYFILE", settings.ssl_keyfile),
+    )
+    for name, path in files:
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}={path}: no such file")
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise ConfigError("CONSUMERGEN_SSL_KEYFILE is set without CONSUMERGEN_SSL_CERTFILE")
+    # The standard library's defaults for a client (CERT_REQUIRED, host names checked,
+    # TLS 1.2 at least), which aiokafka's create_ssl_context also sets but logs at INFO
+    # for every client made.  Two steps, so that the error names the setting whose file
+    # is unusable; only OpenSSL's reason is quoted.
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+        )
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"CONSUMERGEN_SSL_CAFILE={settings.ssl_cafile}: no CA certificate could be "
+            f"read from it ({_ssl_reason(exc)})"
+        ) from None
+    if settings.ssl_certfile is not None:
+        try:
+            context.load_cert_chain(
+                str(settings.ssl_certfile),
+                str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                password.get_secret_value() if password else None,
+            )
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"CONSUMERGEN_SSL_CERTFILE={settings.ssl_certfile}, CONSUMERGEN_SSL_KEYFILE="
+                f"{settings.ssl_keyfile}: the certificate and key cannot be used "
+                f"(OpenSSL: {_ssl_reason(exc)}); check that the key belongs to the "
+                "certificate and that CONSUMERGEN_SSL_KEYFILE_PASSWORD opens it"
+            ) from None
+    return context
+
+
+def _ssl_reason(error: ssl.SSLError) -> str:
+    return str(getattr(error, "reason", None) or error.strerror or type(error).__name__)
 
 
 def consumer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -119,6 +168,8 @@ async def start_bounded(client: Any, settings: Settings, what: str) -> None:
     except (TimeoutError, KafkaError, OSError) as exc:
         await close_quietly(client)
         detail = "no answer" if isinstance(exc, TimeoutError) else error_text(exc)
+        # A certificate failure is lost in aiokafka's "unable to bootstrap": ask once.
+        detail = await tls.diagnose(settings, client_options(settings)) or detail
         raise BrokerUnavailable(
             f"cannot connect the {what} to Kafka at {describe_servers(settings)} "
             f"within {timeout:g} s: {detail}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import ssl
 
 import pytest
 from aiokafka import errors as kafka_errors
@@ -14,6 +15,20 @@ from service.store.errors import TransientDatabaseError
 
 def _operational(message: str) -> sa_exc.OperationalError:
     return sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+
+
+def _verify_failed(code: int) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    )
+    error.verify_code = code
+    return error
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}]")
+    error.reason = reason
+    return error
 
 
 class _PgError(Exception):
@@ -70,6 +85,16 @@ CASES: list[tuple[str, BaseException, FailureClass, str | None]] = [
     ),
     ("connection reset", ConnectionResetError(), FailureClass.INFRASTRUCTURE, "broker"),
     ("timeout", TimeoutError(), FailureClass.INFRASTRUCTURE, "broker"),
+    # A certificate the TLS handshake refused: mended outside the process, then resumed.
+    ("tls untrusted", _verify_failed(20), FailureClass.INFRASTRUCTURE, "broker"),
+    ("tls expired", _verify_failed(10), FailureClass.INFRASTRUCTURE, "broker"),
+    ("tls wrong host", _verify_failed(64), FailureClass.INFRASTRUCTURE, "broker"),
+    (
+        "tls client cert refused",
+        _ssl_error("TLSV1_ALERT_UNKNOWN_CA"),
+        FailureClass.INFRASTRUCTURE,
+        "broker",
+    ),
     # The database cannot serve now.
     ("transient db", TransientDatabaseError("down"), FailureClass.INFRASTRUCTURE, "database"),
     ("sqlite locked", _operational("database is locked"), FailureClass.INFRASTRUCTURE, "database"),
