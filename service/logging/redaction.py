@@ -57,6 +57,19 @@ CLEAR_UUID_RE: Final = re.compile(rf"{_DASHED}|{_H}{{32}}")
 PSEUDONYM_RE: Final = re.compile(rf"{PSEUDONYM_PREFIX}[0-9a-f]{{{PSEUDONYM_DIGITS}}}")
 
 _SHORTEST_MATCH: Final = 32
+_DASHED_RE: Final = re.compile(_DASHED)
+
+
+def _dashed_tail(text: str, match: re.Match[str]) -> int | None:
+    """Where the run ``match`` ends, if its last 8 digits begin a dashed UUID; else None.
+
+    Leftmost-first scanning takes ``0…0e3e70682`` as one run and would leave
+    ``-c209-4cac-629f-6fbed82c07cd`` in clear after its pseudonym.
+    """
+    end = match.end()
+    if match.group("run") is None or text[end : end + 1] != "-":
+        return None
+    return end if _DASHED_RE.fullmatch(text, end - 8, end + 28) else None
 _PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 
 
@@ -119,7 +132,10 @@ class Redactor:
         dashed = match.group("dashed")
         if dashed is not None:
             return self._uuid_pseudonym(dashed.replace("-", "").lower())
-        run = match.group("run").lower()
+        return self._pseudonym_of_run(match.group("run"))
+
+    def _pseudonym_of_run(self, run: str) -> str:
+        run = run.lower()
         if len(run) == _SHORTEST_MATCH:
             return self._uuid_pseudonym(run)
         return HEX_PSEUDONYM_PREFIX + _hmac12(self._key, run)
@@ -148,8 +164,21 @@ class Redactor:
         parts: list[str] = []
         done = 0
         again = False
-        for match in _UUID_RE.finditer(text):
+        while (match := _UUID_RE.search(text, done)) is not None:
             start, end = match.span()
+            tail = _dashed_tail(text, match)
+            if tail is not None:
+                # A hex run that ends in the first group of a dashed UUID ("0000…e3e70682-c209-…"):
+                # the dashed UUID is the identifier; the digits before it are only what precedes it.
+                if tail - start - 8 >= _SHORTEST_MATCH:
+                    parts += (text[done:start], self._pseudonym_of_run(text[start : tail - 8]))
+                else:
+                    parts.append(text[done : tail - 8])
+                dashed = text[tail - 8 : tail + 28]
+                parts.append(self._uuid_pseudonym(dashed.replace("-", "").lower()))
+                done = tail + 28
+                again = again or text[done : done + 1] in _HEX_DIGITS
+                continue
             if start - len(_URN) >= done and text[start - len(_URN) : start].lower() == _URN:
                 start -= len(_URN)
             elif start > done and text[start - 1] == "{" and text[end : end + 1] == "}":

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from service.logging import Redactor, canonical_uuid, find_clear_uuid, pseudonym
@@ -200,6 +200,12 @@ _FORMATTERS = [
     value=st.uuids(),
     form=st.sampled_from(_FORMATTERS),
 )
+@example(
+    prefix="0" * 24,
+    suffix="",
+    value=uuid.UUID("e3e70682-c209-4cac-629f-6fbed82c07cd"),
+    form=_FORMATTERS[0],
+)  # a hex run ending in the UUID's first group once left the other four groups in clear
 def test_no_uuid_survives_in_any_surrounding_text(
     prefix: str, suffix: str, value: uuid.UUID, form: Any
 ) -> None:
