@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.daemon.stages import StageClock
+
 
 @dataclass
 class DaemonMetrics:
@@ -68,4 +70,20 @@ class DaemonMetrics:
         )
         self.assigned_partitions = Gauge(
             "consumergen_assigned_partitions", "Partitions assigned to this daemon.", registry=r
+        )
+        # Per-stage time of the batches (service.daemon.stages): what the benchmark's
+        # per-stage breakdown reads.
+        self.stages = StageClock(
+            Counter(
+                "consumergen_stage_seconds",
+                "Wall seconds batches spent in each stage.",
+                ["stage"],
+                registry=r,
+            ),
+            Counter(
+                "consumergen_stage_cpu_seconds",
+                "Event-loop CPU seconds of each stage's own work (service.daemon.stages).",
+                ["stage"],
+                registry=r,
+            ),
         )

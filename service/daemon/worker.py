@@ -7,6 +7,10 @@ only then commit the offset after the batch.  Any infrastructure failure along t
 pauses the partition and retries the *same* batch with capped backoff, so nothing is
 committed past an event whose outcome is not durable and nothing is skipped.
 
+The batches of a partition go through a pipeline two deep (``PartitionWorker._loop``):
+while one batch waits for its acknowledgements and its offset commit, the next one is
+decoded and applied.  Each batch's time per stage is counted (``service.daemon.stages``).
+
 Failures are sorted positively by ``service.failures``: only what is recognised as the
 infrastructure's (a broker or a database that cannot serve now, a sink's
 ``SinkUnavailable``) is retried; a record refusal is handled inside the sink that
@@ -37,7 +41,7 @@ from service.daemon.retries import retry_scope
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome
 from service.failures import classify, is_infrastructure
-from service.sinks.base import DeadLetter, DeadLetterSink, OutcomeSink
+from service.sinks.base import DeadLetter, DeadLetterSink, OutcomeMessage, OutcomeSink
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -112,6 +116,18 @@ class WorkerHost(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """A batch applied to the database, its sinks' records encoded, not yet committed."""
+
+    batch: list[ConsumerRecord]
+    outcomes: list[Outcome]
+    dead: list[DeadLetter]
+    #: None: no outcomes topic.
+    messages: list[OutcomeMessage] | None
+    began: float
+
+
 class PartitionWorker:
     """Owns one assigned partition until it is revoked or the daemon stops."""
 
@@ -125,6 +141,8 @@ class PartitionWorker:
         self._label = f"{tp.topic}/{tp.partition}"
         #: The group's committed offset as far as this worker knows (None: not yet known).
         self.committed: int | None = None
+        #: Steps of this partition failing on the infrastructure right now (0, 1 or 2).
+        self._failing_steps = 0
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -178,43 +196,132 @@ class PartitionWorker:
             self.host.fatal(exc)
 
     async def _loop(self) -> None:
+        """A pipeline two batches deep: while one batch's dead letters, outcome records
+        and offset commit are awaited (``_finish``), the next one is taken, decoded and
+        applied (``_settle``).  A batch's sinks are written only after the previous
+        batch's offset is committed, so outcome records stay in offset order and every
+        commit still follows its own batch's database commit and acknowledged sinks; the
+        next batch's transaction starts only after the previous one committed, so the
+        database sees the partition in offset order too."""
+        settled: _Settled | None = None
+        try:
+            while True:
+                if settled is None:
+                    if self._stopping:
+                        return
+                    batch = await self._take()
+                    self._busy = True
+                    settled = await self._settle(batch)
+                finishing = asyncio.ensure_future(self._finish(settled))
+                settled = None
+                try:
+                    following = await self._next_while(finishing)
+                    if following is not None:
+                        settled = await self._settle(following)
+                except BaseException:
+                    # a bug in the next batch, or this task is cancelled (revoked,
+                    # stopping): the previous batch's finish goes too, so nothing past
+                    # it is committed and its events come again as duplicates
+                    finishing.cancel()
+                    await asyncio.gather(finishing, return_exceptions=True)
+                    raise
+                await finishing  # its bug, if any, stops the worker (``_run``)
+                self._busy = settled is not None
+                self.host.relieve_backpressure(self.tp, self.backlog)
+        finally:
+            self._busy = False
+
+    async def _next_while(self, finishing: asyncio.Future[None]) -> list[ConsumerRecord] | None:
+        """The next batch if one is queued, or arrives before ``finishing`` is done;
+        None when the worker is stopping or the previous batch finished first."""
+        if self._stopping:
+            return None
+        if not self.queue.empty():
+            return self._take_queued()
+        getter = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait((finishing, getter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+            await asyncio.gather(getter, return_exceptions=True)
+        if getter.cancelled() or self._stopping:
+            return None  # (a record taken at a stop is read again by the next owner)
+        return self._take_queued([getter.result()])
+
+    async def _take(self) -> list[ConsumerRecord]:
+        """The next batch: wait for one record, then take what else is queued.
+
+        Adaptive: a lone event goes at once (no waiting for a full batch), and under
+        load the queue fills while the previous batch is in flight, so batches grow."""
+        first = await self.queue.get()
+        return self._take_queued([first])
+
+    def _take_queued(self, batch: list[ConsumerRecord] | None = None) -> list[ConsumerRecord]:
+        batch = batch or [self.queue.get_nowait()]
         limit = self.host.config.batch_max_events
-        while not self._stopping:
-            batch = [await self.queue.get()]
-            while len(batch) < limit and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            self._busy = True
-            try:
-                await self._process(batch)
-            finally:
-                self._busy = False
-            self.host.relieve_backpressure(self.tp, self.backlog)
+        while len(batch) < limit and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
 
     # -- one batch ----------------------------------------------------------------------
-    async def _process(self, batch: list[ConsumerRecord]) -> None:
+    async def _settle(self, batch: list[ConsumerRecord]) -> _Settled:
+        """Decode, apply and encode one batch: everything up to its writes to the sinks."""
         began = time.perf_counter()
         host = self.host
-        admitted = admit_batch(batch, host.config.max_event_bytes)
+        clock = host.metrics.stages
+        with clock.sync("admit"):
+            admitted = admit_batch(batch, host.config.max_event_bytes)
         outcomes: list[Outcome] = []
         if admitted.valid:
-            outcomes = await self._retry_infrastructure(
-                "database", lambda: host.applier.apply_batch(admitted.valid)
+            outcomes = await clock.timed(
+                "apply",
+                self._retry_infrastructure(
+                    "database", lambda: host.applier.apply_batch(admitted.valid)
+                ),
             )
-        settled = list(zip(admitted.records, outcomes, strict=True))
-        now = datetime.now(UTC)
-        dead = admitted.dead + failed_letters(settled, now)
+        with clock.sync("encode"):
+            settled = list(zip(admitted.records, outcomes, strict=True))
+            now = datetime.now(UTC)
+            dead = admitted.dead + failed_letters(settled, now)
+            messages = None
+            if host.outcomes is not None:
+                messages = outcome_messages(settled, admitted.invalid, now)
+        return _Settled(batch, outcomes, dead, messages, began)
+
+    async def _finish(self, settled: _Settled) -> None:
+        """Write the batch's dead letters and outcome records, then commit its offset."""
+        host = self.host
+        clock = host.metrics.stages
+        dead, messages = settled.dead, settled.messages
         if dead:
-            await self._retry_infrastructure(
-                "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
+            await clock.timed(
+                "send",
+                self._retry_infrastructure(
+                    "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
+                ),
             )
         sink = host.outcomes
-        if sink is not None:
-            messages = outcome_messages(settled, admitted.invalid, now)
-            await self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages))
-        next_offset = batch[-1].offset + 1
-        if await self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)):
+        if sink is not None and messages is not None:
+            await clock.timed(
+                "send",
+                self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages)),
+            )
+        next_offset = settled.batch[-1].offset + 1
+        committed = await clock.timed(
+            "commit",
+            self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)),
+        )
+        if committed:
             self.committed = next_offset
-        host.record_batch(self.tp, batch, outcomes, dead, time.perf_counter() - began)
+        with clock.sync("account"):
+            host.record_batch(
+                self.tp,
+                settled.batch,
+                settled.outcomes,
+                dead,
+                time.perf_counter() - settled.began,
+            )
 
     async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` until it succeeds: pause the partition and report not-ready
@@ -242,6 +349,7 @@ class PartitionWorker:
                                 raise  # not retried (stamina's predicate says the same)
                             if not failing:
                                 failing = True
+                                self._failing_steps += 1
                                 self.host.infrastructure_failed(self.tp, what, exc)
                             raise
         except asyncio.CancelledError:
@@ -249,5 +357,10 @@ class PartitionWorker:
             raise
         finally:
             if failing:
-                self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
+                # Two steps of a partition may fail at once (the pipeline's database step
+                # of one batch, a sink of the previous one): the partition is resumed
+                # only once neither is failing any more.
+                self._failing_steps -= 1
+                if not self._failing_steps:
+                    self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
         raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover
