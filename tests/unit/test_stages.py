@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.stages import STAGES, StageClock
 
+
 def _clock() -> tuple[StageClock, CollectorRegistry]:
     registry = CollectorRegistry()
     wall = Counter("t_stage_seconds", "wall", ["stage"], registry=registry)
