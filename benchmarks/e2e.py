@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.infra import Infra, machine_description
+from benchmarks.latency import daemon_settings
 from benchmarks.measure import (
     PARTITIONS,
     daemon_run,
@@ -39,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a daemon setting by field name (e.g. event_loop=uvloop), repeatable",
+    )
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -86,6 +94,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
         "naive_events": args.naive_events,
         "latency_rate": args.latency_rate,
         "latency_seconds": args.latency_seconds,
+        "daemon_settings": daemon_settings(args.set),
         "produce_rate": produce_rate,
         "databases": {},
     }
@@ -116,7 +125,14 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
 
             for key, outcomes in (("daemon", True), ("daemon_no_outcomes", False)):
                 run_ = await daemon_run(
-                    infra, topic, db, args.events, model, outcomes=outcomes, label=f"e2e-{db}"
+                    infra,
+                    topic,
+                    db,
+                    args.events,
+                    model,
+                    outcomes=outcomes,
+                    label=f"e2e-{db}",
+                    extra=daemon_settings(args.set),
                 )
                 entry[key].append(run_.__dict__ | {"samples": None})
                 say(
@@ -137,6 +153,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
                 seed=1_000 + r,
                 consumers=args.consumers,
                 progress=say,
+                extra=daemon_settings(args.set),
             )
             entry["latency"].append(
                 {

@@ -412,6 +412,7 @@ async def offered_load(
     consumers: int = 10_000,
     rss_every: float = 5.0,
     progress: Callable[[str], None] = print,
+    extra: dict[str, object] | None = None,
 ) -> LoadRun:
     """A daemon (outcomes topic on) fed ``rate`` events/s for ``seconds``; latency of each
     event = the outcome record's timestamp (sent right after the database commit) minus the
@@ -430,6 +431,7 @@ async def offered_load(
         dlq_topic=await infra.new_topic("dlq", 1),
         outcomes_topic=outcomes_topic,
         group_id=group,
+        **(extra or {}),
     ).start()
     workload = Workload(consumers=consumers, seed=seed)
     sent: dict[tuple[int, int], int] = {}
