@@ -78,6 +78,8 @@ class PartitionWorker:
         self.committed: int | None = None
         #: Steps of this partition failing on the infrastructure right now (0, 1 or 2).
         self._failing_steps = 0
+        #: The batch being settled while the previous one is in flight (a stop cancels it).
+        self._settling: asyncio.Future[_Settled] | None = None
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -98,6 +100,8 @@ class PartitionWorker:
         not committed, so its events come again and the inbox makes them duplicates).
         """
         self._stopping = True
+        if self._settling is not None:
+            self._settling.cancel()  # only the batch in flight is waited for
         task = self._task
         if task is None or task.done():
             return True
@@ -152,7 +156,7 @@ class PartitionWorker:
                 try:
                     following = await self._next_while(finishing)
                     if following is not None:
-                        settled = await self._settle(following)
+                        settled = await self._settle_unless_stopped(following)
                 except BaseException:
                     # a bug in the next batch, or this task is cancelled (revoked,
                     # stopping): the previous batch's finish goes too, so nothing past
@@ -165,6 +169,22 @@ class PartitionWorker:
                 self.host.relieve_backpressure(self.tp, self.backlog)
         finally:
             self._busy = False
+
+    async def _settle_unless_stopped(self, batch: list[ConsumerRecord]) -> _Settled | None:
+        """``_settle`` the batch that follows one in flight; a stop cancels it (None), so
+        that a stop waits for the batch in flight only, as without the pipeline (the
+        cancelled batch's transaction rolls back or, if it committed, its events come
+        again as duplicates: its offset is not committed)."""
+        settling = self._settling = asyncio.ensure_future(self._settle(batch))
+        try:
+            return await settling
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if settling.cancelled() and self._stopping and not (task and task.cancelling()):
+                return None
+            raise
+        finally:
+            self._settling = None
 
     async def _next_while(self, finishing: asyncio.Future[None]) -> list[ConsumerRecord] | None:
         """The next batch if one is queued, or arrives before ``finishing`` is done;

@@ -348,3 +348,36 @@ async def test_a_bug_in_the_next_batch_commits_nothing_past_the_previous_one(
         await worker.stop(1.0)
     assert [type(e) for e in host.fatal_errors] == [RuntimeError]
     assert host.commits == []  # batch 1's commit was abandoned with the worker
+
+
+async def test_a_stop_waits_for_the_batch_in_flight_only(applier: Applier) -> None:
+    """A stop while the following batch is being applied cancels that one (its offset is
+    not committed, so its events come again) and finishes the one in flight: a stop takes
+    no longer with the pipeline than without it."""
+    install_retry_hooks()
+    host, recording, release = _pipelined_host(applier)
+    consumer = _consumer(10)
+    entered = asyncio.Event()
+    real_apply = recording.apply_batch
+
+    async def apply_or_hang(items: Any) -> list[Outcome]:
+        if recording.calls:  # the following batch: hangs until cancelled
+            entered.set()
+            await asyncio.Event().wait()
+        return await real_apply(items)
+
+    recording.apply_batch = apply_or_hang  # type: ignore[method-assign]
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    worker.feed([_event(0, consumer), _event(1, consumer)])
+    await asyncio.wait_for(host.commit_started.wait(), 10)  # type: ignore[attr-defined]
+    worker.feed([_event(2, consumer), _event(3, consumer)])
+    await asyncio.wait_for(entered.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(10.0))
+    release.set()
+    assert await asyncio.wait_for(stopping, 15) is True
+    assert [c[0] for c in host.commits] == [2]
+    assert [call[0] for call in recording.calls] == [[0, 1]]
+    assert worker.committed == 2
+    assert _outcome_offsets(host) == [0, 1]
+    assert host.fatal_errors == []
