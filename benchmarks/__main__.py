@@ -1,21 +1,22 @@
-"""``python -m benchmarks e2e | scaling | soak`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | latency | scaling | soak`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import e2e, scaling, soak
+from benchmarks import e2e, latency, scaling, soak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     e2e.add_arguments(commands.add_parser("e2e", help="throughput, ratios, latency, RSS"))
+    latency.add_arguments(commands.add_parser("latency", help="latency alone at offered loads"))
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
     args = parser.parse_args()
-    module = {"e2e": e2e, "scaling": scaling, "soak": soak}[args.command]
+    module = {"e2e": e2e, "latency": latency, "scaling": scaling, "soak": soak}[args.command]
     try:
         asyncio.run(module.run(args))
     except KeyboardInterrupt:

@@ -9,9 +9,11 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.infra import Infra, machine_description
+from benchmarks.latency import daemon_settings
 from benchmarks.measure import (
     PARTITIONS,
     daemon_run,
+    describe_stages,
     median,
     naive_peer,
     offered_load,
@@ -38,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a daemon setting by field name (e.g. event_loop=uvloop), repeatable",
+    )
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -85,6 +94,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
         "naive_events": args.naive_events,
         "latency_rate": args.latency_rate,
         "latency_seconds": args.latency_seconds,
+        "daemon_settings": daemon_settings(args.set),
         "produce_rate": produce_rate,
         "databases": {},
     }
@@ -115,7 +125,14 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
 
             for key, outcomes in (("daemon", True), ("daemon_no_outcomes", False)):
                 run_ = await daemon_run(
-                    infra, topic, db, args.events, model, outcomes=outcomes, label=f"e2e-{db}"
+                    infra,
+                    topic,
+                    db,
+                    args.events,
+                    model,
+                    outcomes=outcomes,
+                    label=f"e2e-{db}",
+                    extra=daemon_settings(args.set),
                 )
                 entry[key].append(run_.__dict__ | {"samples": None})
                 say(
@@ -124,6 +141,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
                     f"{run_.seconds:.1f}s, peak RSS {run_.peak_rss_mib:.0f} MiB, "
                     f"CPU {run_.cpu_seconds:.1f}s, verified={run_.verified}"
                 )
+                say(f"[{db} {r + 1}]     {describe_stages(run_, args.events)}")
                 if not run_.verified:
                     raise SystemExit("the daemon's database does not match the model")
 
@@ -135,6 +153,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
                 seed=1_000 + r,
                 consumers=args.consumers,
                 progress=say,
+                extra=daemon_settings(args.set),
             )
             entry["latency"].append(
                 {
@@ -175,8 +194,8 @@ def summary(results: dict[str, Any]) -> str:
     lines = [
         f"| database | (a) raw consume | (b) raw DB write | (c) naive peer | (d) daemon | "
         f"(d') daemon, no outcomes topic | d/a | d/c | p50 / p99 at "
-        f"{results['latency_rate']:,.0f} ev/s | peak RSS (d) | DB == model |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"{results['latency_rate']:,.0f} ev/s | CPU µs/event (d) | peak RSS (d) | DB == model |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for db, entry in results["databases"].items():
         b = _med(entry, "raw_db")
@@ -186,13 +205,58 @@ def summary(results: dict[str, Any]) -> str:
         p50 = _med(entry, "latency", "p50")
         p99 = _med(entry, "latency", "p99")
         rss = _med(entry, "daemon", "peak_rss_mib")
+        cpu = median([run["run_cpu_seconds"] / results["events"] * 1e6 for run in entry["daemon"]])
         ok = all(r["verified"] for r in entry["daemon"] + entry["daemon_no_outcomes"])
         name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[db]
         lines.append(
             f"| {name} | {a:,.0f} | {b:,.0f} | {c:,.0f} | **{d:,.0f}** | {d0:,.0f} | "
-            f"**{d / a:.2f}** | **{d / c:.1f}** | {p50:.0f} / **{p99:.0f}** ms | {rss:.0f} MiB | "
+            f"**{d / a:.2f}** | **{d / c:.1f}** | {p50:.0f} / **{p99:.0f}** ms | **{cpu:.0f}** | "
+            f"{rss:.0f} MiB | "
             f"{'yes' if ok else 'NO'} |"
         )
+    return "\n".join(lines)
+
+
+def stage_table(results: dict[str, Any]) -> str:
+    """Per stage, CPU µs per event of the daemon with the outcomes topic (median run)."""
+    events = results["events"]
+    dbs = list(results["databases"])
+    names = [{"sqlite": "SQLite", "postgres": "PostgreSQL"}[db] for db in dbs]
+    lines = [
+        "| stage (loop CPU µs/event; wall s summed over partitions) | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(dbs),
+    ]
+    runs = {db: results["databases"][db]["daemon"] for db in dbs}
+
+    def cell(db: str, stage: str) -> str:
+        cpu = median([run["stages"].get(stage, {}).get("cpu", 0.0) for run in runs[db]])
+        wall = median([run["stages"].get(stage, {}).get("wall", 0.0) for run in runs[db]])
+        return f"{cpu / events * 1e6:.1f} ({wall:.1f} s)"
+
+    stages = list(next(iter(runs.values()))[0]["stages"]) if dbs else []
+    for stage in stages:
+        lines.append(f"| {stage} | " + " | ".join(cell(db, stage) for db in dbs) + " |")
+
+    def rest(db: str) -> str:
+        values = [
+            (run["loop_cpu_seconds"] - sum(v.get("cpu", 0.0) for v in run["stages"].values()))
+            for run in runs[db]
+        ]
+        return f"{median(values) / events * 1e6:.1f}"
+
+    def threads(db: str) -> str:
+        values = [run["run_cpu_seconds"] - run["loop_cpu_seconds"] for run in runs[db]]
+        return f"{median(values) / events * 1e6:.1f}"
+
+    def process(db: str) -> str:
+        return f"**{median([run['run_cpu_seconds'] for run in runs[db]]) / events * 1e6:.1f}**"
+
+    unowned = " | ".join(rest(db) for db in dbs)
+    lines.append(f"| loop thread, no stage (fetcher, sender, committer, logs, GC) | {unowned} |")
+    others = " | ".join(threads(db) for db in dbs)
+    lines.append(f"| other threads (aiosqlite's: SQLite itself) | {others} |")
+    processes = " | ".join(process(db) for db in dbs)
+    lines.append(f"| **process CPU during the run** | {processes} |")
     return "\n".join(lines)
 
 
@@ -237,6 +301,12 @@ repeat(s); the whole run took {results["seconds"] / 60:.1f} min.
 
 {summary(results)}
 
+Where the daemon's CPU goes (run (d); `consumergen_stage_cpu_seconds_total` and
+`consumergen_stage_seconds_total` read from its `/metrics` after the run; a stage that
+awaits is charged only its own steps, see `service/daemon/stages.py`):
+
+{stage_table(results)}
+
 ![throughput and latency](benchmarks.png)
 
 - **(a) raw consume**: one aiokafka consumer reads the whole topic and discards it (the
@@ -250,7 +320,11 @@ repeat(s); the whole run took {results["seconds"] / 60:.1f} min.
   file), from the assignment of its partitions (its log) until the group's committed
   offsets cover every event (polled every 100 ms); then the database is compared with the
   independent model (`service/testing/model.py`): every consumer's state and every inbox
-  row.  (d') is the same without an outcomes topic.
+  row.  (d') is the same without an outcomes topic.  CPU µs/event is the daemon
+  process's CPU (all threads, `/proc`) from the assignment to the last commit, over
+  the events (start-up excluded).
+- **Databases**: PostgreSQL {machine.get("postgresql_settings", "not measured")};
+  SQLite {machine["sqlite_settings"]}.
 - **Latency**: a fresh daemon fed {results["latency_rate"]:,.0f} events/s for
   {results["latency_seconds"]:.0f} s; per event, the outcome record's timestamp (sent
   right after the database commit) minus the event record's producer timestamp

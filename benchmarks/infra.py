@@ -63,9 +63,14 @@ class Infra:
         )
         if postgres:
             # Its own top-level folder: the server may run as another user (root cannot).
-            self.postgres = PostgresCluster(Path(tempfile.mkdtemp(prefix="consumergen-bench-pg-")))
+            # Durable (fsync, synchronous_commit, full_page_writes on), as a user's server
+            # is: the tests' fast settings would flatter every PostgreSQL figure.
+            self.postgres = PostgresCluster(
+                Path(tempfile.mkdtemp(prefix="consumergen-bench-pg-")), durable=True
+            )
             self.postgres.start()
-            print(f"[infra] PostgreSQL on port {self.postgres.port}", flush=True)
+            settings = ", ".join(f"{k}={v}" for k, v in self.postgres.durability_settings.items())
+            print(f"[infra] PostgreSQL on port {self.postgres.port} ({settings})", flush=True)
         return self
 
     def stop(self) -> None:
@@ -195,4 +200,11 @@ def machine_description(postgres: bool) -> dict[str, str]:
                 check=True,
             ).stdout.strip()
             description["postgresql"] = out
+        description["postgresql_settings"] = (
+            "fsync=on, synchronous_commit=on, full_page_writes=on (durable, as a user's "
+            "server; the tests' embedded cluster runs them off)"
+        )
+    description["sqlite_settings"] = (
+        "the service's own PRAGMAs (WAL; synchronous as service/store/dialects/sqlite.py sets it)"
+    )
     return description

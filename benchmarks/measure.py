@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import statistics
 import time
@@ -235,6 +236,50 @@ class DaemonRun:
     cpu_seconds: float
     verified: bool
     samples: list[tuple[float, int]] = field(default_factory=list)
+    #: Process CPU from the partitions' assignment to the last commit (start-up excluded).
+    run_cpu_seconds: float = 0.0
+    #: stage -> {"cpu": seconds, "wall": seconds}, summed over the daemons (their /metrics).
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The main thread's (event loop's) share of ``run_cpu_seconds``.
+    loop_cpu_seconds: float = 0.0
+
+    def cpu_us_per_event(self, total: int) -> float:
+        return self.run_cpu_seconds / total * 1e6
+
+
+def loop_thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread (the daemon's event loop), from /proc: the
+    rest of its CPU is other threads' (aiosqlite's, which runs SQLite itself)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_seconds(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> dict[str, dict[str, float]]:
+    """The per-stage counters of one daemon's /metrics (``service.daemon.stages``)."""
+    stages: dict[str, dict[str, float]] = {}
+    for (name, labels), value in samples.items():
+        clock = {
+            "consumergen_stage_cpu_seconds_total": "cpu",
+            "consumergen_stage_seconds_total": "wall",
+        }.get(name)
+        if clock is not None:
+            stages.setdefault(dict(labels)["stage"], {})[clock] = value
+    return stages
+
+
+def describe_stages(run: DaemonRun, total: int) -> str:
+    """CPU µs per event: the process, each stage's own loop CPU, and what no stage owns."""
+    parts = [f"{stage} {seconds['cpu'] / total * 1e6:.0f}" for stage, seconds in run.stages.items()]
+    owned = sum(seconds["cpu"] for seconds in run.stages.values())
+    unowned = (run.loop_cpu_seconds - owned) / total * 1e6
+    threads = (run.run_cpu_seconds - run.loop_cpu_seconds) / total * 1e6
+    return (
+        f"CPU {run.cpu_us_per_event(total):.0f} µs/event (process, during the run); "
+        f"stages (loop CPU µs/event): {', '.join(parts)}; loop thread outside the stages "
+        f"{unowned:.0f}; other threads (aiosqlite's SQLite, ...) {threads:.0f}"
+    )
 
 
 def _crossing(samples: list[tuple[float, int]], target: float) -> float:
@@ -287,6 +332,8 @@ async def daemon_run(
     try:
         for daemon in daemons:
             await daemon.wait_assigned()
+        cpu_at_start = sum(d.cpu_seconds() for d in daemons)
+        loop_at_start = sum(loop_thread_cpu(d.pid) for d in daemons)
         assigned = [d.assigned_at() for d in daemons]
         began = min(moment for moment in assigned if moment is not None)
         samples: list[tuple[float, int]] = [(began, 0)]
@@ -304,6 +351,13 @@ async def daemon_run(
         ended = samples[-1][0]
         peak = sum(d.peak_rss_kib() for d in daemons) / 1024
         cpu = sum(d.cpu_seconds() for d in daemons)
+        loop_cpu = sum(loop_thread_cpu(d.pid) for d in daemons)
+        stages: dict[str, dict[str, float]] = {}
+        for daemon in daemons:
+            for stage, seconds in stage_seconds(await asyncio.to_thread(daemon.metrics)).items():
+                for clock, value in seconds.items():
+                    stages.setdefault(stage, {}).setdefault(clock, 0.0)
+                    stages[stage][clock] += value
     finally:
         await asyncio.gather(*(d.terminate() for d in daemons))
     verified = True
@@ -321,6 +375,9 @@ async def daemon_run(
         cpu_seconds=cpu,
         verified=verified,
         samples=[(t - began, c) for t, c in samples],
+        run_cpu_seconds=cpu - cpu_at_start,
+        loop_cpu_seconds=loop_cpu - loop_at_start,
+        stages=stages,
     )
 
 
@@ -370,6 +427,7 @@ async def offered_load(
     consumers: int = 10_000,
     rss_every: float = 5.0,
     progress: Callable[[str], None] = print,
+    extra: dict[str, object] | None = None,
 ) -> LoadRun:
     """A daemon (outcomes topic on) fed ``rate`` events/s for ``seconds``; latency of each
     event = the outcome record's timestamp (sent right after the database commit) minus the
@@ -388,6 +446,7 @@ async def offered_load(
         dlq_topic=await infra.new_topic("dlq", 1),
         outcomes_topic=outcomes_topic,
         group_id=group,
+        **(extra or {}),
     ).start()
     workload = Workload(consumers=consumers, seed=seed)
     sent: dict[tuple[int, int], int] = {}
@@ -528,6 +587,7 @@ __all__ = [
     "DaemonRun",
     "LoadRun",
     "daemon_run",
+    "describe_stages",
     "median",
     "naive_peer",
     "offered_load",

@@ -133,6 +133,18 @@ class Settings(BaseSettings):
         description="/livez fails when the event loop's heartbeat is older than this "
         "(a wedged loop, restarted by the orchestrator).",
     )
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description="Longest the broker holds a fetch for data (bounds an idle partition's delay).",
+    )
+    producer_linger_ms: int = Field(
+        5, ge=0, le=60_000, description="How long producers wait to fill a request."
+    )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio", description="uvloop needs the 'fast' extra (service/event_loop.py)."
+    )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
 

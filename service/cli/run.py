@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 import structlog
@@ -55,7 +56,20 @@ def command(
     configure_logging(settings)  # again: the options above may have changed the settings
     if local:
         raise SystemExit(_run_local(settings))
-    raise SystemExit(asyncio.run(_run(settings)))
+    raise SystemExit(_on_loop(settings, _run(settings)))
+
+
+def _on_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on the event loop the settings choose; a loop that cannot be had is
+    a one-line error naming the setting."""
+    from service.config import ConfigError
+    from service.event_loop import run
+
+    try:
+        return run(settings, main)
+    except ConfigError as exc:
+        click.echo(f"consumergen run: {exc}", err=True)
+        return EXIT_USAGE
 
 
 async def _run(settings: Settings) -> int:
@@ -109,6 +123,6 @@ def _run_local(settings: Settings) -> int:
             await ensure_topics(settings)
             return await _run(settings)
 
-        return asyncio.run(prepare_and_run())
+        return _on_loop(settings, prepare_and_run())
     finally:
         broker.stop()

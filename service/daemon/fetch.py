@@ -43,8 +43,9 @@ async def fetch_loop(
     still raised is the broker's "not now" or a bug) stops the daemon (``fatal``)."""
 
     async def fetch() -> Fetched:
-        batches: Fetched = await consumer().getmany(
-            timeout_ms=500, max_records=settings.batch_max_events * 2
+        batches: Fetched = await metrics.stages.timed(
+            "fetch",
+            consumer().getmany(timeout_ms=500, max_records=settings.batch_max_events * 2),
         )
         return batches
 

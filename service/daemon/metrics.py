@@ -33,6 +33,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from service import __version__
+from service.daemon.stages import StageClock
 from service.domain.outcomes import (
     DEAD_LETTER_REASONS,
     REASONS_BY_OUTCOME,
@@ -76,6 +77,7 @@ def event_label_values() -> list[tuple[str, str]]:
     return pairs
 
 
+
 @dataclass
 class DaemonMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -91,6 +93,22 @@ class DaemonMetrics:
         self._operator(r)
 
     def _counters(self, r: CollectorRegistry) -> None:
+        # Per-stage time of the batches (service.daemon.stages): what the benchmark's
+        # per-stage breakdown reads.
+        self.stages = StageClock(
+            Counter(
+                "consumergen_stage_seconds",
+                "Wall seconds batches spent in each stage.",
+                ["stage"],
+                registry=r,
+            ),
+            Counter(
+                "consumergen_stage_cpu_seconds",
+                "Event-loop CPU seconds of each stage's own work (service.daemon.stages).",
+                ["stage"],
+                registry=r,
+            ),
+        )
         self.events = Counter(
             "consumergen_events", "Events by outcome and reason.", ["outcome", "reason"], registry=r
         )

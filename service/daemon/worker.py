@@ -7,6 +7,10 @@ only then commit the offset after the batch.  Any infrastructure failure along t
 pauses the partition and retries the *same* batch with capped backoff, so nothing is
 committed past an event whose outcome is not durable and nothing is skipped.
 
+The batches of a partition go through a pipeline two deep (``PartitionWorker._loop``):
+while one batch waits for its acknowledgements and its offset commit, the next one is
+decoded and applied.  Each batch's time per stage is counted (``service.daemon.stages``).
+
 Failures are sorted positively by ``service.failures``: only what is recognised as the
 infrastructure's (a broker or a database that cannot serve now, a sink's
 ``SinkUnavailable``) is retried; a record refusal is handled inside the sink that
@@ -21,23 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import stamina
 import structlog
 from aiokafka import TopicPartition
 
-from service.config import Settings
 from service.daemon.batch import admit_batch, failed_letters, outcome_messages
-from service.daemon.metrics import DaemonMetrics
+from service.daemon.ports import Applies, WorkerConfig, WorkerHost
 from service.daemon.retries import retry_scope
-from service.domain.events import ConsumerEvent
-from service.domain.outcomes import EventSource, Outcome
+from service.domain.outcomes import Outcome
 from service.failures import classify, is_infrastructure
-from service.sinks.base import DeadLetter, DeadLetterSink, OutcomeSink
+from service.sinks.base import DeadLetter, OutcomeMessage
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -45,71 +47,22 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+#: The ports live in ``service.daemon.ports``; importable from here as before.
+__all__ = ["Applies", "PartitionWorker", "WorkerConfig", "WorkerHost"]
+
 
 @dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """The settings a worker reads."""
+class _Settled:
+    """A batch applied to the database, its sinks' records encoded, not yet committed."""
 
-    batch_max_events: int
-    max_event_bytes: int
-    retry_wait_initial: float
-    retry_wait_max: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> WorkerConfig:
-        return cls(
-            batch_max_events=settings.batch_max_events,
-            max_event_bytes=settings.max_event_bytes,
-            retry_wait_initial=settings.infra_retry_wait_initial_seconds,
-            retry_wait_max=settings.infra_retry_wait_max_seconds,
-        )
-
-
-class Applies(Protocol):
-    async def apply_batch(
-        self, items: Sequence[tuple[ConsumerEvent, EventSource | None]]
-    ) -> list[Outcome]: ...
-
-
-class WorkerHost(Protocol):
-    """What a partition worker needs from the daemon: its ports, nothing more."""
-
-    config: WorkerConfig
-    applier: Applies
-    dead_letters: DeadLetterSink
-    #: None: outcome records are not written (no outcomes topic configured).
-    outcomes: OutcomeSink | None
-    #: Where stamina's retries of this worker are counted.
-    metrics: DaemonMetrics
-
-    async def commit(self, tp: TopicPartition, offset: int) -> bool:
-        """Commit ``offset``; False when the group moved on (harmless)."""
-        ...
-
-    def relieve_backpressure(self, tp: TopicPartition, backlog: int) -> None: ...
-
-    def infrastructure_failed(self, tp: TopicPartition, step: str, exc: BaseException) -> None:
-        """A step failed on the infrastructure: pause ``tp``, report it not ready."""
-        ...
-
-    def infrastructure_recovered(self, tp: TopicPartition, step: str, *, resumed: bool) -> None:
-        """The failing step succeeded (``resumed``) or its batch was abandoned."""
-        ...
-
-    def record_batch(
-        self,
-        tp: TopicPartition,
-        batch: list[ConsumerRecord],
-        outcomes: list[Outcome],
-        dead: list[DeadLetter],
-        seconds: float,
-    ) -> None:
-        """A batch is committed: count it and log it."""
-        ...
-
-    def fatal(self, exc: BaseException) -> None:
-        """A bug: stop the whole daemon."""
-        ...
+    batch: list[ConsumerRecord]
+    outcomes: list[Outcome]
+    dead: list[DeadLetter]
+    #: None: no outcomes topic.
+    messages: list[OutcomeMessage] | None
+    began: float
+    #: The valid events' ``occurred_at``: the end-to-end latency once the offset commits.
+    occurred: list[datetime]
 
 
 class PartitionWorker:
@@ -125,6 +78,13 @@ class PartitionWorker:
         self._label = f"{tp.topic}/{tp.partition}"
         #: The group's committed offset as far as this worker knows (None: not yet known).
         self.committed: int | None = None
+        #: Steps of this partition failing on the infrastructure right now (0, 1 or 2).
+        self._failing_steps = 0
+        #: The batch being settled while the previous one is in flight (a stop cancels it).
+        self._settling: asyncio.Future[_Settled] | None = None
+        #: First offsets of the batches taken and not yet committed or given up
+        #: (``consumergen_batches_in_progress``: up to two with the pipeline).
+        self._open: set[int] = set()
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +105,8 @@ class PartitionWorker:
         not committed, so its events come again and the inbox makes them duplicates).
         """
         self._stopping = True
+        if self._settling is not None:
+            self._settling.cancel()  # only the batch in flight is waited for
         task = self._task
         if task is None or task.done():
             return True
@@ -178,45 +140,172 @@ class PartitionWorker:
             self.host.fatal(exc)
 
     async def _loop(self) -> None:
+        """A pipeline two batches deep: while one batch's dead letters, outcome records
+        and offset commit are awaited (``_finish``), the next one is taken, decoded and
+        applied (``_settle``).  A batch's sinks are written only after the previous
+        batch's offset is committed, so outcome records stay in offset order and every
+        commit still follows its own batch's database commit and acknowledged sinks; the
+        next batch's transaction starts only after the previous one committed, so the
+        database sees the partition in offset order too."""
+        settled: _Settled | None = None
+        try:
+            while True:
+                if settled is None:
+                    if self._stopping:
+                        return
+                    batch = await self._take()
+                    self._busy = True
+                    settled = await self._settle(batch)
+                finishing = asyncio.ensure_future(self._finish(settled))
+                settled = None
+                try:
+                    following = await self._next_while(finishing)
+                    if following is not None:
+                        settled = await self._settle_unless_stopped(following)
+                except BaseException:
+                    # a bug in the next batch, or this task is cancelled (revoked,
+                    # stopping): the previous batch's finish goes too, so nothing past
+                    # it is committed and its events come again as duplicates
+                    finishing.cancel()
+                    await asyncio.gather(finishing, return_exceptions=True)
+                    raise
+                await finishing  # its bug, if any, stops the worker (``_run``)
+                self._busy = settled is not None
+                self.host.relieve_backpressure(self.tp, self.backlog)
+        finally:
+            self._busy = False
+            self._close_all()
+
+    def _opened(self, batch: list[ConsumerRecord]) -> None:
+        self._open.add(batch[0].offset)
+        self.host.metrics.batches_in_progress.inc()
+
+    def _closed(self, batch: list[ConsumerRecord]) -> None:
+        if batch[0].offset in self._open:
+            self._open.discard(batch[0].offset)
+            self.host.metrics.batches_in_progress.dec()
+
+    def _close_all(self) -> None:
+        """Whatever way the loop ends, no batch stays counted in progress."""
+        self.host.metrics.batches_in_progress.dec(len(self._open))
+        self._open.clear()
+
+    async def _settle_unless_stopped(self, batch: list[ConsumerRecord]) -> _Settled | None:
+        """``_settle`` the batch that follows one in flight; a stop cancels it (None), so
+        that a stop waits for the batch in flight only, as without the pipeline (the
+        cancelled batch's transaction rolls back or, if it committed, its events come
+        again as duplicates: its offset is not committed)."""
+        settling = self._settling = asyncio.ensure_future(self._settle(batch))
+        try:
+            return await settling
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if settling.cancelled() and self._stopping and not (task and task.cancelling()):
+                return None
+            raise
+        finally:
+            self._settling = None
+
+    async def _next_while(self, finishing: asyncio.Future[None]) -> list[ConsumerRecord] | None:
+        """The next batch if one is queued, or arrives before ``finishing`` is done;
+        None when the worker is stopping or the previous batch finished first."""
+        if self._stopping:
+            return None
+        if not self.queue.empty():
+            return self._take_queued()
+        getter = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait((finishing, getter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+            await asyncio.gather(getter, return_exceptions=True)
+        if getter.cancelled() or self._stopping:
+            return None  # (a record taken at a stop is read again by the next owner)
+        return self._take_queued([getter.result()])
+
+    async def _take(self) -> list[ConsumerRecord]:
+        """The next batch: wait for one record, then take what else is queued.
+
+        Adaptive: a lone event goes at once (no waiting for a full batch), and under
+        load the queue fills while the previous batch is in flight, so batches grow."""
+        first = await self.queue.get()
+        return self._take_queued([first])
+
+    def _take_queued(self, batch: list[ConsumerRecord] | None = None) -> list[ConsumerRecord]:
+        batch = batch or [self.queue.get_nowait()]
         limit = self.host.config.batch_max_events
-        while not self._stopping:
-            batch = [await self.queue.get()]
-            while len(batch) < limit and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            self._busy = True
-            try:
-                with self.host.metrics.batches_in_progress.track_inprogress():
-                    await self._process(batch)
-            finally:
-                self._busy = False
-            self.host.relieve_backpressure(self.tp, self.backlog)
+        while len(batch) < limit and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
 
     # -- one batch ----------------------------------------------------------------------
-    async def _process(self, batch: list[ConsumerRecord]) -> None:
+    async def _settle(self, batch: list[ConsumerRecord]) -> _Settled:
+        """Decode, apply and encode one batch: everything up to its writes to the sinks."""
         began = time.perf_counter()
         host = self.host
-        admitted = admit_batch(batch, host.config.max_event_bytes)
+        clock = host.metrics.stages
+        self._opened(batch)
+        with clock.sync("admit"):
+            admitted = admit_batch(batch, host.config.max_event_bytes)
         outcomes: list[Outcome] = []
         if admitted.valid:
-            outcomes = await self._retry_infrastructure(
-                "database", lambda: host.applier.apply_batch(admitted.valid)
+            outcomes = await clock.timed(
+                "apply",
+                self._retry_infrastructure(
+                    "database", lambda: host.applier.apply_batch(admitted.valid)
+                ),
             )
-        settled = list(zip(admitted.records, outcomes, strict=True))
-        now = datetime.now(UTC)
-        dead = admitted.dead + failed_letters(settled, now)
+        with clock.sync("encode"):
+            settled = list(zip(admitted.records, outcomes, strict=True))
+            now = datetime.now(UTC)
+            dead = admitted.dead + failed_letters(settled, now)
+            messages = None
+            if host.outcomes is not None:
+                messages = outcome_messages(settled, admitted.invalid, now)
+        occurred = [event.occurred_at for event, _ in admitted.valid]
+        return _Settled(batch, outcomes, dead, messages, began, occurred)
+
+    async def _finish(self, settled: _Settled) -> None:
+        """Write the batch's dead letters and outcome records, then commit its offset."""
+        try:
+            await self._write_and_commit(settled)
+        finally:
+            self._closed(settled.batch)
+
+    async def _write_and_commit(self, settled: _Settled) -> None:
+        host = self.host
+        clock = host.metrics.stages
+        dead, messages = settled.dead, settled.messages
         if dead:
-            await self._retry_infrastructure(
-                "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
+            await clock.timed(
+                "send",
+                self._retry_infrastructure(
+                    "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
+                ),
             )
         sink = host.outcomes
-        if sink is not None:
-            messages = outcome_messages(settled, admitted.invalid, now)
-            await self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages))
-        next_offset = batch[-1].offset + 1
-        if await self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)):
+        if sink is not None and messages is not None:
+            await clock.timed(
+                "send",
+                self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages)),
+            )
+        next_offset = settled.batch[-1].offset + 1
+        committed = await clock.timed(
+            "commit",
+            self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)),
+        )
+        if committed:
             self.committed = next_offset
-            host.metrics.observe_committed(event.occurred_at for event, _ in admitted.valid)
-        host.record_batch(self.tp, batch, outcomes, dead, time.perf_counter() - began)
+            host.metrics.observe_committed(settled.occurred)
+        with clock.sync("account"):
+            host.record_batch(
+                self.tp,
+                settled.batch,
+                settled.outcomes,
+                dead,
+                time.perf_counter() - settled.began,
+            )
 
     async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` until it succeeds: pause the partition and report not-ready
@@ -244,6 +333,7 @@ class PartitionWorker:
                                 raise  # not retried (stamina's predicate says the same)
                             if not failing:
                                 failing = True
+                                self._failing_steps += 1
                                 self.host.infrastructure_failed(self.tp, what, exc)
                             raise
         except asyncio.CancelledError:
@@ -251,5 +341,10 @@ class PartitionWorker:
             raise
         finally:
             if failing:
-                self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
+                # Two steps of a partition may fail at once (the pipeline's database step
+                # of one batch, a sink of the previous one): the partition is resumed
+                # only once neither is failing any more.
+                self._failing_steps -= 1
+                if not self._failing_steps:
+                    self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
         raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover

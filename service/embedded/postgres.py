@@ -67,6 +67,17 @@ class PostgresCluster:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
+    #: False (tests): fsync, synchronous_commit and full_page_writes off, because a
+    #: throwaway cluster's durability is not what tests measure.  True (benchmarks): the
+    #: server's durable defaults, what a user's PostgreSQL runs with, so that the
+    #: figures compared with it are honest.
+    durable: bool = False
+
+    @property
+    def durability_settings(self) -> dict[str, str]:
+        """The server settings that decide durability, as this cluster runs them."""
+        value = "on" if self.durable else "off"
+        return {"fsync": value, "synchronous_commit": value, "full_page_writes": value}
 
     @property
     def data_dir(self) -> Path:
@@ -130,15 +141,13 @@ class PostgresCluster:
                     f"unix_socket_directories={self.root}",
                     "-c",
                     "max_connections=200",
-                    # Throwaway clusters: durability is not what tests measure.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
                     "-c",
                     "shared_buffers=128MB",
+                    *(
+                        argument
+                        for name, value in self.durability_settings.items()
+                        for argument in ("-c", f"{name}={value}")
+                    ),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -122,6 +122,10 @@ def consumer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
+        # aiokafka keeps one fetch in flight per broker, for the partitions with nothing
+        # buffered: a partition drained meanwhile waits for that fetch to come back, up
+        # to this long when the others are idle (aiokafka's default is 500 ms).
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     options.update(overrides)
     return options
@@ -138,13 +142,14 @@ def producer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
     ``acks="all"`` with idempotence: a write is acknowledged only once every in-sync
     replica has it, and a retried send can neither be lost nor written twice by the
-    producer itself.  A short linger lets concurrent sends share a request.
+    producer itself.  A short linger (``CONSUMERGEN_PRODUCER_LINGER_MS``) lets concurrent
+    sends share a request.
     """
     options = client_options(settings)
     options.update(
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=settings.producer_linger_ms,
         max_request_size=max_request_size(settings),
     )
     options.update(overrides)

@@ -23,11 +23,11 @@ from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.config import Settings
 from service.failures import broker_unavailable, record_refused
+from service.kafka.partitioning import partition_for
 from service.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES
 from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
 from service.sinks.fit import FittedLetter, bare_letter, fit_letter, letter_size
@@ -181,9 +181,6 @@ class KafkaOutcomeSink:
         await _classified("outcome records", self.handle, write)
 
 
-_PARTITIONER = DefaultPartitioner()
-
-
 async def _send_batched(
     producer: AIOKafkaProducer, topic: str, messages: Sequence[OutcomeMessage]
 ) -> None:
@@ -192,17 +189,15 @@ async def _send_batched(
     ``send()`` per record (a coroutine, a future, an accumulator lookup each) cost about
     as much CPU as building the record itself; the outcomes are one record per event,
     so this is on the daemon's hot path.  Keyed records land on the partition the
-    default partitioner would choose, exactly as ``send()`` would put them.
+    default partitioner would choose, exactly as ``send()`` would put them
+    (``service.kafka.partitioning``: the same murmur2, a word at a time).
     """
-    partitions = list(await producer.partitions_for(topic))
+    partitions = sorted(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
     futures: list[asyncio.Future[object]] = []
     for message in messages:
         key, value = message.key, message.value
-        if key is None:
-            partition = random.choice(partitions)
-        else:
-            partition = _PARTITIONER(key, partitions, partitions)
+        partition = random.choice(partitions) if key is None else partition_for(key, partitions)
         builder = builders.get(partition)
         if builder is None:
             builder = builders[partition] = producer.create_batch()

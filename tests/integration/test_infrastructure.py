@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.embedded.postgres import PostgresCluster
 
 pytestmark = pytest.mark.asyncio
 
@@ -99,3 +103,34 @@ async def test_sqlite_file_through_aiosqlite(sqlite_url: str) -> None:
     finally:
         await engine.dispose()
     assert sqlite_url.endswith(".sqlite3")
+
+
+async def _durability(url: str) -> dict[str, str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return {
+                name: (await conn.execute(text(f"SHOW {name}"))).scalar_one()
+                for name in ("fsync", "synchronous_commit", "full_page_writes")
+            }
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_benchmark_cluster_is_durable_and_test_cluster_is_fast(
+    postgres_url: str, postgres_cluster
+) -> None:
+    """The benchmarks compare with a user's (durable) PostgreSQL, so their switch must
+    really reach the server; the tests keep the fast settings."""
+    if postgres_cluster is not None:  # a server of our own (not CONSUMERGEN_TEST_POSTGRES_URL)
+        assert await _durability(postgres_url) == postgres_cluster.durability_settings
+        assert set(postgres_cluster.durability_settings.values()) == {"off"}
+    folder = Path(tempfile.mkdtemp(prefix="consumergen-pg-durable-"))
+    durable = PostgresCluster(folder, durable=True)
+    try:
+        durable.start()
+        shown = await _durability(durable.url())
+    finally:
+        durable.remove()
+    assert shown == {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}

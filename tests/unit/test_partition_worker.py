@@ -259,3 +259,153 @@ async def test_a_committed_batch_observes_each_valid_events_latency(applier: App
     )
     assert seen_in_progress == [1.0]
     assert registry.get_sample_value("consumergen_batches_in_progress") == 0
+
+
+class _RecordingApplier:
+    """The real applier, noting which offsets each call applied and how many commits
+    had returned by then; ``applied[n]`` is set once the n-th call returned."""
+
+    def __init__(self, applier: Applier, host: FakeHost) -> None:
+        self.applier = applier
+        self.host = host
+        self.calls: list[tuple[list[int], int]] = []
+        self.applied = [asyncio.Event() for _ in range(4)]
+
+    async def apply_batch(self, items: Any) -> list[Outcome]:
+        offsets = [source.offset for _, source in items]
+        outcomes = await self.applier.apply_batch(items)
+        self.calls.append((offsets, len(self.host.commits)))
+        self.applied[len(self.calls) - 1].set()
+        return outcomes
+
+
+def _pipelined_host(applier: Applier) -> tuple[FakeHost, _RecordingApplier, asyncio.Event]:
+    """A host with batches of 2 whose first commit waits for the returned event."""
+    host = FakeHost(applier)
+    host.config = WorkerConfig(
+        batch_max_events=2, max_event_bytes=65_536, retry_wait_initial=0.01, retry_wait_max=0.02
+    )
+    recording = _RecordingApplier(applier, host)
+    host.applier = recording
+    release = asyncio.Event()
+    plain_commit = host.commit
+
+    async def commit(tp: TopicPartition, offset: int) -> bool:
+        if not host.commits:
+            host.commit_started.set()
+            await release.wait()
+        return await plain_commit(tp, offset)
+
+    host.commit_started = asyncio.Event()  # type: ignore[attr-defined]
+    host.commit = commit  # type: ignore[method-assign]
+    return host, recording, release
+
+
+async def test_the_next_batch_is_applied_while_the_previous_one_commits(
+    applier: Applier,
+) -> None:
+    """The pipeline: batch 2 is decoded and applied while batch 1's commit is in flight,
+    but its outcome records wait for that commit, and each offset is committed only
+    after its own batch's sinks (in offset order)."""
+    install_retry_hooks()
+    host, recording, release = _pipelined_host(applier)
+    consumer = _consumer(7)
+    host.expect_offset = 4
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    try:
+        worker.feed([_event(0, consumer), _event(1, consumer)])
+        await asyncio.wait_for(host.commit_started.wait(), 10)  # type: ignore[attr-defined]
+        worker.feed([_event(2, consumer), _event(3, consumer)])
+        await asyncio.wait_for(recording.applied[1].wait(), 10)
+        # Batch 2 is in the database, batch 1's commit has not returned, and batch 2's
+        # outcome records are not written yet.
+        assert recording.calls == [([0, 1], 0), ([2, 3], 0)]
+        assert host.commits == []
+        assert _outcome_offsets(host) == [0, 1]
+        release.set()
+        await asyncio.wait_for(host.committed_all.wait(), 10)
+    finally:
+        await worker.stop(1.0)
+    assert host.fatal_errors == []
+    assert host.commits == [(2, 0, 2), (4, 0, 4)]
+    assert _outcome_offsets(host) == [0, 1, 2, 3]
+    assert worker.committed == 4
+
+
+async def test_a_stop_with_two_batches_in_flight_finishes_both(applier: Applier) -> None:
+    install_retry_hooks()
+    host, recording, release = _pipelined_host(applier)
+    consumer = _consumer(8)
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    worker.feed([_event(0, consumer), _event(1, consumer)])
+    await asyncio.wait_for(host.commit_started.wait(), 10)  # type: ignore[attr-defined]
+    worker.feed([_event(2, consumer), _event(3, consumer), _event(4, consumer)])
+    await asyncio.wait_for(recording.applied[1].wait(), 10)
+    stopping = asyncio.create_task(worker.stop(10.0))
+    release.set()
+    assert await asyncio.wait_for(stopping, 15) is True
+    # Both batches in flight were committed; the record still queued was not taken.
+    assert [c[0] for c in host.commits] == [2, 4]
+    assert [call[0] for call in recording.calls] == [[0, 1], [2, 3]]
+    assert worker.committed == 4
+    assert host.fatal_errors == []
+
+
+async def test_a_bug_in_the_next_batch_commits_nothing_past_the_previous_one(
+    applier: Applier,
+) -> None:
+    install_retry_hooks()
+    host, recording, release = _pipelined_host(applier)
+    consumer = _consumer(9)
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    worker.feed([_event(0, consumer), _event(1, consumer)])
+    await asyncio.wait_for(host.commit_started.wait(), 10)  # type: ignore[attr-defined]
+
+    async def broken(items: Any) -> list[Outcome]:
+        raise RuntimeError("a bug in the applier")
+
+    recording.apply_batch = broken  # type: ignore[method-assign]
+    worker.feed([_event(2, consumer)])
+    try:
+        await asyncio.wait_for(host.committed_all.wait(), 10)  # set by fatal
+    finally:
+        release.set()
+        await worker.stop(1.0)
+    assert [type(e) for e in host.fatal_errors] == [RuntimeError]
+    assert host.commits == []  # batch 1's commit was abandoned with the worker
+
+
+async def test_a_stop_waits_for_the_batch_in_flight_only(applier: Applier) -> None:
+    """A stop while the following batch is being applied cancels that one (its offset is
+    not committed, so its events come again) and finishes the one in flight: a stop takes
+    no longer with the pipeline than without it."""
+    install_retry_hooks()
+    host, recording, release = _pipelined_host(applier)
+    consumer = _consumer(10)
+    entered = asyncio.Event()
+    real_apply = recording.apply_batch
+
+    async def apply_or_hang(items: Any) -> list[Outcome]:
+        if recording.calls:  # the following batch: hangs until cancelled
+            entered.set()
+            await asyncio.Event().wait()
+        return await real_apply(items)
+
+    recording.apply_batch = apply_or_hang  # type: ignore[method-assign]
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    worker.feed([_event(0, consumer), _event(1, consumer)])
+    await asyncio.wait_for(host.commit_started.wait(), 10)  # type: ignore[attr-defined]
+    worker.feed([_event(2, consumer), _event(3, consumer)])
+    await asyncio.wait_for(entered.wait(), 10)
+    stopping = asyncio.create_task(worker.stop(10.0))
+    release.set()
+    assert await asyncio.wait_for(stopping, 15) is True
+    assert [c[0] for c in host.commits] == [2]
+    assert [call[0] for call in recording.calls] == [[0, 1]]
+    assert worker.committed == 2
+    assert _outcome_offsets(host) == [0, 1]
+    assert host.fatal_errors == []

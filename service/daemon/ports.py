@@ -1,0 +1,88 @@
+"""What a partition worker is given: its settings and its ports (``WorkerHost``).
+
+Kept apart from ``service.daemon.worker`` so that the daemon's side (``host.py``) and
+tests can implement the protocol without the worker's machinery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from aiokafka import TopicPartition
+
+from service.config import Settings
+from service.daemon.metrics import DaemonMetrics
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import EventSource, Outcome
+from service.sinks.base import DeadLetter, DeadLetterSink, OutcomeSink
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """The settings a worker reads."""
+
+    batch_max_events: int
+    max_event_bytes: int
+    retry_wait_initial: float
+    retry_wait_max: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        return cls(
+            batch_max_events=settings.batch_max_events,
+            max_event_bytes=settings.max_event_bytes,
+            retry_wait_initial=settings.infra_retry_wait_initial_seconds,
+            retry_wait_max=settings.infra_retry_wait_max_seconds,
+        )
+
+
+class Applies(Protocol):
+    async def apply_batch(
+        self, items: Sequence[tuple[ConsumerEvent, EventSource | None]]
+    ) -> list[Outcome]: ...
+
+
+class WorkerHost(Protocol):
+    """What a partition worker needs from the daemon: its ports, nothing more."""
+
+    config: WorkerConfig
+    applier: Applies
+    dead_letters: DeadLetterSink
+    #: None: outcome records are not written (no outcomes topic configured).
+    outcomes: OutcomeSink | None
+    #: Where stamina's retries of this worker are counted.
+    metrics: DaemonMetrics
+
+    async def commit(self, tp: TopicPartition, offset: int) -> bool:
+        """Commit ``offset``; False when the group moved on (harmless)."""
+        ...
+
+    def relieve_backpressure(self, tp: TopicPartition, backlog: int) -> None: ...
+
+    def infrastructure_failed(self, tp: TopicPartition, step: str, exc: BaseException) -> None:
+        """A step failed on the infrastructure: pause ``tp``, report it not ready."""
+        ...
+
+    def infrastructure_recovered(self, tp: TopicPartition, step: str, *, resumed: bool) -> None:
+        """The failing step succeeded (``resumed``) or its batch was abandoned."""
+        ...
+
+    def record_batch(
+        self,
+        tp: TopicPartition,
+        batch: list[ConsumerRecord],
+        outcomes: list[Outcome],
+        dead: list[DeadLetter],
+        seconds: float,
+    ) -> None:
+        """A batch is committed: count it and log it."""
+        ...
+
+    def fatal(self, exc: BaseException) -> None:
+        """A bug: stop the whole daemon."""
+        ...
