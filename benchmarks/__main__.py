@@ -1,11 +1,11 @@
-"""``python -m benchmarks e2e | latency | scaling | soak`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | latency | scaling | soak | hot-path`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import e2e, latency, scaling, soak
+from benchmarks import e2e, hot_path, latency, scaling, soak
 
 
 def main() -> None:
@@ -15,8 +15,15 @@ def main() -> None:
     latency.add_arguments(commands.add_parser("latency", help="latency alone at offered loads"))
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
+    hot_path.add_arguments(commands.add_parser("hot-path", help="CPU per event, stage by stage"))
     args = parser.parse_args()
-    module = {"e2e": e2e, "latency": latency, "scaling": scaling, "soak": soak}[args.command]
+    module = {
+        "e2e": e2e,
+        "latency": latency,
+        "scaling": scaling,
+        "soak": soak,
+        "hot-path": hot_path,
+    }[args.command]
     try:
         asyncio.run(module.run(args))
     except KeyboardInterrupt:

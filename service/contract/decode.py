@@ -16,6 +16,7 @@ from typing import Any, Final, NoReturn
 
 from pydantic import ValidationError
 
+from service.contract import fast_path
 from service.contract.models import (
     EVENT_ADAPTER,
     ConsumerUpsertV1,
@@ -76,7 +77,10 @@ def decode_event(value: bytes | None, *, max_bytes: int) -> ConsumerEvent:
         raise InvalidEvent(
             Reason.TOO_LARGE, f"{len(value)} bytes, more than the limit of {max_bytes}"
         )
-    return decode_document(load_json(value))
+    event = fast_path.event_from_bytes(value)
+    if event is not None:
+        return event
+    return validate_strictly(load_json(value))
 
 
 def load_json(value: bytes) -> Any:
@@ -109,6 +113,16 @@ def load_json(value: bytes) -> Any:
 
 def decode_document(doc: Any) -> ConsumerEvent:
     """Validate a parsed JSON document (e.g. a JSONL line) against the v1 contract."""
+    if type(doc) is dict:
+        event = fast_path.event_from_document(doc)
+        if event is not None:
+            return event
+    return validate_strictly(doc)
+
+
+def validate_strictly(doc: Any) -> ConsumerEvent:
+    """``decode_document`` through the pydantic models only: the path that names what
+    is wrong with a document (``fast_path`` only ever accepts, and only what this does)."""
     if not isinstance(doc, dict):
         raise InvalidEvent(
             Reason.SCHEMA_VIOLATION,

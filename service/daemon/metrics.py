@@ -77,7 +77,6 @@ def event_label_values() -> list[tuple[str, str]]:
     return pairs
 
 
-
 @dataclass
 class DaemonMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)

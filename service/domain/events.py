@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+import orjson
+
 
 class EventType(StrEnum):
     UPSERT = "consumer.upsert"
@@ -96,8 +98,48 @@ class ConsumerEvent:
         ``producer`` is left out: it says who sent it, not what the change is."""
         doc = self.to_document()
         doc.pop("producer", None)
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def canonical_json(doc: Any) -> bytes:
+    """``json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` as
+    UTF-8, byte for byte: the spelling every stored payload hash was computed over.
+
+    orjson with sorted keys writes the same bytes ~10x faster for what an event document
+    holds (strings, integers, null, booleans, nesting of those); ``tests/unit/
+    test_canonical_json.py`` proves it over arbitrary documents.  Where orjson would
+    write other bytes or refuse, the standard library writes them as before: floats
+    (``1e+16`` there, ``1e16`` in orjson), integers beyond 64 bits, non-``str`` keys,
+    subclasses of the JSON types (an enum member's spelling is its class's business),
+    and strings that are not valid Unicode (which then fail to encode, as they did).
+    """
+    if _plain(doc):
+        try:
+            return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode()
+
+
+def _plain(value: Any) -> bool:
+    """True when orjson spells ``value`` exactly as the standard library does."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:  # loops, not all(...): this runs once per event
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _SCALARS and not _plain(item)):
+                return False
+        return True
+    if kind is list:
+        return all(type(item) in _SCALARS or _plain(item) for item in value)
+    return False
+
+
+#: Types orjson writes as the standard library does (``int`` within 64 bits: beyond,
+#: orjson refuses and ``canonical_json`` falls back).
+_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
 def _rfc3339(moment: datetime, nanos: int = 0) -> str:

@@ -70,6 +70,8 @@ def _dashed_tail(text: str, match: re.Match[str]) -> int | None:
     if match.group("run") is None or text[end : end + 1] != "-":
         return None
     return end if _DASHED_RE.fullmatch(text, end - 8, end + 28) else None
+
+
 _PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 
 

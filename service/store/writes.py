@@ -1,13 +1,14 @@
 """The writes of a unit of work: consumer compare-and-swaps and inbox rows.
 
 Every function takes an open ``AsyncConnection`` inside the caller's transaction, so an
-outcome and its effect always commit together.  Writes are one ``executemany`` (or one
-multi-row statement) per kind.  Every consumer write is a compare-and-swap whose
-result is checked; a write that matches nothing raises ``StoreRace`` and the caller
-rolls the transaction back.  What differs per database (insert-or-ignore, the bulk CAS)
-is the dialect's (``service.store.dialects``).
+outcome and its effect always commit together.  Writes are one driver ``executemany``
+(SQLite) or one statement over arrays (PostgreSQL) per kind, from plain tuples.  Every
+consumer write is a compare-and-swap whose result is checked; a write that matches
+nothing raises ``StoreRace`` and the caller rolls the transaction back.  What differs
+per database (insert-or-ignore, the bulk CAS) is the dialect's (``service.store.dialects``).
 
-Only SQLAlchemy Core with bound parameters is used: hostile strings are data, never SQL.
+Only bound parameters carry values (statements are compiled from the schema's tables):
+hostile strings are data, never SQL.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import and_, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,8 +25,8 @@ from service.domain.errors import ConcurrencyConflict
 from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind
 from service.domain.rules import Write, WriteKind
-from service.store.dialects import dialect_for
-from service.store.owners import OwnerCache, OwnerIds, resolve_owners
+from service.store.dialects import bind_timestamp, dialect_for
+from service.store.owners import OwnerCache, resolve_owners
 from service.store.schema import consumers, processed_events
 
 
@@ -47,18 +48,19 @@ class StoreRace(ConcurrencyConflict):
 # --- consumers --------------------------------------------------------------------
 
 
-def _row_values(write: Write, owners: OwnerIds, now: datetime) -> dict[str, Any]:
-    after = write.after
-    return {
-        "generation": after.generation,
-        "project_id": owners.projects[after.project_id],
-        "user_id": owners.users[after.user_id],
-        "consumer_type_id": (
-            owners.types[after.consumer_type] if after.consumer_type is not None else None
-        ),
-        "last_event_id": after.last_event_id,
-        "deleted_at": now if after.deleted else None,
-    }
+#: The columns of a consumer insert, in the order of its tuples (the table's order,
+#: which is the order SQLAlchemy compiles them in).
+CONSUMER_COLUMNS: Final = (
+    "uuid",
+    "project_id",
+    "user_id",
+    "consumer_type_id",
+    "generation",
+    "last_event_id",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+)
 
 
 async def write_consumers(
@@ -69,47 +71,64 @@ async def write_consumers(
 ) -> None:
     """Perform the consumer writes as compare-and-swaps; ``StoreRace`` if any missed.
 
-    Inserts are insert-if-absent (``ON CONFLICT DO NOTHING .. RETURNING``: the rows
-    returned are the rows inserted).  Updates match the row as read, by generation and
-    by the id of the event that made it, so a row changed (or pruned and re-created) by
-    anyone else in between matches nothing; the dialect performs them in bulk.
+    Inserts are insert-if-absent (the dialect counts the rows it inserted).  Updates
+    match the row as read, by generation and by the id of the event that made it, so a
+    row changed (or pruned and re-created) by anyone else in between matches nothing;
+    the dialect performs them in bulk.  Rows travel as plain tuples with ``now`` bound
+    once (``bind_timestamp``): no per-row parameter processing in SQLAlchemy.
     """
     if not writes:
         return
     dialect = dialect_for(connection.dialect.name)
     owners = await resolve_owners(connection, writes, now, owner_cache)
-    inserts = [w for w in writes if w.kind is WriteKind.INSERT]
-    updates = [w for w in writes if w.kind is WriteKind.UPDATE]
-    if inserts:
-        statement = dialect.insert_ignoring_conflicts(consumers, "uuid").returning(consumers.c.uuid)
-        rows = [
-            {
-                "uuid": w.after.uuid,
-                "created_at": now,
-                "updated_at": now,
-                **_row_values(w, owners, now),
-            }
-            for w in inserts
-        ]
-        inserted = (await connection.execute(statement, rows)).all()
-        if len(inserted) != len(inserts):
-            raise StoreRace(RaceKind.CONSUMER)
-    if updates:
-        params = []
-        for w in updates:
-            assert w.before is not None
-            values = _row_values(w, owners, now)
-            params.append(
-                {
-                    "b_uuid": w.before.uuid,
-                    "b_generation": w.before.generation,
-                    "b_last_event_id": w.before.last_event_id,
-                    "a_now": now,
-                    **{f"a_{name}": value for name, value in values.items()},
-                }
+    stamp = bind_timestamp(connection, now)
+    projects, users, types = owners.projects, owners.users, owners.types
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for w in writes:
+        after = w.after
+        kind = after.consumer_type
+        project, user = projects[after.project_id], users[after.user_id]
+        type_id = types[kind] if kind is not None else None
+        deleted_at = stamp if after.deleted else None
+        if w.kind is WriteKind.INSERT:
+            inserts.append(
+                (
+                    after.uuid,
+                    project,
+                    user,
+                    type_id,
+                    after.generation,
+                    after.last_event_id,
+                    stamp,
+                    stamp,
+                    deleted_at,
+                )
             )
-        if not await dialect.update_consumers(connection, params):
+        else:
+            before = w.before
+            assert before is not None
+            updates.append(
+                (
+                    before.uuid,
+                    before.generation,
+                    before.last_event_id,
+                    after.generation,
+                    project,
+                    user,
+                    type_id,
+                    after.last_event_id,
+                    deleted_at,
+                )
+            )
+    if inserts:
+        inserted = await dialect.insert_new(
+            connection, consumers, "uuid", CONSUMER_COLUMNS, inserts
+        )
+        if inserted != len(inserts):
             raise StoreRace(RaceKind.CONSUMER)
+    if updates and not await dialect.update_consumers(connection, updates, stamp):
+        raise StoreRace(RaceKind.CONSUMER)
 
 
 # --- the inbox --------------------------------------------------------------------
@@ -136,24 +155,41 @@ _REPLACE_FAILED = (
 )
 
 
-def _inbox_values(row: ProcessedEvent, now: datetime) -> dict[str, Any]:
+#: The columns of an inbox insert, in the order of its tuples.
+INBOX_COLUMNS: Final = (
+    "event_id",
+    "consumer_uuid",
+    "event_type",
+    "payload_hash",
+    "outcome",
+    "reason",
+    "generation_after",
+    "attempts",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "processed_at",
+)
+
+
+def _inbox_values(row: ProcessedEvent, stamp: Any) -> tuple[Any, ...]:
     if row.event_type is None or row.attempts is None:
         raise ValueError("an inbox row to write needs its event_type and attempts")
     source = row.source
-    return {
-        "event_id": row.event_id,
-        "consumer_uuid": row.consumer_uuid,
-        "event_type": row.event_type.value,
-        "payload_hash": row.payload_hash,
-        "outcome": row.outcome.value,
-        "reason": row.reason.value if row.reason is not None else None,
-        "generation_after": row.generation_after,
-        "attempts": row.attempts,
-        "source_topic": source.topic if source else None,
-        "source_partition": source.partition if source else None,
-        "source_offset": source.offset if source else None,
-        "processed_at": now,
-    }
+    return (
+        row.event_id,
+        row.consumer_uuid,
+        row.event_type.value,
+        row.payload_hash,
+        row.outcome.value,
+        row.reason.value if row.reason is not None else None,
+        row.generation_after,
+        row.attempts,
+        source.topic if source else None,
+        source.partition if source else None,
+        source.offset if source else None,
+        stamp,
+    )
 
 
 async def write_inbox(
@@ -163,18 +199,19 @@ async def write_inbox(
 ) -> None:
     """Record outcomes, each as its ``InboxWrite`` says (``processed_at`` is ``now``);
     ``StoreRace(INBOX)`` if another transaction recorded one first."""
-    inserts = [_inbox_values(row, now) for how, row in rows if how is InboxWrite.INSERT]
+    stamp = bind_timestamp(connection, now)
+    inserts = [_inbox_values(row, stamp) for how, row in rows if how is InboxWrite.INSERT]
     if inserts:
         dialect = dialect_for(connection.dialect.name)
-        statement = dialect.insert_ignoring_conflicts(processed_events, "event_id").returning(
-            processed_events.c.event_id
+        inserted = await dialect.insert_new(
+            connection, processed_events, "event_id", INBOX_COLUMNS, inserts
         )
-        if len((await connection.execute(statement, inserts)).all()) != len(inserts):
+        if inserted != len(inserts):
             raise StoreRace(RaceKind.INBOX)
     for how, row in rows:
         if how is not InboxWrite.REPLACE_FAILED:
             continue
-        values = _inbox_values(row, now)
+        values = dict(zip(INBOX_COLUMNS, _inbox_values(row, now), strict=True))
         values["b_event_id"] = values.pop("event_id")
         values["b_payload_hash"] = values.pop("payload_hash")
         del values["consumer_uuid"], values["event_type"]

@@ -16,9 +16,13 @@ What a dialect provides:
   ``create=False`` one that writes but creates no database (the daemon, ``replay``);
   both raise ``store.errors.DatabaseNotFound`` when there is no database;
 * ``insert_ignoring_conflicts(table, key)``: ``INSERT .. ON CONFLICT (key) DO NOTHING``
-  that can take ``RETURNING``;
-* ``update_consumers(connection, rows)``: the batch's consumer compare-and-swaps, True
-  only if every row matched (``CAS_COLUMNS`` names the values of a row);
+  that can take ``RETURNING`` (the rare writes: owner rows);
+* ``insert_new(connection, table, key, columns, rows)``: the same for a batch of plain
+  tuples, in as few round trips as the driver allows, returning how many were inserted
+  (the hot path's inserts: consumers and inbox rows);
+* ``update_consumers(connection, rows, now)``: the batch's consumer compare-and-swaps
+  from plain tuples (``CAS_COLUMNS`` names their values), True only if every row
+  matched;
 * ``transient(error)``: True/False for an error this database's driver raised and that
   the dialect recognises (SQLSTATEs, SQLite's messages), None for anything else;
 * ``bytewise(column)``: the column ordered byte-wise (so two databases' streams merge);
@@ -31,11 +35,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, update
+from sqlalchemy import ColumnElement, Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -54,8 +59,9 @@ DATABASE_URL_VARIABLE: Final = "CONSUMERGEN_DATABASE_URL"
 #: Execution option: this transaction only reads (SQLite then begins DEFERRED).
 READ_ONLY: Final = "consumergen_read_only"
 
-#: The values of one consumer compare-and-swap: the row as read (``b_``) and as written
-#: (``a_``); ``a_now`` is the same for every row of a batch.
+#: The values of one consumer compare-and-swap, in the order of its tuple: the row as
+#: read (``b_``) and as written (``a_``); ``now`` is the same for every row of a batch.
+#: Timestamps in the tuples (and ``now``) are bound already (``bind_timestamp``).
 CAS_COLUMNS: Final = (
     "b_uuid",
     "b_generation",
@@ -90,8 +96,17 @@ class Dialect(Protocol):
 
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert: ...
 
+    async def insert_new(
+        self,
+        connection: AsyncConnection,
+        table: Table,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> int: ...
+
     async def update_consumers(
-        self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+        self, connection: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: Any
     ) -> bool: ...
 
     def transient(self, error: BaseException) -> bool | None: ...
@@ -146,34 +161,42 @@ def transient(error: BaseException) -> bool | None:
     return None
 
 
-#: The compare-and-swap of one consumer row as an ``executemany`` statement: it matches
-#: the row as read, by generation and by the id of the event that made it, so a row
-#: changed (or pruned and re-created) by anyone else in between matches nothing.
-CAS_UPDATE: Final = (
-    update(consumers)
-    .where(
-        and_(
-            consumers.c.uuid == bindparam("b_uuid"),
-            consumers.c.generation == bindparam("b_generation"),
-            consumers.c.last_event_id == bindparam("b_last_event_id"),
-        )
-    )
-    .values(
-        generation=bindparam("a_generation"),
-        project_id=bindparam("a_project_id"),
-        user_id=bindparam("a_user_id"),
-        consumer_type_id=bindparam("a_consumer_type_id"),
-        last_event_id=bindparam("a_last_event_id"),
-        updated_at=bindparam("a_now"),
-        deleted_at=bindparam("a_deleted_at"),
-    )
+def bind_timestamp(connection: AsyncConnection, moment: datetime | None) -> Any:
+    """``moment`` as the driver takes it for a ``DateTime(timezone=True)`` column (SQLite:
+    SQLAlchemy's text spelling; asyncpg: the datetime itself).  The hot path binds a
+    batch's one timestamp once instead of once per row and column."""
+    if moment is None:
+        return None
+    dialect = connection.dialect
+    key = f"{dialect.name}+{dialect.driver}"
+    if key not in _TIMESTAMP_BINDERS:  # the same for every engine of one driver
+        impl = consumers.c.updated_at.type.dialect_impl(dialect)
+        _TIMESTAMP_BINDERS[key] = impl.bind_processor(dialect)
+    process = _TIMESTAMP_BINDERS[key]
+    return moment if process is None else process(moment)
+
+
+_TIMESTAMP_BINDERS: dict[str, Any] = {}
+
+
+#: The compare-and-swap of one consumer row, for a driver's ``executemany`` with
+#: SQLite's numbered parameters (``?N`` is the N-th value of ``CAS_COLUMNS``, then
+#: ``now``): it matches the row as read, by generation and by the id of the event that
+#: made it, so a row changed (or pruned and re-created) by anyone else in between
+#: matches nothing.
+CAS_UPDATE_NUMBERED: Final = (
+    "UPDATE consumers SET generation = ?4, project_id = ?5, user_id = ?6,"
+    " consumer_type_id = ?7, last_event_id = ?8, deleted_at = ?9, updated_at = ?10"
+    " WHERE uuid = ?1 AND generation = ?2 AND last_event_id = ?3"
 )
 
 
 async def update_by_executemany(
-    connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+    connection: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: Any
 ) -> bool:
-    """``CAS_UPDATE`` over ``rows``; every row hit when the row count says so.  For a
-    driver whose ``executemany`` reports the total row count (SQLite's does)."""
-    result = await connection.execute(CAS_UPDATE, list(rows))
+    """``CAS_UPDATE_NUMBERED`` over ``rows`` in one driver ``executemany`` (no per-row
+    work in SQLAlchemy); every row hit when the row count says so.  For a driver whose
+    ``executemany`` reports the total row count (SQLite's does)."""
+    params = [(*row, now) for row in rows]
+    result = await connection.exec_driver_sql(CAS_UPDATE_NUMBERED, params)
     return bool(result.rowcount == len(rows))

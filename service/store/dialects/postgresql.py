@@ -7,10 +7,11 @@ SQLSTATE, which asyncpg puts on every server error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import ColumnElement, Table, text
+from sqlalchemy import Column, ColumnElement, Table, TextClause, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
@@ -107,12 +108,29 @@ class PostgreSQL:
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
 
+    async def insert_new(
+        self,
+        connection: AsyncConnection,
+        table: Table,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> int:
+        """One statement for the batch: the columns travel as arrays (``unnest``) and
+        RETURNING names the rows inserted."""
+        statement = _insert_statement(table, key, tuple(columns))
+        arrays = {f"c{i}": list(values) for i, values in enumerate(zip(*rows, strict=True))}
+        return len((await connection.execute(statement, arrays)).all())
+
     async def update_consumers(
-        self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+        self, connection: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: Any
     ) -> bool:
         """The batch's CAS updates in one round trip; True only if every one hit."""
-        arrays: dict[str, Any] = {name: [row[name] for row in rows] for name in CAS_COLUMNS}
-        arrays["a_now"] = rows[0]["a_now"]
+        arrays: dict[str, Any] = {
+            name: list(values)
+            for name, values in zip(CAS_COLUMNS, zip(*rows, strict=True), strict=True)
+        }
+        arrays["a_now"] = now
         hit = (await connection.execute(_CAS_UPDATE, arrays)).scalars().all()
         return len(hit) == len(rows) and set(hit) == set(arrays["b_uuid"])
 
@@ -129,6 +147,32 @@ class PostgreSQL:
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         # The database's default collation may order differently from Python's str.
         return column.collate("C")
+
+
+#: The array type of each column type the hot path inserts.
+_ARRAY_TYPES: Final = {
+    "string": "VARCHAR[]",
+    "big_integer": "BIGINT[]",
+    "integer": "INTEGER[]",
+    "datetime": "TIMESTAMPTZ[]",
+}
+
+
+@cache
+def _insert_statement(table: Table, key: str, columns: tuple[str, ...]) -> TextClause:
+    """``INSERT .. SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING key``.
+    Names come from the schema's ``Table`` objects, never from data."""
+    casts = ", ".join(
+        f"CAST(:c{i} AS {_array_type(table.c[name])})" for i, name in enumerate(columns)
+    )
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({casts})"  # noqa: S608 - names from Table objects
+        f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+    )
+
+
+def _array_type(column: Column[Any]) -> str:
+    return _ARRAY_TYPES[column.type.__visit_name__]
 
 
 DIALECT: Final = PostgreSQL()

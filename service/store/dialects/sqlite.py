@@ -18,12 +18,13 @@ resolved path.  Only ``db upgrade`` (and ``run --local``) create a database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote
 
-from sqlalchemy import ColumnElement, Table, event
+from sqlalchemy import ColumnElement, Table, bindparam, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -86,11 +87,25 @@ class SQLite:
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
 
+    async def insert_new(
+        self,
+        connection: AsyncConnection,
+        table: Table,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> int:
+        """One driver ``executemany``; its row count counts the rows inserted (a
+        conflict's ignored row changes nothing)."""
+        sql = _insert_sql(table, key, tuple(columns))
+        result = await connection.exec_driver_sql(sql, list(rows))
+        return int(result.rowcount)
+
     async def update_consumers(
-        self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+        self, connection: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: Any
     ) -> bool:
         # SQLite serialises writers and reports the executemany's total row count.
-        return await update_by_executemany(connection, rows)
+        return await update_by_executemany(connection, rows, now)
 
     def transient(self, error: BaseException) -> bool | None:
         """True for an ``OperationalError`` with a busy/locked/I-O message, else None."""
@@ -132,6 +147,21 @@ def existing_file_url(url: str, mode: Literal["ro", "rw"]) -> str:
     return f"{parsed.drivername}:///file:{quote(str(path))}?mode={mode}&uri=true" + (
         f"&{query}" if query else ""
     )
+
+
+@cache
+def _insert_sql(table: Table, key: str, columns: tuple[str, ...]) -> str:
+    """The insert-if-absent, compiled once, its ``?`` in the order of ``columns``."""
+    statement = DIALECT.insert_ignoring_conflicts(table, key).values(
+        {name: bindparam(name) for name in columns}
+    )
+    compiled = statement.compile(dialect=_SQLITE)
+    if tuple(compiled.positiontup or ()) != columns:  # pragma: no cover - a bug
+        raise RuntimeError(f"{table.name}: compiled parameters are not in column order")
+    return str(compiled)
+
+
+_SQLITE: Final = sqlite.dialect(paramstyle="qmark")
 
 
 DIALECT: Final = SQLite()
