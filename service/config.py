@@ -129,6 +129,16 @@ class Settings(BaseSettings):
     )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
+    read_api_url: str | None = Field(
+        None,
+        description="Where producers read consumers (the daemon's HTTP server); "
+        "default http://HEALTH_HOST:HEALTH_PORT.",
+    )
+    read_api_token: SecretStr | None = Field(
+        None,
+        description="When set, GET /v1/consumers/{uuid} requires 'Authorization: Bearer' "
+        "with it (the probes and /metrics stay open).",
+    )
 
     @field_validator("log_level", "security_protocol", mode="before")
     @classmethod

@@ -27,12 +27,14 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
 from service.daemon.probes import Probes
+from service.daemon.read_api import ReadApi
 from service.daemon.retries import install_retry_hooks
 from service.daemon.startup import start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.engine import create_engine
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
@@ -140,8 +142,14 @@ class Daemon:
         """Start, consume until ``request_stop``, then stop gracefully."""
         settings = self.settings
         if health:
+            # The read API reads through an engine of its own, on the server's loop.
+            read_api = ReadApi(lambda: create_engine(settings), settings.read_api_token)
             self.health = HealthServer(
-                settings.health_host, settings.health_port, self.readiness, self.metrics
+                settings.health_host,
+                settings.health_port,
+                self.readiness,
+                self.metrics,
+                routes=read_api.install,
             )
             self.health.start()
             log.info("health endpoints up", port=self.health.port)
