@@ -116,6 +116,7 @@ def outcome_messages(
             source_partition=record.partition,
             source_offset=record.offset,
             processed_at=now,
+            state_after=outcome.state_after,
         )
         messages.append(OutcomeMessage(outcome_key(outcome.event_id), value))
     for record, error in invalid:
