@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     outcomes_topic: str | None = Field(
         None, description="Optional topic receiving one outcome record per event."
     )
+    reply_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="Topic of request-reply outcomes: the daemon sends an event's outcome "
+        "to the partition its kafka_replyPartition header names (only on this topic); "
+        "producers that wait for outcomes read their own partition of it.",
+    )
+    outcome_wait_seconds: float = Field(
+        30.0, gt=0, description="How long a producer waits for an outcome by default."
+    )
     group_id: str = Field("consumergen", min_length=1, description="Daemon consumer group.")
     group_instance_id: str | None = Field(
         None, description="Static membership id (group.instance.id) of this daemon."

@@ -63,9 +63,11 @@ class Daemon:
 
         self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
         self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
+        # Outcome records go to the outcomes topic (observers) and, for an event that
+        # asked, to its requester's reply partition: either needs the sink.
         self.outcomes = (
-            KafkaOutcomeSink(settings.outcomes_topic, self.producer)
-            if settings.outcomes_topic is not None
+            KafkaOutcomeSink(settings.outcomes_topic, self.producer, settings.reply_topic)
+            if settings.outcomes_topic is not None or settings.reply_topic is not None
             else None
         )
         self.pauses = Pauses(lambda: self.consumer)

@@ -54,6 +54,8 @@ class WorkerConfig:
     max_event_bytes: int
     retry_wait_initial: float
     retry_wait_max: float
+    #: The one topic the outcomes sink may send replies to (``contract.replies``).
+    reply_topic: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -62,6 +64,7 @@ class WorkerConfig:
             max_event_bytes=settings.max_event_bytes,
             retry_wait_initial=settings.infra_retry_wait_initial_seconds,
             retry_wait_max=settings.infra_retry_wait_max_seconds,
+            reply_topic=settings.reply_topic,
         )
 
 
@@ -209,7 +212,7 @@ class PartitionWorker:
             )
         sink = host.outcomes
         if sink is not None:
-            messages = outcome_messages(settled, admitted.invalid, now)
+            messages = outcome_messages(settled, admitted.invalid, now, host.config.reply_topic)
             await self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages))
         next_offset = batch[-1].offset + 1
         if await self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)):
