@@ -139,10 +139,17 @@ class Settings(BaseSettings):
     )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
+    read_api_host: str = "127.0.0.1"
+    read_api_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="GET /v1/consumers/{uuid}, on a server of its own; 0 picks a free "
+        "port, empty disables it.",
+    )
     read_api_url: str | None = Field(
         None,
-        description="Where producers read consumers (the daemon's HTTP server); "
-        "default http://HEALTH_HOST:HEALTH_PORT.",
+        description="Where producers read consumers; default http://READ_API_HOST:READ_API_PORT.",
     )
     read_api_token: SecretStr | None = Field(
         None,

@@ -23,11 +23,12 @@ from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.host import DaemonWorkerHost
+from service.daemon.http_server import HttpServer
 from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
 from service.daemon.probes import Probes
-from service.daemon.read_api import ReadApi
+from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
 from service.daemon.startup import start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
@@ -56,6 +57,7 @@ class Daemon:
         self.readiness = Readiness()
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
+        self.read_api: HttpServer | None = None
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
@@ -144,17 +146,21 @@ class Daemon:
         """Start, consume until ``request_stop``, then stop gracefully."""
         settings = self.settings
         if health:
-            # The read API reads through an engine of its own, on the server's loop.
-            read_api = ReadApi(lambda: create_engine(settings), settings.read_api_token)
             self.health = HealthServer(
-                settings.health_host,
-                settings.health_port,
-                self.readiness,
-                self.metrics,
-                routes=read_api.install,
+                settings.health_host, settings.health_port, self.readiness, self.metrics
             )
             self.health.start()
             log.info("health endpoints up", port=self.health.port)
+            if settings.read_api_port is not None:
+                # Its own server, and an engine of its own built on that server's loop.
+                self.read_api = read_api_server(
+                    settings.read_api_host,
+                    settings.read_api_port,
+                    lambda: create_engine(settings),
+                    settings.read_api_token,
+                )
+                self.read_api.start()
+                log.info("read api up", port=self.read_api.port)
         watcher: asyncio.Task[None] | None = None
         try:
             await wait_for_schema(
@@ -209,6 +215,8 @@ class Daemon:
             await asyncio.wait_for(self.producer.stop(), bound)
         if self.health is not None:
             self.health.stop()
+        if self.read_api is not None:
+            self.read_api.stop()
         log.info("daemon stopped")
 
     def _committed(self, tp: TopicPartition, offset: int) -> None:

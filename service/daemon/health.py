@@ -1,29 +1,22 @@
-"""Liveness, readiness and metrics over HTTP, and the read API beside them.
+"""Liveness, readiness and metrics over HTTP.
 
-The server is aiohttp's, run in a thread of its own with an event loop of its own
-(``HealthServer``): the endpoints keep answering while the daemon's loop is busy with a
-large batch, which is exactly when an orchestrator asks, and nothing they do (a slow
-database read of ``/v1/consumers``, 200 clients at once) can stall the apply loop.
-aiohttp serves many requests concurrently on that loop; prometheus-client renders the
-metrics; we only route.  The read API (``service.daemon.read_api``) has its own
-read-only engine, built on the server's loop, so it never shares a connection pool
-(or the loop that pool is bound to) with the applier.
+The server (``service.daemon.http_server``: aiohttp on a thread and event loop of its
+own) keeps the endpoints answering while the daemon's loop is busy with a large batch,
+which is exactly when an orchestrator asks.  The read API has a server of its own
+(``service.daemon.read_api``), so 200 readers at once cannot queue a probe behind them.
+prometheus-client renders the metrics; we only route.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.daemon.http_server import HttpServer
 from service.daemon.metrics import DaemonMetrics
-from service.daemon.read_api import AccessLogger
 
 
 @dataclass
@@ -82,91 +75,19 @@ class Readiness:
         }
 
 
-#: Builds the read API's routes on the server's own loop (``read_api.ReadApi``); called
-#: in the server thread, so an engine it creates is bound to that thread's loop.
-RoutesFactory = Callable[[web.Application], None]
+class HealthServer(HttpServer):
+    """``/livez`` (``/healthz``), ``/readyz`` and ``/metrics``."""
 
-
-class HealthServer:
-    """``/livez``, ``/readyz``, ``/metrics`` (and the read API when given) on a thread of
-    their own; ``start`` returns once the socket is bound, ``stop`` once it is closed."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        readiness: Readiness,
-        metrics: DaemonMetrics,
-        *,
-        routes: RoutesFactory | None = None,
-    ) -> None:
-        self._host = host
-        self._requested_port = port
+    def __init__(self, host: str, port: int, readiness: Readiness, metrics: DaemonMetrics):
         self._readiness = readiness
         self._registry = metrics.registry
-        self._routes = routes
-        self._port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._bound = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="health-http", daemon=True)
+        super().__init__(host, port, self._install, name="health-http")
 
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the health server is not started")
-        return self._port
-
-    def start(self) -> None:
-        """Bind and serve; raises what binding raised (e.g. the port is taken)."""
-        self._thread.start()
-        self._bound.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
-
-    def stop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            # The loop may close in between: then there is nothing left to stop.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    # -- the server thread ------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # reported to start(), which raises it in its thread
-            if not self._bound.is_set():
-                self._error = exc
-                self._bound.set()
-            else:
-                raise
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
+    def _install(self, app: web.Application) -> None:
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/healthz", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        if self._routes is not None:
-            self._routes(app)
-        app.middlewares.append(_not_found_as_json)
-        runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
-            await site.start()
-            self._port = int(runner.addresses[0][1])
-            self._bound.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
 
     async def _livez(self, request: web.Request) -> web.Response:
         return web.json_response({"alive": True})
@@ -178,16 +99,3 @@ class HealthServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-@web.middleware
-async def _not_found_as_json(
-    request: web.Request, handler: Callable[[web.Request], Any]
-) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-    except web.HTTPNotFound:
-        return web.json_response(
-            {"error": "try /livez, /readyz, /metrics, /v1/consumers/{uuid}"}, status=404
-        )
-    return response

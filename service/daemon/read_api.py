@@ -1,9 +1,11 @@
 """``GET /v1/consumers/{uuid}``: a consumer's current state, for producers that hold no
 database credentials (the read half of their read-modify-write loop).
 
-It runs on the health server's own thread and loop (``service.daemon.health``) with a
-read-only engine of its own, built there: a slow read waits for a connection of that
-pool, never for the applier's, and never on the daemon's event loop.  Answers:
+It is served by an HTTP server of its own (``service.daemon.http_server``: its own
+thread and loop, ``CONSUMERGEN_READ_API_HOST``/``_PORT``), apart from the probes, with a
+read-only engine of its own built on that loop: a slow read waits for a connection of
+that pool, never for the applier's, never on the daemon's event loop, and 200 readers
+at once do not queue a ``/readyz`` behind them.  Answers:
 
 * 200 with ``consumer_uuid``, the ``state_document`` fields (``state``: live or
   deleted, ``generation``, ``project_id``, ``user_id``, ``consumer_type``) and
@@ -22,12 +24,12 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.contract.records import utc_timestamp
 from service.contract.state import state_document
+from service.daemon.http_server import HttpServer
 from service.logging.redaction import canonical_uuid
 from service.store.errors import describe, is_transient
 from service.store.reads import get_consumer
@@ -39,7 +41,7 @@ _ENGINE: web.AppKey[AsyncEngine] = web.AppKey("read_api_engine", AsyncEngine)
 
 
 class ReadApi:
-    """The read routes; ``install`` is the health server's ``routes`` hook."""
+    """The read routes; ``install`` is its ``HttpServer``'s routes hook."""
 
     def __init__(self, engine: Callable[[], AsyncEngine], token: SecretStr | None) -> None:
         self._make_engine = engine
@@ -86,24 +88,8 @@ class ReadApi:
         return web.json_response(body)
 
 
-class AccessLogger(AbstractAccessLogger):
-    """One line per read-API request; probes and scrapes every few seconds stay silent.
-
-    The path goes through structlog, whose redaction replaces the consumer UUID in it
-    by its pseudonym like everywhere else; the Authorization header is never logged.
-    """
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not request.path.startswith("/v1/"):
-            return
-        log.info(
-            "http request",
-            method=request.method,
-            path=request.path,
-            status=response.status,
-            ms=round(time * 1000, 2),
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return True
+def read_api_server(
+    host: str, port: int, engine: Callable[[], AsyncEngine], token: SecretStr | None
+) -> HttpServer:
+    """The read API's server (not started)."""
+    return HttpServer(host, port, ReadApi(engine, token).install, name="read-api-http")

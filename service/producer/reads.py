@@ -2,8 +2,8 @@
 
 A producer reads a consumer's state (its generation above all) over HTTP, without
 database credentials, to build a conditional event from it (``EventProducer.update``).
-The base URL is ``CONSUMERGEN_READ_API_URL`` (by default the local daemon's health
-port); the bearer token, when the daemon requires one, is ``CONSUMERGEN_READ_API_TOKEN``.
+The base URL is ``CONSUMERGEN_READ_API_URL`` (by default the daemon's read API host
+and port); the bearer token, when the daemon requires one, is ``CONSUMERGEN_READ_API_TOKEN``.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ class ReadRefused(InvalidInput):
 
 
 def read_api_url(settings: Settings) -> str:
-    """Where the read API is: the setting, or this host's daemon on its health port."""
+    """Where the read API is: the setting, or the daemon's read API host and port."""
     if settings.read_api_url is not None:
         return settings.read_api_url.rstrip("/")
-    return f"http://{settings.health_host}:{settings.health_port}"
+    if settings.read_api_port is None:
+        raise ConfigError("CONSUMERGEN_READ_API_URL: not set, and the read API is disabled")
+    return f"http://{settings.read_api_host}:{settings.read_api_port}"
 
 
 class ConsumerReader:

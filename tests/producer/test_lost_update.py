@@ -57,7 +57,7 @@ async def _race(
     consumers = [str(uuid.uuid4()) for _ in range(5)]
     async with running_daemon(settings, health=True) as daemon:
         await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
-        assert daemon.health is not None
+        assert daemon.read_api is not None
         created = []
         async with EventProducer(settings) as producer:
             for consumer in consumers:
@@ -77,7 +77,7 @@ async def _race(
             "CONSUMERGEN_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "CONSUMERGEN_TOPIC": topics.events,
             "CONSUMERGEN_REPLY_TOPIC": replies,
-            "CONSUMERGEN_READ_API_URL": f"http://127.0.0.1:{daemon.health.port}",
+            "CONSUMERGEN_READ_API_URL": f"http://127.0.0.1:{daemon.read_api.port}",
             "CONSUMERGEN_LOG_REDACTION_KEY": "lost-update-test",
             "CONSUMERGEN_LOG_FORMAT": "json",
             "PATH": "/usr/bin:/bin",

@@ -51,7 +51,8 @@ async def test_wait_for_every_outcome_kind(
     async with running_daemon(settings, health=True) as daemon:
         await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
         assert daemon.health is not None
-        local = settings.model_copy(update={"health_port": daemon.health.port})
+        assert daemon.read_api is not None
+        local = settings.model_copy(update={"read_api_port": daemon.read_api.port})
         async with EventProducer(local, reply_partition=1) as producer:
             create = new_event(
                 EventType.UPSERT, consumer, expected_generation=None, project_id="p-1", user_id="u"
@@ -151,7 +152,8 @@ async def test_read_modify_write_absorbs_a_race(
     async with running_daemon(settings, health=True) as daemon:
         await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
         assert daemon.health is not None
-        local = settings.model_copy(update={"health_port": daemon.health.port})
+        assert daemon.read_api is not None
+        local = settings.model_copy(update={"read_api_port": daemon.read_api.port})
         async with EventProducer(local) as producer:
             await producer.send_and_wait(
                 new_event(EventType.UPSERT, consumer, expected_generation=None)
