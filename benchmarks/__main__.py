@@ -1,11 +1,11 @@
-"""``python -m benchmarks e2e | scaling | soak`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | scaling | soak | outcome-wait`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import e2e, scaling, soak
+from benchmarks import e2e, outcome_wait, scaling, soak
 
 
 def main() -> None:
@@ -14,8 +14,13 @@ def main() -> None:
     e2e.add_arguments(commands.add_parser("e2e", help="throughput, ratios, latency, RSS"))
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
+    outcome_wait.add_arguments(
+        commands.add_parser("outcome-wait", help="request-reply latency, read API req/s")
+    )
     args = parser.parse_args()
-    module = {"e2e": e2e, "scaling": scaling, "soak": soak}[args.command]
+    module = {"e2e": e2e, "scaling": scaling, "soak": soak, "outcome-wait": outcome_wait}[
+        args.command
+    ]
     try:
         asyncio.run(module.run(args))
     except KeyboardInterrupt:

@@ -160,26 +160,14 @@ def _from_inbox(
 
 
 def _reject(reason: Reason, current: ConsumerState | None, inbox: InboxWrite) -> Decision:
-    return Decision(
-        OutcomeKind.REJECTED,
-        reason,
-        current.generation if current else None,
-        None,
-        inbox,
-        state_after=current,
-    )
+    generation = current.generation if current else None
+    return Decision(OutcomeKind.REJECTED, reason, generation, None, inbox, state_after=current)
 
 
 def _accept(before: ConsumerState | None, after: ConsumerState, inbox: InboxWrite) -> Decision:
     kind = WriteKind.INSERT if before is None else WriteKind.UPDATE
-    return Decision(
-        OutcomeKind.APPLIED,
-        None,
-        after.generation,
-        Write(kind, before, after),
-        inbox,
-        state_after=after,
-    )
+    write = Write(kind, before, after)
+    return Decision(OutcomeKind.APPLIED, None, after.generation, write, inbox, state_after=after)
 
 
 def _create(
