@@ -164,6 +164,7 @@ class ReplyListener:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(OutcomeTimeout("the producer closed before the outcome"))
+                future.exception()  # a request nobody awaits any more: not a warning
         self._waiting.clear()
 
     def expect(self, correlation: bytes) -> asyncio.Future[bytes]:
