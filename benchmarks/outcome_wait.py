@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
@@ -109,6 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from service.store.migrate import upgrade
     from service.testing.database import consumer_state
 
+    load_before = os.getloadavg()[0]
     infra = Infra().start(postgres=args.db == "postgres")
     waits: list[dict[str, Any]] = []
     reads: list[dict[str, Any]] = []
@@ -156,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "readers": args.readers,
         "waits": waits,
         "reads": reads,
+        "load": [load_before, os.getloadavg()[0]],
     }
     if args.json:
         write_json(args.json, results)
@@ -180,7 +183,8 @@ def _section(results: dict[str, Any], args: argparse.Namespace) -> str:
 
 `python -m benchmarks outcome-wait --db {results["db"]} --rates {rates} --seconds \
 {args.seconds:g} --repeats {args.repeats} --readers {args.readers}`, on {machine.get("cpu", "?")}
-({machine.get("cores", "?")} cores; the machine was shared with other work while this ran,
+({machine.get("cores", "?")} cores; the machine was shared with other work while this ran:
+1-minute load average {results["load"][0]:.1f} before and {results["load"][1]:.1f} after,
 so read the spread, not one number).  One daemon process on {results["db"]}; one producer
 sends creates paced at the offered rate, each as a request (`EventProducer.request`),
 timed from just before the send to the outcome in hand (its own reply partition).
