@@ -1,11 +1,12 @@
-"""``python -m benchmarks e2e | latency | scaling | soak | hot-path`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | latency | scaling | soak | hot-path | outcome-wait``
+(``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import e2e, hot_path, latency, scaling, soak
+from benchmarks import e2e, hot_path, latency, outcome_wait, scaling, soak
 
 
 def main() -> None:
@@ -16,6 +17,9 @@ def main() -> None:
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
     hot_path.add_arguments(commands.add_parser("hot-path", help="CPU per event, stage by stage"))
+    outcome_wait.add_arguments(
+        commands.add_parser("outcome-wait", help="request-reply latency, read API req/s")
+    )
     args = parser.parse_args()
     module = {
         "e2e": e2e,
@@ -23,6 +27,7 @@ def main() -> None:
         "scaling": scaling,
         "soak": soak,
         "hot-path": hot_path,
+        "outcome-wait": outcome_wait,
     }[args.command]
     try:
         asyncio.run(module.run(args))

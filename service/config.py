@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     outcomes_topic: str | None = Field(
         None, description="Optional topic receiving one outcome record per event."
     )
+    reply_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="Topic of request-reply outcomes: the daemon sends an event's outcome "
+        "to the partition its kafka_replyPartition header names (only on this topic); "
+        "producers that wait for outcomes read their own partition of it.",
+    )
+    outcome_wait_seconds: float = Field(
+        30.0, gt=0, description="How long a producer waits for an outcome by default."
+    )
     group_id: str = Field("consumergen", min_length=1, description="Daemon consumer group.")
     group_instance_id: str | None = Field(
         None, description="Static membership id (group.instance.id) of this daemon."
@@ -147,6 +157,23 @@ class Settings(BaseSettings):
     )
     health_host: str = "127.0.0.1"
     health_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
+    read_api_host: str = "127.0.0.1"
+    read_api_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="GET /v1/consumers/{uuid}, on a server of its own; 0 picks a free "
+        "port, empty disables it.",
+    )
+    read_api_url: str | None = Field(
+        None,
+        description="Where producers read consumers; default http://READ_API_HOST:READ_API_PORT.",
+    )
+    read_api_token: SecretStr | None = Field(
+        None,
+        description="When set, GET /v1/consumers/{uuid} requires 'Authorization: Bearer' "
+        "with it (the probes and /metrics stay open).",
+    )
 
     @field_validator("log_level", "security_protocol", mode="before")
     @classmethod

@@ -277,4 +277,5 @@ def _outcome(event: ConsumerEvent, decision: Decision, attempts: int) -> Outcome
         generation_after=decision.generation_after,
         attempts=attempts,
         original=decision.original,
+        state_after=decision.state_after,
     )

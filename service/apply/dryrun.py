@@ -83,6 +83,7 @@ class DryRun:
                     generation_after=decision.generation_after,
                     attempts=1,
                     original=decision.original,
+                    state_after=decision.state_after,
                 )
             )
         return outcomes

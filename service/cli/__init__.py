@@ -5,7 +5,18 @@ from __future__ import annotations
 import click
 
 from service import __version__
-from service.cli import archive, db, produce, pseudonym, replay, run, show, topics, verify
+from service.cli import (
+    archive,
+    db,
+    get,
+    produce,
+    pseudonym,
+    replay,
+    run,
+    show,
+    topics,
+    verify,
+)
 from service.cli._common import settings_from
 from service.logging import configure_logging
 
@@ -28,7 +39,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
     configure_logging(settings_from(ctx), warn_missing_key=False)
 
 
-for _module in (produce, run, replay, archive, verify, show, db, topics, pseudonym):
+for _module in (produce, run, replay, archive, verify, show, get, db, topics, pseudonym):
     cli.add_command(_module.command)
 
 

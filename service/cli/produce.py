@@ -5,7 +5,11 @@ stdin). Lines are validated with the daemon's rules before anything is sent; a b
 is reported (line number and reason) and skipped, and the exit code is 1 at the end,
 unless ``--stop-on-error`` stops reading at the first bad line.  A single event made of
 options that the contract refuses (or a malformed ``--consumer-uuid``) is a bad
-argument: exit 2, nothing sent.
+argument: exit 2, nothing sent.  ``--wait`` reports each
+event's outcome instead of its offset (``service.cli.waiting``).
+
+Why this module is long: one verb with two input modes (options, JSONL) and two
+reports (sent, outcome), sharing their line boundary and their error handling.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from service.cli._common import EXIT_PROBLEM, EXIT_USAGE, settings_from, uuid_parameter
-from service.config import Settings
+from service.cli.waiting import Item, WaitOutput, send_and_report
+from service.config import ConfigError, Settings
 from service.contract.decode import InvalidEvent, undecodable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.kafka.clients import BrokerUnavailable
@@ -59,6 +64,18 @@ WINDOW: Final = 2000
 @click.option("--stop-on-error", is_flag=True, help="Stop at the first bad line (default: skip).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event on stdout.")
 @click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for each event's outcome (request-reply on CONSUMERGEN_REPLY_TOPIC) and "
+    "print it; exit 1 unless every event was applied (or a duplicate of an applied one).",
+)
+@click.option(
+    "--timeout",
+    "wait_seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --wait: seconds to wait for each outcome (CONSUMERGEN_OUTCOME_WAIT_SECONDS).",
+)
+@click.option(
     "--bootstrap-server", help="Kafka host:port[,host:port] (CONSUMERGEN_BOOTSTRAP_SERVERS)."
 )
 @click.option("--topic", help="Events topic (CONSUMERGEN_TOPIC).")
@@ -75,6 +92,8 @@ def command(
     file: IO[bytes] | None,
     stop_on_error: bool,
     as_json: bool,
+    wait: bool,
+    wait_seconds: float | None,
     bootstrap_server: str | None,
     topic: str | None,
 ) -> None:
@@ -83,9 +102,27 @@ def command(
         raise click.UsageError("give either --consumer-uuid (one event) or --file (JSONL)")
     if file is not None and any((project_id, user_id, consumer_type, expected_generation, delete)):
         raise click.UsageError("event options cannot be combined with --file")
+    if wait_seconds is not None and not wait:
+        raise click.UsageError("--timeout needs --wait")
     settings = settings_from(ctx, bootstrap_servers=bootstrap_server, topic=topic)
     output = _Output(as_json)
-    if file is None:
+    if wait:
+        items = (
+            _one_item(
+                settings,
+                consumer_uuid,
+                project_id,
+                user_id,
+                consumer_type,
+                expected_generation,
+                delete,
+                producer_name,
+            )
+            if file is None
+            else _line_items(settings, file, stop_on_error, producer_name)
+        )
+        ok = _run(_wait(settings, items, WaitOutput(as_json), wait_seconds))
+    elif file is None:
         assert consumer_uuid is not None
         ok = _single(
             settings,
@@ -142,6 +179,58 @@ def _single(
         return True
 
     return _run(send())
+
+
+async def _wait(
+    settings: Settings, items: AsyncIterator[Item], output: WaitOutput, wait: float | None
+) -> bool:
+    if settings.reply_topic is None:
+        raise click.UsageError("--wait needs CONSUMERGEN_REPLY_TOPIC (where outcomes come back)")
+    async with EventProducer(settings) as producer:
+        return await send_and_report(producer, items, output, wait or settings.outcome_wait_seconds)
+
+
+async def _one_item(
+    settings: Settings,
+    consumer_uuid: str | None,
+    project_id: str | None,
+    user_id: str | None,
+    consumer_type: str | None,
+    expected_generation: str | None,
+    delete: bool,
+    producer_name: str | None,
+) -> AsyncIterator[Item]:
+    assert consumer_uuid is not None
+    try:
+        yield (
+            None,
+            new_event(
+                EventType.DELETE if delete else EventType.UPSERT,
+                consumer_uuid,
+                expected_generation=_precondition(expected_generation),
+                project_id=project_id,
+                user_id=user_id,
+                consumer_type=consumer_type,
+                producer=producer_name,
+                max_bytes=settings.max_event_bytes,
+            ),
+        )
+    except InvalidEvent as exc:
+        yield None, exc
+
+
+async def _line_items(
+    settings: Settings, file: IO[bytes], stop_on_error: bool, producer_name: str | None
+) -> AsyncIterator[Item]:
+    async for number, line in _lines(file):
+        if not line.strip():
+            continue
+        try:
+            yield number, _line_event(line, settings.max_event_bytes, producer_name)
+        except InvalidEvent as exc:
+            yield number, exc
+            if stop_on_error:
+                return
 
 
 def _precondition(text: str | None) -> Precondition:
@@ -324,6 +413,6 @@ def _run(coro: Any) -> bool:
     """Run the async part; an unreachable broker is a one-line error, not a traceback."""
     try:
         return bool(asyncio.run(coro))
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, ConfigError) as exc:  # ConfigError: e.g. no reply topic
         click.echo(f"error: {exc}", err=True)
         return False

@@ -211,6 +211,18 @@ class SourcePosition(BaseModel):
     offset: Annotated[int, Field(ge=0)]
 
 
+class ConsumerStateDocument(BaseModel):
+    """``state_after`` of an outcome record (``service.contract.state``)."""
+
+    model_config = _STRICT
+
+    state: Literal["live", "deleted"]
+    generation: Annotated[int, Field(ge=0)]
+    project_id: Annotated[str, Field(min_length=1, max_length=255)]
+    user_id: Annotated[str, Field(min_length=1, max_length=255)]
+    consumer_type: Annotated[str, Field(min_length=1, max_length=255)] | None
+
+
 class OutcomeRecord(BaseModel):
     """``schemas/outcome.schema.json``: the value of one outcomes-topic record."""
 
@@ -226,6 +238,8 @@ class OutcomeRecord(BaseModel):
     original_outcome: Literal["applied", "rejected", "invalid", "failed"] | None = None
     source: SourcePosition
     processed_at: Timestamp
+    #: Additive: the consumer as the event left it (absent for invalid events, no row).
+    state_after: ConsumerStateDocument | None = None
 
     @model_validator(mode="after")
     def _reason_fits_outcome(self) -> OutcomeRecord:
@@ -246,6 +260,8 @@ class OutcomeRecord(BaseModel):
         doc = self.model_dump(mode="json", exclude_none=False)
         if self.original_outcome is None:
             del doc["original_outcome"]
+        if self.state_after is None:
+            del doc["state_after"]
         return doc
 
 

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 
 from service.contract.decode import InvalidEvent
 from service.contract.models import CANONICAL_UUID_PATTERN, DeadLetterHeaders, OutcomeRecord
+from service.contract.state import state_document
+from service.domain.consumer import ConsumerState
 from service.domain.outcomes import (
     FAILED_REASONS,
     INVALID_REASONS,
@@ -138,6 +140,7 @@ def outcome_record(
     processed_at: datetime | None = None,
     original_outcome: str | None = None,
     message: str | None = None,
+    state_after: ConsumerState | None = None,
 ) -> bytes:
     """The value of an outcomes-topic record (UTF-8 JSON); key it with ``outcome_key``.
 
@@ -181,6 +184,8 @@ def outcome_record(
         doc["original_outcome"] = original
     doc["source"] = {"topic": source_topic, "partition": source_partition, "offset": source_offset}
     doc["processed_at"] = _stamp(moment)
+    if state_after is not None:  # additive (schema: state_after), last so old bytes stay
+        doc["state_after"] = state_document(state_after)
     return orjson.dumps(doc)
 
 

@@ -23,18 +23,20 @@ from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
 from service.daemon.health import HealthServer, Readiness
 from service.daemon.host import DaemonWorkerHost
+from service.daemon.http_server import HttpServer
 from service.daemon.liveness import beat_interval, heartbeat
 from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
 from service.daemon.probes import Probes
+from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
 from service.daemon.startup import start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
-from service.store.engine import describe_database
+from service.store.engine import create_engine, describe_database
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
@@ -57,6 +59,7 @@ class Daemon:
         self.metrics.bind_readiness(lambda: self.readiness.verdict()[0])
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
+        self.read_api: HttpServer | None = None
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
@@ -64,9 +67,11 @@ class Daemon:
 
         self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
         self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
+        # Outcome records go to the outcomes topic (observers) and, for an event that
+        # asked, to its requester's reply partition: either needs the sink.
         self.outcomes = (
-            KafkaOutcomeSink(settings.outcomes_topic, self.producer)
-            if settings.outcomes_topic is not None
+            KafkaOutcomeSink(settings.outcomes_topic, self.producer, settings.reply_topic)
+            if settings.outcomes_topic is not None or settings.reply_topic is not None
             else None
         )
         self.pauses = Pauses(lambda: self.consumer)
@@ -159,6 +164,19 @@ class Daemon:
                 address=f"http://{settings.health_host}:{self.health.port}",
                 paths="/livez /readyz /metrics",
             )
+            if settings.read_api_port is not None:
+                # Its own server, and an engine of its own built on that server's loop.
+                self.read_api = read_api_server(
+                    settings.read_api_host,
+                    settings.read_api_port,
+                    lambda: create_engine(settings),
+                    settings.read_api_token,
+                )
+                self.read_api.start()
+                log.info(
+                    "read api up",
+                    address=f"http://{settings.read_api_host}:{self.read_api.port}",
+                )
         beats = asyncio.create_task(
             heartbeat(self.readiness, beat_interval(settings)), name="liveness-heartbeat"
         )
@@ -220,6 +238,8 @@ class Daemon:
             await asyncio.wait_for(self.producer.stop(), bound)
         if self.health is not None:
             self.health.stop()
+        if self.read_api is not None:
+            self.read_api.stop()
         log.info("daemon stopped")
 
     def _committed(self, tp: TopicPartition, offset: int) -> None:

@@ -24,6 +24,7 @@ from service.contract.records import (
     outcome_key,
     outcome_record,
 )
+from service.contract.replies import reply_route
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.kafka.records import UndecodableRecord, undecodable_event
@@ -103,8 +104,11 @@ def outcome_messages(
     settled: Sequence[tuple[ConsumerRecord, Outcome]],
     invalid: Sequence[tuple[ConsumerRecord, InvalidEvent]],
     now: datetime,
+    reply_topic: str | None = None,
 ) -> list[OutcomeMessage]:
-    """One outcome record per event, keyed by event id (no key when it was unreadable)."""
+    """One outcome record per event, keyed by event id (no key when it was unreadable),
+    with the reply route its record asked for on ``reply_topic`` (invalid records too,
+    when their headers could be read)."""
     messages = []
     for record, outcome in settled:
         value = outcome_record(
@@ -118,8 +122,10 @@ def outcome_messages(
             source_partition=record.partition,
             source_offset=record.offset,
             processed_at=now,
+            state_after=outcome.state_after,
         )
-        messages.append(OutcomeMessage(outcome_key(outcome.event_id), value))
+        route = reply_route(record.headers, reply_topic)
+        messages.append(OutcomeMessage(outcome_key(outcome.event_id), value, route))
     for record, error in invalid:
         value = outcome_record(
             event_id=None,
@@ -133,7 +139,7 @@ def outcome_messages(
             processed_at=now,
             message=error.message,
         )
-        messages.append(OutcomeMessage(None, value))
+        messages.append(OutcomeMessage(None, value, reply_route(record.headers, reply_topic)))
     return messages
 
 

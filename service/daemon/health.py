@@ -1,23 +1,22 @@
 """Liveness, readiness and metrics over HTTP.
 
-A WSGI server in a daemon thread keeps the endpoints answering even when the event
-loop is busy with a large batch, which is exactly when an orchestrator asks.
+The server (``service.daemon.http_server``: aiohttp on a thread and event loop of its
+own) keeps the endpoints answering while the daemon's loop is busy with a large batch,
+which is exactly when an orchestrator asks.  The read API has a server of its own
+(``service.daemon.read_api``), so 200 readers at once cannot queue a probe behind them.
 prometheus-client renders the metrics; we only route.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import make_wsgi_app
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.daemon.http_server import HttpServer
 from service.daemon.metrics import DaemonMetrics
 
 
@@ -90,56 +89,28 @@ class Readiness:
         }
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Probes every few seconds would flood the logs; stay silent."""
+class HealthServer(HttpServer):
+    """``/livez`` (``/healthz``), ``/readyz`` and ``/metrics``."""
 
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-StartResponse = Callable[..., Any]
-
-
-class HealthServer:
     def __init__(self, host: str, port: int, readiness: Readiness, metrics: DaemonMetrics):
         self._readiness = readiness
-        self._metrics_app = make_wsgi_app(metrics.registry)
-        self._server = make_server(
-            host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
-        )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="health-http", daemon=True
-        )
+        self._registry = metrics.registry
+        super().__init__(host, port, self._install, name="health-http")
 
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
+    def _install(self, app: web.Application) -> None:
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/healthz", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
 
-    def start(self) -> None:
-        self._thread.start()
+    async def _livez(self, request: web.Request) -> web.Response:
+        alive, detail = self._readiness.live_verdict()
+        return web.json_response(detail, status=200 if alive else 503)
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, detail = self._readiness.verdict()
+        return web.json_response(detail, status=200 if ready else 503)
 
-    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        if path in ("/livez", "/healthz"):
-            alive, detail = self._readiness.live_verdict()
-            return _json(start_response, "200 OK" if alive else "503 Service Unavailable", detail)
-        if path == "/readyz":
-            ready, detail = self._readiness.verdict()
-            return _json(start_response, "200 OK" if ready else "503 Service Unavailable", detail)
-        return _json(start_response, "404 Not Found", {"error": "try /livez, /readyz, /metrics"})
-
-
-def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
-    payload = json.dumps(body).encode()
-    start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
-    )
-    return [payload]
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

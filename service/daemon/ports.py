@@ -30,6 +30,8 @@ class WorkerConfig:
     max_event_bytes: int
     retry_wait_initial: float
     retry_wait_max: float
+    #: The one topic the outcomes sink may send replies to (``contract.replies``).
+    reply_topic: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -38,6 +40,7 @@ class WorkerConfig:
             max_event_bytes=settings.max_event_bytes,
             retry_wait_initial=settings.infra_retry_wait_initial_seconds,
             retry_wait_max=settings.infra_retry_wait_max_seconds,
+            reply_topic=settings.reply_topic,
         )
 
 

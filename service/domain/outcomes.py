@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from service.domain.consumer import ConsumerState
+
 
 class OutcomeKind(StrEnum):
     """Exactly one per event (DESIGN.md, *Outcomes*)."""
@@ -90,6 +92,9 @@ class Outcome:
     exists).  For a DUPLICATE it is the original's, and ``original``/``reason`` re-report
     the original outcome.  ``attempts`` counts compare-and-swap attempts (1 without a
     retry).  ``invalid`` outcomes are decided before apply, by the record boundary.
+    ``state_after`` is the consumer as the event left it (as the rules saw it: for a
+    rejection or a duplicate the current row; None when there is no row), so a writer
+    that lost can decide again without reading.
     """
 
     event_id: str
@@ -99,3 +104,4 @@ class Outcome:
     generation_after: int | None
     attempts: int
     original: OutcomeKind | None = None
+    state_after: ConsumerState | None = None

@@ -110,6 +110,8 @@ class Decision:
     write: Write | None
     inbox: InboxWrite
     original: OutcomeKind | None = None
+    #: The consumer as this decision leaves it (None: no row), for the outcome record.
+    state_after: ConsumerState | None = None
 
     def record(
         self,
@@ -144,6 +146,7 @@ def _from_inbox(
             current.generation if current else None,
             None,
             InboxWrite.NONE,
+            state_after=current,
         )
     return Decision(
         OutcomeKind.DUPLICATE,
@@ -152,18 +155,19 @@ def _from_inbox(
         None,
         InboxWrite.NONE,
         original=entry.outcome,
+        state_after=current,
     )
 
 
 def _reject(reason: Reason, current: ConsumerState | None, inbox: InboxWrite) -> Decision:
-    return Decision(
-        OutcomeKind.REJECTED, reason, current.generation if current else None, None, inbox
-    )
+    generation = current.generation if current else None
+    return Decision(OutcomeKind.REJECTED, reason, generation, None, inbox, state_after=current)
 
 
 def _accept(before: ConsumerState | None, after: ConsumerState, inbox: InboxWrite) -> Decision:
     kind = WriteKind.INSERT if before is None else WriteKind.UPDATE
-    return Decision(OutcomeKind.APPLIED, None, after.generation, Write(kind, before, after), inbox)
+    write = Write(kind, before, after)
+    return Decision(OutcomeKind.APPLIED, None, after.generation, write, inbox, state_after=after)
 
 
 def _create(
@@ -277,6 +281,7 @@ def decide_failed(
         current.generation if current else None,
         None,
         inbox_write,
+        state_after=current,
     )
 
 

@@ -42,7 +42,7 @@ async def ensure_topics(
     partitions: int | None = None,
     replication_factor: int | None = None,
 ) -> dict[str, str]:
-    """Create the events, dead-letter and (if configured) outcomes topics.
+    """Create the events, dead-letter and (if configured) outcomes and reply topics.
 
     Idempotent: returns ``{topic: "created" | "exists"}``. An existing topic is left as
     it is (its partition count is not changed: that would re-key every consumer).
@@ -55,6 +55,8 @@ async def ensure_topics(
     wanted = [settings.topic, settings.dlq_topic]
     if settings.outcomes_topic:
         wanted.append(settings.outcomes_topic)
+    if settings.reply_topic:
+        wanted.append(settings.reply_topic)
     count = partitions or settings.topic_partitions
     replicas = replication_factor or settings.topic_replication_factor
     admin = AIOKafkaAdminClient(**client_options(settings))

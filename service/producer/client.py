@@ -4,14 +4,23 @@ Idempotent producer with ``acks="all"``: a retried send can neither be lost nor 
 written twice by the producer itself (the daemon's inbox covers everything else).
 Every event is validated with the daemon's own rules before it is handed to Kafka and
 keyed by its consumer UUID, so the events of one consumer share a partition and an order.
+
+A producer can also ask for each event's outcome (``request``, ``send_and_wait``:
+request-reply, ``service.producer.replies``) and run a read-modify-write loop on a
+consumer (``update``, ``service.producer.update``).
+
+Why this module is long: ``EventProducer`` is the one public class of the producer API,
+and its sending paths (single, bulk, request-reply) share one hand-over and one error
+mapping; the mechanics each path needs beyond that live in their own modules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -23,6 +32,7 @@ from aiokafka.errors import KafkaError
 from service.config import Settings
 from service.contract.decode import InvalidEvent, decode_event
 from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
+from service.contract.replies import request_headers
 from service.domain.errors import InfrastructureUnavailable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.domain.outcomes import Reason
@@ -33,6 +43,15 @@ from service.kafka.clients import (
     start_bounded,
 )
 from service.producer.events import encode, event_from_document, new_event
+from service.producer.reads import ConsumerReader
+from service.producer.replies import (
+    EventOutcome,
+    OutcomeTimeout,
+    ReplyListener,
+    outcome_from_record,
+)
+from service.producer.update import ChangeFunction, RetryPolicy, UpdateResult
+from service.producer.update import update as run_update
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +88,33 @@ class ItemResult:
         return self.result is not None
 
 
+@dataclass(frozen=True, slots=True)
+class PendingOutcome:
+    """A request on its way: durable once you hold this (``sent``); ``await outcome()``
+    for what the daemon made of it.  The reply is kept from the moment it arrives, so
+    awaiting late loses nothing; a wait that times out can be repeated."""
+
+    #: The event's id; None for a raw request whose id was not read.
+    event_id: str | None
+    sent: SendResult
+    future: asyncio.Future[bytes]
+    timeout_seconds: float
+
+    async def outcome(self, wait_seconds: float | None = None) -> EventOutcome:
+        """The outcome, or ``OutcomeTimeout`` after ``wait_seconds`` (default
+        ``CONSUMERGEN_OUTCOME_WAIT_SECONDS``; the event may still be applied later)."""
+        wait = self.timeout_seconds if wait_seconds is None else wait_seconds
+        try:
+            value = await asyncio.wait_for(asyncio.shield(self.future), wait)
+        except TimeoutError:
+            raise OutcomeTimeout(
+                f"no outcome for event {self.event_id or '(raw)'} within {wait:g} s; it is "
+                f"on {self.sent.topic}[{self.sent.partition}] at offset {self.sent.offset} "
+                "and may still be applied later (is the daemon running?)"
+            ) from None
+        return outcome_from_record(value)
+
+
 class EventProducer:
     """``async with EventProducer(settings) as producer: await producer.upsert(uuid)``."""
 
@@ -79,6 +125,7 @@ class EventProducer:
         topic: str | None = None,
         producer_name: str | None = None,
         max_in_flight: int = 5000,
+        reply_partition: int | None = None,
     ) -> None:
         self._settings = settings
         self.topic = topic or settings.topic
@@ -86,6 +133,12 @@ class EventProducer:
         self._max_in_flight = max_in_flight
         self._max_bytes = settings.max_event_bytes
         self._kafka: AIOKafkaProducer | None = None
+        #: Request-reply: the reply partition to read (None: one at random).
+        self.reply_partition = reply_partition
+        self._listener: ReplyListener | None = None
+        self._listener_lock = asyncio.Lock()
+        self._reader: ConsumerReader | None = None
+        self._reader_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect; ``BrokerUnavailable`` within the request timeout if Kafka is not there."""
@@ -95,6 +148,12 @@ class EventProducer:
 
     async def close(self) -> None:
         """Flush what was handed over and disconnect (bounded: a dead broker cannot hang it)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
         kafka, self._kafka = self._kafka, None
         if kafka is None:
             return
@@ -170,6 +229,90 @@ class EventProducer:
         delivery.add_done_callback(lambda done: self._settle(done, result, event_id))
         return result
 
+    # --- awaiting outcomes (request-reply, service.producer.replies) ----------------
+
+    async def request(self, event: EventInput) -> PendingOutcome:
+        """Validate and send ``event`` asking for its outcome; wait for the ack (not for
+        the outcome: ``await (await producer.request(event)).outcome()``)."""
+        return await self._request(lambda headers: self._hand_over(event, headers))
+
+    async def request_raw(self, value: bytes, *, key: bytes | None = None) -> PendingOutcome:
+        """Send ``value`` as it is (no validation: for testing the daemon's answer to a
+        record it must refuse) asking for its outcome."""
+        kafka = self._require_started()
+
+        async def hand_over(headers: list[tuple[str, bytes]]) -> tuple[str, asyncio.Future[Any]]:
+            try:
+                return "", await kafka.send(self.topic, value, key=key, headers=headers)
+            except KafkaError as exc:
+                raise self._produce_error(exc) from None
+
+        return await self._request(hand_over)
+
+    async def send_and_wait(
+        self, event: EventInput, *, wait_seconds: float | None = None
+    ) -> EventOutcome:
+        """Send ``event`` and return its outcome (``OutcomeTimeout`` after ``wait_seconds``)."""
+        return await (await self.request(event)).outcome(wait_seconds)
+
+    async def update(
+        self,
+        consumer_uuid: str,
+        change: ChangeFunction,
+        *,
+        policy: RetryPolicy | None = None,
+        wait_seconds: float | None = None,
+    ) -> UpdateResult:
+        """Read-modify-write ``consumer_uuid`` until ``change(state)`` is applied, or a
+        final rejection, or the retry bounds (``service.producer.update``)."""
+        async with self._reader_lock:
+            if self._reader is None:
+                self._reader = ConsumerReader(self._settings)
+                await self._reader.start()
+        return await run_update(
+            self,
+            self._reader.get,
+            consumer_uuid,
+            change,
+            policy or RetryPolicy(),
+            wait_seconds=wait_seconds,
+            producer=self._producer_name,
+            max_bytes=self._max_bytes,
+        )
+
+    async def replies(self) -> ReplyListener:
+        """The reply listener, started on first use (its position is fixed before the
+        first request is sent)."""
+        async with self._listener_lock:
+            if self._listener is None:
+                listener = ReplyListener(self._settings, self.reply_partition)
+                await listener.start()
+                self._listener = listener
+            return self._listener
+
+    async def _request(
+        self,
+        hand_over: Callable[[list[tuple[str, bytes]]], Awaitable[tuple[str, asyncio.Future[Any]]]],
+    ) -> PendingOutcome:
+        listener = await self.replies()
+        assert listener.partition is not None
+        correlation = uuid.uuid4().bytes
+        future = listener.expect(correlation)  # before the send: no reply can be missed
+        try:
+            headers = _HEADERS + request_headers(listener.topic, listener.partition, correlation)
+            event_id, delivery = await hand_over(headers)
+            item = await self._collect(0, event_id, delivery)
+        except BaseException:
+            listener.forget(correlation)
+            raise
+        if item.result is None:
+            listener.forget(correlation)
+            assert item.error is not None
+            raise item.error
+        return PendingOutcome(
+            event_id or None, item.result, future, self._settings.outcome_wait_seconds
+        )
+
     # --- many events ----------------------------------------------------------------
 
     async def send_many(
@@ -209,13 +352,15 @@ class EventProducer:
             raise RuntimeError("EventProducer is not started (use 'async with')")
         return self._kafka
 
-    async def _hand_over(self, event: EventInput) -> tuple[str, asyncio.Future[Any]]:
+    async def _hand_over(
+        self, event: EventInput, headers: list[tuple[str, bytes]] = _HEADERS
+    ) -> tuple[str, asyncio.Future[Any]]:
         """Validate and append to aiokafka's buffer: (event id, aiokafka's delivery future)."""
         kafka = self._require_started()
         checked, value = self._prepare(event)
         try:
             delivery = await kafka.send(
-                self.topic, value, key=checked.consumer_uuid.encode(), headers=_HEADERS
+                self.topic, value, key=checked.consumer_uuid.encode(), headers=headers
             )
         except KafkaError as exc:
             raise self._produce_error(exc) from None

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.contract.replies import ReplyRoute
 from service.domain.errors import InfrastructureUnavailable
 from service.domain.outcomes import EventSource
 
@@ -68,6 +69,8 @@ class OutcomeMessage:
     key: bytes | None
     #: The outcome record's JSON document.
     value: bytes
+    #: Where its requester waits for it (``service.contract.replies``), if it asked.
+    reply: ReplyRoute | None = None
 
 
 class DeadLetterSink(Protocol):

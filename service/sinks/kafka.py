@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.config import Settings
+from service.contract.replies import CORRELATION_HEADER
 from service.failures import broker_unavailable, record_refused
 from service.kafka.partitioning import partition_for
 from service.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES
@@ -167,18 +168,74 @@ class KafkaDeadLetterSink:
 
 
 class KafkaOutcomeSink:
-    """``OutcomeSink`` on the outcomes topic (one record per event, keyed by event id)."""
+    """``OutcomeSink`` on the outcomes topic (one record per event, keyed by event id) and,
+    for each event that asked (``service.contract.replies``), on its requester's reply
+    partition, with its correlation id; both are acknowledged before this returns."""
 
-    def __init__(self, topic: str, handle: KafkaProducerHandle) -> None:
+    def __init__(
+        self, topic: str | None, handle: KafkaProducerHandle, reply_topic: str | None = None
+    ) -> None:
         self.topic = topic
         self.handle = handle
+        self.reply_topic = reply_topic
 
     async def write_outcomes(self, messages: Sequence[OutcomeMessage]) -> None:
         async def write() -> None:
             producer = await self.handle.ready()
-            await _send_batched(producer, self.topic, messages)
+            sends = []
+            if self.topic is not None:
+                sends.append(_send_batched(producer, self.topic, messages))
+            replies = [m for m in messages if m.reply is not None]
+            if self.reply_topic is not None and replies:
+                sends.append(_send_replies(producer, self.reply_topic, replies))
+            await asyncio.gather(*sends)
 
         await _classified("outcome records", self.handle, write)
+
+
+async def _send_replies(
+    producer: AIOKafkaProducer, topic: str, messages: Sequence[OutcomeMessage]
+) -> None:
+    """Each reply to the partition its request named, with its correlation id; a reply
+    to a partition the topic does not have is dropped (logged): the request was wrong,
+    and retrying it would block the partition for ever."""
+    partitions = set(await producer.partitions_for(topic))
+    builders: dict[int, BatchBuilder] = {}
+    futures: list[asyncio.Future[object]] = []
+    dropped = 0
+    for message in messages:
+        route = message.reply
+        assert route is not None
+        if route.partition not in partitions:
+            dropped += 1
+            continue
+        headers = [(CORRELATION_HEADER, route.correlation)]
+        builder = builders.get(route.partition)
+        if builder is None:
+            builder = builders[route.partition] = producer.create_batch()
+        if (
+            builder.append(key=message.key, value=message.value, timestamp=None, headers=headers)
+            is None
+        ):
+            futures.append(await producer.send_batch(builder, topic, partition=route.partition))
+            builder = builders[route.partition] = producer.create_batch()
+            if (
+                builder.append(
+                    key=message.key, value=message.value, timestamp=None, headers=headers
+                )
+                is None
+            ):
+                raise ValueError("a reply record larger than a whole batch")
+    for partition, builder in builders.items():
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    if dropped:
+        log.warning(
+            "replies dropped: their requests named a partition the reply topic lacks",
+            reply_topic=topic,
+            dropped=dropped,
+            partitions=len(partitions),
+        )
+    await asyncio.gather(*futures)
 
 
 async def _send_batched(

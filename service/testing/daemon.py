@@ -42,6 +42,7 @@ def daemon_settings(bootstrap: str, database_url: str, topics: Topics, **extra: 
         outcomes_topic=topics.outcomes,
         group_id=topics.group,
         health_port=0,
+        read_api_port=0,
         infra_retry_wait_initial_seconds=0.05,
         infra_retry_wait_max_seconds=0.5,
         **extra,
@@ -79,6 +80,7 @@ def process_env(
         "CONSUMERGEN_INFRA_RETRY_WAIT_INITIAL_SECONDS": "0.05",
         "CONSUMERGEN_INFRA_RETRY_WAIT_MAX_SECONDS": "0.5",
         "CONSUMERGEN_PROBE_INTERVAL_SECONDS": "0.5",
+        "CONSUMERGEN_READ_API_PORT": "0",
     }
     env.update({f"CONSUMERGEN_{name.upper()}": str(value) for name, value in extra.items()})
     return env

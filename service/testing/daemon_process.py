@@ -46,6 +46,7 @@ class DaemonProcess:
     cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     health_port: int = 0
+    read_api_port: int = 0
     runs: int = 0
     started_at: float = 0.0
     logs: list[Path] = field(default_factory=list)
@@ -56,6 +57,9 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMERGEN_")}
         env.update(self.env)
         env["CONSUMERGEN_HEALTH_PORT"] = str(self.health_port)
+        if "CONSUMERGEN_READ_API_PORT" not in env:  # several daemons per test: no clash
+            self.read_api_port = free_port()
+            env["CONSUMERGEN_READ_API_PORT"] = str(self.read_api_port)
         env.setdefault("CONSUMERGEN_LOG_FORMAT", "json")
         self.runs += 1
         log = self.log_dir / f"{self.name}-{self.runs}.log"

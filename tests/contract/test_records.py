@@ -334,3 +334,43 @@ def test_outcome_record_fields_decide_like_the_pydantic_model(change: dict[str, 
     else:
         assert outcome_record(**arguments) == expected
         assert schema_accepts(OUTCOME, json.loads(expected))
+
+
+@pytest.mark.parametrize("deleted", [False, True])
+@pytest.mark.parametrize("consumer_type", [None, "INSTANCE"])
+def test_outcome_records_carry_the_state_after(deleted: bool, consumer_type: str | None) -> None:
+    from service.contract.state import state_from_document
+    from service.domain.consumer import ConsumerState
+
+    state = ConsumerState(
+        uuid=CONSUMER,
+        generation=4,
+        deleted=deleted,
+        project_id="p-1",
+        user_id="u-1",
+        consumer_type=consumer_type,
+        last_event_id=EVENT_ID,
+    )
+    without = _record({"outcome": "applied", "reason": None, "generation_after": 4})
+    value = _record(
+        {"outcome": "applied", "reason": None, "generation_after": 4, "state_after": state}
+    )
+    document = json.loads(value)
+    assert schema_accepts(OUTCOME, document), document
+    # Additive: the old fields are byte for byte what they were, the new one comes last.
+    assert value.startswith(without[:-1]) and list(document)[-1] == "state_after"
+    assert document["state_after"] == {
+        "state": "deleted" if deleted else "live",
+        "generation": 4,
+        "project_id": "p-1",
+        "user_id": "u-1",
+        "consumer_type": consumer_type,
+    }
+    parsed = parse_outcome_record(value)
+    assert parsed.state_after is not None and parsed.state_after.generation == 4
+    assert parsed.to_document()["state_after"] == document["state_after"]
+    back = state_from_document(CONSUMER, document["state_after"])
+    assert (back.deleted, back.generation, back.consumer_type) == (deleted, 4, consumer_type)
+    # An old reader's view: the record without state_after is still a valid record.
+    del document["state_after"]
+    assert schema_accepts(OUTCOME, document)

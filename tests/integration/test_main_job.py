@@ -57,6 +57,7 @@ def test_run_local_from_a_bare_folder(tmp_path: Path) -> None:
     env.update(
         CONSUMERGEN_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
         CONSUMERGEN_HEALTH_PORT=str(health),
+        CONSUMERGEN_READ_API_PORT="0",
         CONSUMERGEN_LOG_REDACTION_KEY="main-job-test",
         CONSUMERGEN_LOG_FORMAT="json",
     )

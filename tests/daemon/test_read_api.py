@@ -1,0 +1,138 @@
+"""GET /v1/consumers/{uuid} over real HTTP on both databases, and under load beside a
+daemon that is applying: every answer right, ``/readyz`` fast throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from service.daemon.read_api import read_api_server
+from service.domain.events import EventType
+from service.logging.redaction import find_clear_uuid
+from service.store.engine import create_engine
+from service.testing.daemon import Topics, daemon_settings, running_daemon
+from service.testing.kafka_io import produce_docs, wait_all_committed
+from service.testing.polling import poll
+from service.testing.workload import mixed_stream
+from tests.apply.helpers import Db, event
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+async def test_answers_and_token(db: Db, caplog: pytest.LogCaptureFixture) -> None:
+    live, dead, never = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    await db.applier.apply(
+        event(live, EventType.UPSERT, None, project_id="p-1", user_id="u-1", consumer_type="VM")
+    )
+    await db.applier.apply(event(dead, EventType.UPSERT, None))
+    await db.applier.apply(event(dead, EventType.DELETE, 1))
+    token = "s3cret-token"
+    server = read_api_server("127.0.0.1", 0, lambda: create_engine(db.settings), SecretStr(token))
+    server.start()
+    base = f"http://127.0.0.1:{server.port}/v1/consumers/"
+    bearer = {"Authorization": f"Bearer {token}"}
+    caplog.set_level(logging.INFO)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + live.upper(), headers=bearer) as response:
+                assert response.status == 200
+                body = await response.json()
+            assert body["consumer_uuid"] == live and body["state"] == "live"
+            assert (body["generation"], body["project_id"], body["user_id"]) == (1, "p-1", "u-1")
+            assert body["consumer_type"] == "VM" and body["updated_at"].endswith("Z")
+            async with http.get(base + dead, headers=bearer) as response:
+                body = await response.json()
+                assert response.status == 200 and body["state"] == "deleted"
+                assert body["generation"] == 2
+            async with http.get(base + never, headers=bearer) as response:
+                assert response.status == 404
+            async with http.get(base + "not-a-uuid", headers=bearer) as response:
+                assert response.status == 400
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                async with http.get(base + live, headers=headers) as response:
+                    assert response.status == 401
+                    assert response.headers["WWW-Authenticate"] == "Bearer"
+            async with http.get(f"http://127.0.0.1:{server.port}/livez") as response:
+                assert response.status == 404  # the probes are the health server's
+    finally:
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if "http request" in r.getMessage()]
+    assert len(lines) == 7  # one per request but the probe path
+    text = caplog.text
+    assert "/v1/consumers/uuid:" in text and find_clear_uuid(text) is None
+    assert token not in text
+
+
+@pytest.mark.kafka
+async def test_concurrent_reads_while_applying(
+    kafka_bootstrap: str, sqlite_url: str, new_topic: TopicFactory
+) -> None:
+    topics = Topics(
+        events=await new_topic(partitions=2, prefix="events"),
+        dlq=await new_topic(partitions=1, prefix="dlq"),
+        outcomes=await new_topic(partitions=1, prefix="outcomes"),
+        group=f"group-{uuid.uuid4().hex[:8]}",
+    )
+    settings = daemon_settings(kafka_bootstrap, sqlite_url, topics, batch_max_events=50)
+    stream = mixed_stream(consumers=100, events=3000, seed=14)
+    uuids = sorted({doc["consumer_uuid"] for doc in stream})
+    async with running_daemon(settings, health=True) as daemon:
+        await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
+        assert daemon.health is not None and daemon.read_api is not None
+        port, read_port = daemon.health.port, daemon.read_api.port
+
+        async def produce_and_apply() -> None:
+            await produce_docs(kafka_bootstrap, topics.events, stream)
+            await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=120)
+
+        applying = asyncio.create_task(produce_and_apply())
+        probe_times: list[float] = []
+        statuses: list[int] = []
+        stopped = threading.Event()
+        limits = aiohttp.TCPConnector(limit=0)  # 200 connections at once, no client cap
+        async with aiohttp.ClientSession(connector=limits) as session:
+
+            def probe() -> None:
+                """From a thread of its own, so that the times are the server's, not
+                those of this test's loop (busy with the daemon and the 200 readers)."""
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    while not stopped.is_set():
+                        began = time.perf_counter()
+                        connection.request("GET", "/readyz")
+                        connection.getresponse().read()
+                        probe_times.append(time.perf_counter() - began)
+                        stopped.wait(0.02)
+                finally:
+                    connection.close()
+
+            async def read(uuid_: str) -> None:
+                url = f"http://127.0.0.1:{read_port}/v1/consumers/{uuid_}"
+                async with session.get(url) as r:
+                    await r.read()
+                    statuses.append(r.status)
+
+            prober = asyncio.create_task(asyncio.to_thread(probe))
+            rounds = 0
+            while not applying.done() or rounds < 3:  # 200 at once, while it applies
+                await asyncio.gather(*(read(uuids[i % len(uuids)]) for i in range(200)))
+                rounds += 1
+            await applying
+            stopped.set()
+            await prober
+    assert set(statuses) <= {200, 404} and statuses.count(200) > 0
+    assert len(statuses) == rounds * 200
+    print(
+        f"{len(statuses)} reads in {rounds} rounds of 200; /readyz max "
+        f"{max(probe_times) * 1000:.1f} ms over {len(probe_times)} probes"
+    )
+    assert max(probe_times) < 0.1
