@@ -147,6 +147,9 @@ class Infra:
         env = {f"CONSUMERGEN_{key.upper()}": str(value) for key, value in settings.items()}
         env.setdefault("CONSUMERGEN_BOOTSTRAP_SERVERS", self.bootstrap)
         env.setdefault("CONSUMERGEN_LOG_REDACTION_KEY", "benchmark")
+        # The benchmark's PostgreSQL is a throwaway cluster (fsync off unless it was
+        # started durable): its daemons accept that, which production ones refuse.
+        env.setdefault("CONSUMERGEN_POSTGRESQL_ALLOW_COMMIT_LOSS_ON_CRASH", "true")
         env["PYTHONPATH"] = str(REPO)
         profile: list[str] = []
         profile_dir = os.environ.get("BENCHMARKS_PROFILE_DIR")

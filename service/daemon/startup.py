@@ -25,6 +25,7 @@ from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import retry_scope, retry_until_stopped
 from service.kafka.clients import BrokerUnavailable, client_options, start_bounded
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.durability import check_durability
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
 
@@ -39,13 +40,15 @@ async def wait_for_schema(
     metrics: DaemonMetrics,
     stop: asyncio.Event,
 ) -> None:
-    """Return once the schema is current (or ``stop`` was set first)."""
+    """Return once the schema is current and the database durable, or accepted as not
+    (``service.store.durability``), or once ``stop`` was set first."""
     failures = 0
 
     async def check() -> None:
         nonlocal failures
         try:
             await ensure_schema_current(engine)
+            await check_durability(engine, settings)
         except Exception as exc:  # sorted just below: only a transient one is retried
             if is_transient(exc):
                 failures += 1

@@ -61,9 +61,11 @@ def _run_as() -> pwd.struct_passwd | None:
 
 @dataclass
 class PostgresCluster:
-    """One cluster in ``root`` (created by ``start``, removed by ``remove``)."""
+    """One cluster in ``root`` (created by ``start``, removed by ``remove``); ``durable``
+    keeps PostgreSQL's own fsync, synchronous_commit and full_page_writes (on)."""
 
     root: Path
+    durable: bool = False
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
@@ -130,15 +132,9 @@ class PostgresCluster:
                     f"unix_socket_directories={self.root}",
                     "-c",
                     "max_connections=200",
-                    # Throwaway clusters: durability is not what tests measure.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
                     "-c",
                     "shared_buffers=128MB",
+                    *self._durability_options(),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -181,6 +177,12 @@ class PostgresCluster:
             raise RuntimeError(f"createdb failed: {created.stderr}")
         self.started_in = time.monotonic() - began
         return self
+
+    def _durability_options(self) -> list[str]:
+        if self.durable:
+            return []
+        # Throwaway clusters: durability is not what tests measure.
+        return ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown (SIGINT): abort sessions, checkpoint, exit."""

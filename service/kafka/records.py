@@ -53,7 +53,6 @@ CODECS: Final = {
 }
 
 
-
 class KafkaClientUnfit(ConfigurationError, RuntimeError):
     """The installed Kafka client cannot read every record: the message says why."""
 

@@ -8,6 +8,14 @@ is locked" regardless of the busy timeout.  Taking the write lock at BEGIN seria
 writers cleanly, so our read-decide-write always sees the state it writes over.  The
 pysqlite driver's own transaction handling is switched off so that SQLAlchemy's BEGIN
 is the only one (the documented recipe).  A ``READ_ONLY`` transaction begins DEFERRED.
+
+Durability: ``synchronous = FULL`` by default.  In WAL mode FULL syncs the WAL at every
+commit, so a transaction whose commit returned survives a power loss or OS crash; under
+NORMAL it may roll back, while the Kafka offset past it is already committed (the events
+would be lost for good).  EXTRA adds nothing in WAL mode (it syncs the directory after a
+rollback journal is deleted, and WAL deletes no journal).  NORMAL remains available as
+``CONSUMERGEN_SQLITE_SYNCHRONOUS=normal-may-lose-commits-on-power-loss``: a value that
+says what it risks, reported as a warning at start (``durability_risks``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.dml import Insert
 
-from service.store.dialects import READ_ONLY, update_by_executemany
+from service.config import env_name
+from service.store.dialects import READ_ONLY, DurabilityRisk, update_by_executemany
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -39,6 +48,9 @@ TRANSIENT_MESSAGES: Final = (
     "no active connection",
 )
 
+#: ``Settings.sqlite_synchronous`` -> the PRAGMA's value.
+SYNCHRONOUS: Final = {"full": "FULL", "normal-may-lose-commits-on-power-loss": "NORMAL"}
+
 
 class SQLite:
     name = "sqlite"
@@ -48,6 +60,7 @@ class SQLite:
     def create_engine(self, settings: Settings) -> AsyncEngine:
         engine = create_async_engine(settings.database_url)
         busy_timeout_ms = int(settings.sqlite_busy_timeout_ms)
+        synchronous = SYNCHRONOUS[settings.sqlite_synchronous]
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -57,7 +70,7 @@ class SQLite:
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
                 cursor.execute("PRAGMA journal_mode = WAL")
-                cursor.execute("PRAGMA synchronous = NORMAL")
+                cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
             finally:
                 cursor.close()
@@ -88,6 +101,23 @@ class SQLite:
 
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return column  # SQLite's default collation (BINARY) is byte-wise already
+
+    async def durability_risks(
+        self, connection: AsyncConnection, settings: Settings
+    ) -> list[DurabilityRisk]:
+        """NORMAL when the operator chose it (always accepted: choosing it is the
+        acceptance); FULL is durable.  Read from the connection, not the settings."""
+        value = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+        if value is not None and int(value) >= 2:  # 2 = FULL, 3 = EXTRA
+            return []
+        return [
+            DurabilityRisk(
+                "SQLite synchronous=NORMAL: a commit may roll back after a power loss or "
+                "OS crash while its offset stays committed (those events are lost)",
+                setting=env_name("sqlite_synchronous"),
+                accepted=True,
+            )
+        ]
 
 
 DIALECT: Final = SQLite()
