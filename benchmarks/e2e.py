@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="20,000 events, 1 repeat, short latency runs"
     )
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["full", "normal-may-lose-commits-on-power-loss"],
+        default="full",
+        help="the daemons' CONSUMERGEN_SQLITE_SYNCHRONOUS (the durable default is full)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
 
@@ -57,6 +63,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     apply_quick(args)
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     infra = Infra().start(postgres="postgres" in dbs)
+    infra.daemon_defaults["sqlite_synchronous"] = args.sqlite_synchronous
     try:
         return await _run(args, infra, dbs)
     finally:
@@ -86,6 +93,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
         "latency_rate": args.latency_rate,
         "latency_seconds": args.latency_seconds,
         "produce_rate": produce_rate,
+        "sqlite_synchronous": args.sqlite_synchronous,
         "databases": {},
     }
     consume = []
