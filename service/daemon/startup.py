@@ -23,7 +23,12 @@ from service.config import Settings
 from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import retry_scope, retry_until_stopped
-from service.kafka.clients import BrokerUnavailable, client_options, start_bounded
+from service.kafka.clients import (
+    BrokerUnavailable,
+    client_options,
+    close_quietly,
+    start_bounded,
+)
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.durability import check_durability
 from service.store.errors import describe, is_transient
@@ -107,6 +112,9 @@ async def start_clients(
             readiness.broker_reachable = False
             metrics.infrastructure_failures.labels("broker").inc()
             await producer.stop_quietly()
+            # Closed before it is dropped, started or not: a consumer that is merely
+            # forgotten makes asyncio log "Unclosed AIOKafkaConsumer" when it is collected.
+            await close_quietly(consumer())
             renew_consumer()
             cause = await diagnose_connection(settings)
             if cause is not None and cause.startswith("authentication failed"):
