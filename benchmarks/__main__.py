@@ -1,11 +1,11 @@
-"""``python -m benchmarks e2e | scaling | soak`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | scaling | soak | backlog`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import e2e, scaling, soak
+from benchmarks import backlog, e2e, scaling, soak
 
 
 def main() -> None:
@@ -14,8 +14,11 @@ def main() -> None:
     e2e.add_arguments(commands.add_parser("e2e", help="throughput, ratios, latency, RSS"))
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
+    backlog.add_arguments(
+        commands.add_parser("backlog", help="peak RSS through a backlog made before the start")
+    )
     args = parser.parse_args()
-    module = {"e2e": e2e, "scaling": scaling, "soak": soak}[args.command]
+    module = {"e2e": e2e, "scaling": scaling, "soak": soak, "backlog": backlog}[args.command]
     try:
         asyncio.run(module.run(args))
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 ``Daemon.run`` waits for the schema and the broker (``startup``), joins the group
 (``membership``: a ``PartitionWorker`` per assigned partition, ``worker``), fetches
-(``fetch``) while the probes watch the broker and the database (``probes``), and on
+(``fetch``) while the probes watch the broker and the database (``probes``; a broker
+found gone parks the Kafka clients until it is back, ``outage``), and on
 ``request_stop`` stops gracefully: every worker finishes or abandons its in-flight
 batch, the consumer leaves the group, the sinks' producer flushes.  Offsets are
 committed (``commits``) only after the database commit and the sinks' acks.
@@ -25,6 +26,7 @@ from service.daemon.health import HealthServer, Readiness
 from service.daemon.host import DaemonWorkerHost
 from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
+from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
 from service.daemon.probes import Probes
 from service.daemon.retries import install_retry_hooks
@@ -90,6 +92,16 @@ class Daemon:
             metrics=self.metrics,
             revoke_grace=self.revoke_grace,
         )
+        self.outage = BrokerOutage(
+            settings,
+            consumer=lambda: self.consumer,
+            renew_consumer=self._renew_consumer,
+            membership=self.membership,
+            drop_producer=self.producer.stop_quietly,
+            reconnect=lambda: self._start_clients("after an outage"),
+            subscribe=self._subscribe,
+            stop=self._stop,
+        )
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -98,7 +110,8 @@ class Daemon:
             pauses=self.pauses,
             readiness=self.readiness,
             metrics=self.metrics,
-            drop_producer=self.producer.stop_quietly,
+            online=self.outage.online.is_set,
+            broker_lost=self.outage.lost,
         )
 
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -120,6 +133,21 @@ class Daemon:
 
     def _renew_consumer(self) -> None:
         self.consumer = self._make_consumer()
+
+    async def _start_clients(self, when: str) -> None:
+        await start_clients(
+            self.settings,
+            producer=self.producer,
+            consumer=lambda: self.consumer,
+            renew_consumer=self._renew_consumer,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            stop=self._stop,
+            when=when,
+        )
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.topic], listener=self.membership.listener())
 
     @property
     def workers(self) -> dict[TopicPartition, PartitionWorker]:
@@ -156,18 +184,11 @@ class Daemon:
             )
             if self._stop.is_set():
                 return
-            await start_clients(
-                settings,
-                producer=self.producer,
-                consumer=lambda: self.consumer,
-                renew_consumer=self._renew_consumer,
-                readiness=self.readiness,
-                metrics=self.metrics,
-                stop=self._stop,
-            )
+            await self._start_clients("at start")
             if self._stop.is_set():
                 return
-            self.consumer.subscribe([settings.topic], listener=self.membership.listener())
+            self._subscribe()
+            self.outage.online.set()
             self.readiness.started = True
             log.info("daemon started", topic=settings.topic, group=settings.group_id)
             watcher = asyncio.create_task(self.probes.watch(self._stop), name="probes")
@@ -180,11 +201,13 @@ class Daemon:
                 metrics=self.metrics,
                 stop=self._stop,
                 fatal=self.fatal,
+                online=self.outage.online,
             )
         finally:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            await self.outage.close()
             await self._shutdown()
 
     async def _shutdown(self) -> None:

@@ -94,11 +94,13 @@ async def start_clients(
     readiness: Readiness,
     metrics: DaemonMetrics,
     stop: asyncio.Event,
+    when: str = "at start",
 ) -> None:
     """Start the sinks' producer and the consumer (or return when ``stop`` came first).
 
     A failed client cannot start again: after a failure the producer is dropped and
-    ``renew_consumer`` makes a fresh consumer for the next attempt."""
+    ``renew_consumer`` makes a fresh consumer for the next attempt.  ``when`` goes into
+    the retry warning ("at start", or "after an outage" from ``service.daemon.outage``)."""
     failures = 0
     cause: str | None = None
 
@@ -138,7 +140,7 @@ async def start_clients(
             )
         else:
             log.warning(
-                "broker unavailable at start, retrying",
+                f"broker unavailable {when}, retrying",
                 error=str(details.caused_by),
                 cause=cause,
                 attempt=details.retry_num,
