@@ -120,11 +120,8 @@ async def start_bounded(client: Any, settings: Settings, what: str) -> None:
         await close_quietly(client)
         # "within N s" only when the bound is what ended it: a refused connection fails
         # in a fraction of a second, and saying "within 30 s" then misleads.
-        detail = (
-            f"no answer within {timeout:g} s"
-            if isinstance(exc, TimeoutError)
-            else (error_text(exc))
-        )
+        timed_out = isinstance(exc, TimeoutError)
+        detail = f"no answer within {timeout:g} s" if timed_out else error_text(exc)
         raise BrokerUnavailable(
             f"cannot connect the {what} to Kafka at {describe_servers(settings)}: {detail}"
         ) from None
