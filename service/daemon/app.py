@@ -97,7 +97,7 @@ class Daemon:
             consumer=lambda: self.consumer,
             renew_consumer=self._renew_consumer,
             membership=self.membership,
-            drop_producer=self.producer.stop_quietly,
+            drop_producer=self.producer.abandon,
             reconnect=lambda: self._start_clients("after an outage"),
             subscribe=self._subscribe,
             stop=self._stop,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from service.config import Settings
 from service.kafka.clients import (
@@ -109,6 +109,19 @@ class KafkaProducerHandle:
         pending writes fail and are retried, paced, by their partitions."""
         with contextlib.suppress(Exception):
             await self.stop()
+
+    async def abandon(self) -> None:
+        """Drop the producer without waiting to flush, for a broker that is gone (after
+        every writer was released, ``service.daemon.outage``).  aiokafka's ``stop``
+        waits for pending batches; when a bound cuts that wait short, its sender task and
+        client go on retrying about ten times a second for as long as the outage lasts.
+        Failing the pending batches first lets ``stop`` finish at once."""
+        producer = self._producer
+        if producer is not None:
+            producer._message_accumulator.fail_all(
+                KafkaConnectionError("the broker is gone: pending writes abandoned")
+            )
+        await self.stop_quietly()
 
     async def ready(self) -> AIOKafkaProducer:
         """The producer to write with, (re)started if the last write failed; fails fast
