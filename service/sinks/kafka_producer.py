@@ -100,9 +100,18 @@ class KafkaProducerHandle:
         return limit
 
     async def stop(self) -> None:
+        """Flush and close, within the request timeout.  A producer that cannot flush
+        (its broker is gone) has its pending batches failed once the bound is reached,
+        so that its stop completes: cutting aiokafka's stop short instead would leave its
+        sender task and client retrying about ten times a second, for ever."""
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            await asyncio.wait_for(producer.stop(), self.settings.request_timeout_seconds)
+            timeout = self.settings.request_timeout_seconds
+            stopping = asyncio.ensure_future(producer.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=timeout)
+            if not done:
+                _fail_pending(producer)
+            await asyncio.wait_for(stopping, timeout)
 
     async def stop_quietly(self) -> None:
         """Drop the producer (after a failed write, or while the broker is away): its
@@ -116,11 +125,8 @@ class KafkaProducerHandle:
         waits for pending batches; when a bound cuts that wait short, its sender task and
         client go on retrying about ten times a second for as long as the outage lasts.
         Failing the pending batches first lets ``stop`` finish at once."""
-        producer = self._producer
-        if producer is not None:
-            producer._message_accumulator.fail_all(
-                KafkaConnectionError("the broker is gone: pending writes abandoned")
-            )
+        if self._producer is not None:
+            _fail_pending(self._producer)
         await self.stop_quietly()
 
     async def ready(self) -> AIOKafkaProducer:
@@ -135,3 +141,11 @@ class KafkaProducerHandle:
                 raise SinkUnavailable(str(exc), kind="broker") from None
         assert self._producer is not None
         return self._producer
+
+
+def _fail_pending(producer: AIOKafkaProducer) -> None:
+    """Fail every batch the producer still holds (queued or in flight): their senders
+    see a ``KafkaConnectionError``, and the producer's flush, hence its stop, is done."""
+    producer._message_accumulator.fail_all(
+        KafkaConnectionError("the broker is gone: pending writes abandoned")
+    )
