@@ -108,10 +108,11 @@ class KafkaProducerHandle:
             producer, self._producer = self._producer, None
             timeout = self.settings.request_timeout_seconds
             stopping = asyncio.ensure_future(producer.stop())
-            done, _ = await asyncio.wait({stopping}, timeout=timeout)
-            if not done:
-                _fail_pending(producer)
-            await asyncio.wait_for(stopping, timeout)
+            # A timer, not this task: a caller cancelled meanwhile (a worker released at
+            # an outage) must not leave the stop hanging on a flush that cannot happen.
+            timer = asyncio.get_running_loop().call_later(timeout, _fail_pending, producer)
+            stopping.add_done_callback(lambda _: timer.cancel())
+            await asyncio.wait_for(asyncio.shield(stopping), 2 * timeout)
 
     async def stop_quietly(self) -> None:
         """Drop the producer (after a failed write, or while the broker is away): its
