@@ -29,10 +29,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 #: How long the broker stays away (the issue asks for a minute).
 OUTAGE_SECONDS = 60.0
 #: CPU seconds per wall second the waiting daemon may use.  Measured on 2 shared cores
-#: (load average ~17 from other work): 0.005 with the clients parked, 0.043 before
-#: (aiokafka's consumer looking for its coordinator and metadata ~10 times a second).
-#: The bound sits between the two, loose against noise, tight against the old spin.
-CPU_BOUND = 0.02
+#: (load average 17-30 from other work), over the minute after /readyz said so: 0.005 and
+#: 0.012 with the clients parked (most of it in the seconds before they are), 0.043 and
+#: 0.042 before (aiokafka's consumer looking for its coordinator and metadata ~10 times
+#: a second).  The bound sits between the two: loose against noise, and the old spin
+#: fails it.
+CPU_BOUND = 0.025
 
 
 @pytest.fixture
