@@ -1,12 +1,12 @@
-"""``python -m benchmarks e2e | latency | scaling | soak | hot-path | outcome-wait``
-(``--help`` on each)."""
+"""``python -m benchmarks e2e | latency | scaling | soak | hot-path | outcome-wait |
+backlog`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import e2e, hot_path, latency, outcome_wait, scaling, soak
+from benchmarks import backlog, e2e, hot_path, latency, outcome_wait, scaling, soak
 
 
 def main() -> None:
@@ -20,6 +20,9 @@ def main() -> None:
     outcome_wait.add_arguments(
         commands.add_parser("outcome-wait", help="request-reply latency, read API req/s")
     )
+    backlog.add_arguments(
+        commands.add_parser("backlog", help="peak RSS through a backlog made before the start")
+    )
     args = parser.parse_args()
     module = {
         "e2e": e2e,
@@ -28,6 +31,7 @@ def main() -> None:
         "soak": soak,
         "hot-path": hot_path,
         "outcome-wait": outcome_wait,
+        "backlog": backlog,
     }[args.command]
     try:
         asyncio.run(module.run(args))

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="20,000 events, 1 repeat, short latency runs"
     )
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["full", "normal-may-lose-commits-on-power-loss"],
+        default="full",
+        help="the daemons' CONSUMERGEN_SQLITE_SYNCHRONOUS (the durable default is full)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     parser.add_argument(
@@ -66,6 +72,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     apply_quick(args)
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     infra = Infra().start(postgres="postgres" in dbs)
+    infra.daemon_defaults["sqlite_synchronous"] = args.sqlite_synchronous
     try:
         return await _run(args, infra, dbs)
     finally:
@@ -96,6 +103,7 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
         "latency_seconds": args.latency_seconds,
         "daemon_settings": daemon_settings(args.set),
         "produce_rate": produce_rate,
+        "sqlite_synchronous": args.sqlite_synchronous,
         "databases": {},
     }
     consume = []

@@ -42,6 +42,9 @@ class Infra:
     postgres: PostgresCluster | None = None
     _admin: AIOKafkaAdminClient | None = None
     daemons: list[DaemonProcess] = field(default_factory=list)
+    #: Settings every daemon of the run gets unless its caller names them (a benchmark
+    #: option such as ``e2e --sqlite-synchronous``).
+    daemon_defaults: dict[str, object] = field(default_factory=dict)
 
     # -- life cycle -------------------------------------------------------------------
     def start(self, postgres: bool) -> Infra:
@@ -149,9 +152,13 @@ class Infra:
 
     # -- daemons ----------------------------------------------------------------------
     def daemon(self, name: str, **settings: object) -> DaemonProcess:
-        env = {f"CONSUMERGEN_{key.upper()}": str(value) for key, value in settings.items()}
+        merged = {**self.daemon_defaults, **settings}
+        env = {f"CONSUMERGEN_{key.upper()}": str(value) for key, value in merged.items()}
         env.setdefault("CONSUMERGEN_BOOTSTRAP_SERVERS", self.bootstrap)
         env.setdefault("CONSUMERGEN_LOG_REDACTION_KEY", "benchmark")
+        # The benchmark's PostgreSQL is a throwaway cluster (fsync off unless it was
+        # started durable): its daemons accept that, which production ones refuse.
+        env.setdefault("CONSUMERGEN_POSTGRESQL_ALLOW_COMMIT_LOSS_ON_CRASH", "true")
         env["PYTHONPATH"] = str(REPO)
         profile: list[str] = []
         profile_dir = os.environ.get("BENCHMARKS_PROFILE_DIR")

@@ -92,6 +92,20 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(5, ge=1)
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    sqlite_synchronous: Literal["full", "normal-may-lose-commits-on-power-loss"] = Field(
+        "full",
+        description="SQLite's PRAGMA synchronous in WAL mode. full: a commit is on disk "
+        "before the offset past it is committed. The other value is faster and may roll "
+        "back committed transactions after a power loss or OS crash, while their offsets "
+        "stay committed: those events are lost for good (docs/durability.md).",
+    )
+    postgresql_allow_commit_loss_on_crash: bool = Field(
+        False,
+        description="Start even when the PostgreSQL server runs with fsync, "
+        "synchronous_commit or full_page_writes off (a crash may then lose or corrupt "
+        "committed transactions whose offsets are committed); without it the daemon "
+        "refuses such a server at start (docs/durability.md).",
+    )
     prune_older_than: str = Field(
         "90d",
         pattern=r"^\s*(\d+(\.\d+)?\s*[wdhmsWDHMS]\s*)+$",

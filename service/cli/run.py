@@ -76,6 +76,7 @@ def _on_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
 async def _run(settings: Settings) -> int:
     from service.daemon.signals import run_daemon
     from service.kafka.records import KafkaClientUnfit
+    from service.store.durability import NotDurableError
     from service.store.engine import create_engine
     from service.store.errors import DatabaseNotFound, SchemaNotCurrentError
 
@@ -87,9 +88,10 @@ async def _run(settings: Settings) -> int:
         return EXIT_USAGE
     try:
         # The daemon checks the schema itself (waiting, not crashing, while the database
-        # is down or locked) and raises this when the schema is not this code's.
+        # is down or locked) and raises these when the schema is not this code's or the
+        # database may lose what it commits.
         return await run_daemon(settings, engine)
-    except (SchemaNotCurrentError, KafkaClientUnfit) as exc:
+    except (SchemaNotCurrentError, KafkaClientUnfit, NotDurableError) as exc:
         click.echo(f"consumergen run: {exc}", err=True)
         return EXIT_USAGE
     finally:

@@ -2,7 +2,8 @@
 
 ``Daemon.run`` waits for the schema and the broker (``startup``), joins the group
 (``membership``: a ``PartitionWorker`` per assigned partition, ``worker``), fetches
-(``fetch``) while the probes watch the broker and the database (``probes``), and on
+(``fetch``) while the probes watch the broker and the database (``probes``; a broker
+found gone parks the Kafka clients until it is back, ``outage``), and on
 ``request_stop`` stops gracefully: every worker finishes or abandons its in-flight
 batch, the consumer leaves the group, the sinks' producer flushes.  Offsets are
 committed (``commits``) only after the database commit and the sinks' acks.
@@ -27,6 +28,7 @@ from service.daemon.http_server import HttpServer
 from service.daemon.liveness import beat_interval, heartbeat
 from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
+from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
@@ -98,6 +100,16 @@ class Daemon:
             metrics=self.metrics,
             revoke_grace=self.revoke_grace,
         )
+        self.outage = BrokerOutage(
+            settings,
+            consumer=lambda: self.consumer,
+            renew_consumer=self._renew_consumer,
+            membership=self.membership,
+            drop_producer=self.producer.abandon,
+            reconnect=lambda: self._start_clients("after an outage"),
+            subscribe=self._subscribe,
+            stop=self._stop,
+        )
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -106,7 +118,8 @@ class Daemon:
             pauses=self.pauses,
             readiness=self.readiness,
             metrics=self.metrics,
-            drop_producer=self.producer.stop_quietly,
+            online=self.outage.online.is_set,
+            broker_lost=self.outage.lost,
         )
 
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -128,6 +141,21 @@ class Daemon:
 
     def _renew_consumer(self) -> None:
         self.consumer = self._make_consumer()
+
+    async def _start_clients(self, when: str) -> None:
+        await start_clients(
+            self.settings,
+            producer=self.producer,
+            consumer=lambda: self.consumer,
+            renew_consumer=self._renew_consumer,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            stop=self._stop,
+            when=when,
+        )
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.topic], listener=self.membership.listener())
 
     @property
     def workers(self) -> dict[TopicPartition, PartitionWorker]:
@@ -191,18 +219,11 @@ class Daemon:
             )
             if self._stop.is_set():
                 return
-            await start_clients(
-                settings,
-                producer=self.producer,
-                consumer=lambda: self.consumer,
-                renew_consumer=self._renew_consumer,
-                readiness=self.readiness,
-                metrics=self.metrics,
-                stop=self._stop,
-            )
+            await self._start_clients("at start")
             if self._stop.is_set():
                 return
-            self.consumer.subscribe([settings.topic], listener=self.membership.listener())
+            self._subscribe()
+            self.outage.online.set()
             self.readiness.started = True
             log.info("daemon started", topic=settings.topic, group=settings.group_id)
             watcher = asyncio.create_task(self.probes.watch(self._stop), name="probes")
@@ -215,11 +236,13 @@ class Daemon:
                 metrics=self.metrics,
                 stop=self._stop,
                 fatal=self.fatal,
+                online=self.outage.online,
             )
         finally:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            await self.outage.close()
             try:
                 await self._shutdown()
             finally:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 from stamina.instrumentation import RetryDetails
 
@@ -37,16 +38,25 @@ async def fetch_loop(
     metrics: DaemonMetrics,
     stop: asyncio.Event,
     fatal: Callable[[BaseException], None],
+    online: asyncio.Event,
 ) -> None:
     """Fetch and hand out until ``stop``; a fetch error that is not the infrastructure's
     (records aiokafka cannot decode arrive as ``UndecodableRecord`` values, so what is
-    still raised is the broker's "not now" or a bug) stops the daemon (``fatal``)."""
+    still raised is the broker's "not now" or a bug) stops the daemon (``fatal``).
+    Fetching waits while ``online`` is clear (``service.daemon.outage``)."""
 
     async def fetch() -> Fetched:
-        batches: Fetched = await metrics.stages.timed(
-            "fetch",
-            consumer().getmany(timeout_ms=500, max_records=settings.batch_max_events * 2),
-        )
+        await online.wait()  # the clients are parked while the broker is gone
+        current = consumer()
+        try:
+            batches: Fetched = await metrics.stages.timed(
+                "fetch",
+                current.getmany(timeout_ms=500, max_records=settings.batch_max_events * 2),
+            )
+        except ConsumerStoppedError:
+            if current is not consumer():
+                return {}  # parked during the fetch: nothing was handed out
+            raise
         return batches
 
     def retrying(details: RetryDetails) -> None:

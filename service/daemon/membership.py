@@ -49,12 +49,13 @@ class Membership:
         self._count()
         log.info("partitions assigned", count=len(assigned), total=len(self.workers))
 
-    async def release(self, revoked: list[TopicPartition]) -> None:
-        """Finish (or abandon) the in-flight batch of each revoked partition; each batch
-        commits its own offset when durable, so what is done is committed before the
-        partitions go."""
+    async def release(self, revoked: list[TopicPartition], grace: float | None = None) -> None:
+        """Finish (or abandon, after ``grace``: ``revoke_grace`` unless given) the in-flight
+        batch of each revoked partition; each batch commits its own offset when durable,
+        so what is done is committed before the partitions go."""
         workers = [self.workers.pop(tp) for tp in revoked if tp in self.workers]
-        clean = await asyncio.gather(*(w.stop(self.revoke_grace) for w in workers))
+        wait = self.revoke_grace if grace is None else min(grace, self.revoke_grace)
+        clean = await asyncio.gather(*(w.stop(wait) for w in workers))
         for tp in revoked:
             self._pauses.forget(tp)
             self._readiness.failing.pop(f"{tp.topic}/{tp.partition}", None)

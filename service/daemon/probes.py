@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -35,7 +35,8 @@ class Probes:
         pauses: Pauses,
         readiness: Readiness,
         metrics: DaemonMetrics,
-        drop_producer: Callable[[], Awaitable[None]],
+        online: Callable[[], bool],
+        broker_lost: Callable[[], None],
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -44,15 +45,20 @@ class Probes:
         self._pauses = pauses
         self._readiness = readiness
         self._metrics = metrics
-        self._drop_producer = drop_producer
+        self._online = online
+        self._broker_lost = broker_lost
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Every ``probe_interval_seconds`` until ``stop``: the broker, the database, the lag."""
         interval = self.settings.probe_interval_seconds
         while not stop.is_set():
-            await self.probe_broker()
+            # While the clients are parked (``service.daemon.outage``), the reconnect
+            # routine is the broker's probe, and there is no lag to read.
+            if self._online():
+                await self.probe_broker()
             await self.probe_database()
-            await self.refresh_lag()
+            if self._online():
+                await self.refresh_lag()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -67,15 +73,11 @@ class Probes:
             if readiness.broker_reachable:
                 readiness.broker_reachable = False
                 self._metrics.infrastructure_failures.labels("broker").inc()
-                log.warning("broker unreachable: pausing every partition", error=error)
+                log.warning("broker unreachable: parking the Kafka clients", error=error)
                 # aiokafka's clients re-request metadata without any backoff while they
-                # have work for an unreachable broker (thousands of attempts, and log
-                # lines, a second): give them none.  Fetching stops for the paused
-                # partitions, and the producer, with whatever it had pending, is dropped
-                # (those writes fail and are retried, paced, by their partitions).
-                for tp in list(workers):
-                    self._pauses.pause(tp, "broker")
-                await self._drop_producer()
+                # have work for an unreachable broker: the daemon stops them and
+                # reconnects with capped backoff instead (``service.daemon.outage``).
+                self._broker_lost()
             return
         if not readiness.broker_reachable:
             readiness.broker_reachable = True

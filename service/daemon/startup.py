@@ -24,8 +24,14 @@ from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import retry_scope, retry_until_stopped
 from service.kafka import tls
-from service.kafka.clients import BrokerUnavailable, client_options, start_bounded
+from service.kafka.clients import (
+    BrokerUnavailable,
+    client_options,
+    close_quietly,
+    start_bounded,
+)
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.durability import check_durability
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
 
@@ -40,13 +46,15 @@ async def wait_for_schema(
     metrics: DaemonMetrics,
     stop: asyncio.Event,
 ) -> None:
-    """Return once the schema is current (or ``stop`` was set first)."""
+    """Return once the schema is current and the database durable, or accepted as not
+    (``service.store.durability``), or once ``stop`` was set first."""
     failures = 0
 
     async def check() -> None:
         nonlocal failures
         try:
             await ensure_schema_current(engine)
+            await check_durability(engine, settings)
         except Exception as exc:  # sorted just below: only a transient one is retried
             if is_transient(exc):
                 failures += 1
@@ -87,11 +95,13 @@ async def start_clients(
     readiness: Readiness,
     metrics: DaemonMetrics,
     stop: asyncio.Event,
+    when: str = "at start",
 ) -> None:
     """Start the sinks' producer and the consumer (or return when ``stop`` came first).
 
     A failed client cannot start again: after a failure the producer is dropped and
-    ``renew_consumer`` makes a fresh consumer for the next attempt."""
+    ``renew_consumer`` makes a fresh consumer for the next attempt.  ``when`` goes into
+    the retry warning ("at start", or "after an outage" from ``service.daemon.outage``)."""
     failures = 0
     cause: str | None = None
 
@@ -105,6 +115,9 @@ async def start_clients(
             readiness.broker_reachable = False
             metrics.infrastructure_failures.labels("broker").inc()
             await producer.stop_quietly()
+            # Closed before it is dropped, started or not: a consumer that is merely
+            # forgotten makes asyncio log "Unclosed AIOKafkaConsumer" when it is collected.
+            await close_quietly(consumer())
             renew_consumer()
             cause = await diagnose_connection(settings)
             if cause is not None and cause.startswith("authentication failed"):
@@ -136,7 +149,7 @@ async def start_clients(
             )
         else:
             log.warning(
-                "broker unavailable at start, retrying",
+                f"broker unavailable {when}, retrying",
                 error=str(details.caused_by),
                 cause=cause,
                 attempt=details.retry_num,

@@ -61,7 +61,8 @@ def _run_as() -> pwd.struct_passwd | None:
 
 @dataclass
 class PostgresCluster:
-    """One cluster in ``root`` (created by ``start``, removed by ``remove``)."""
+    """One cluster in ``root`` (created by ``start``, removed by ``remove``); ``durable``
+    keeps PostgreSQL's own fsync, synchronous_commit and full_page_writes (on)."""
 
     root: Path
     port: int = 0

@@ -172,12 +172,14 @@ async def start_bounded(client: Any, settings: Settings, what: str) -> None:
         await asyncio.wait_for(client.start(), timeout)
     except (TimeoutError, KafkaError, OSError) as exc:
         await close_quietly(client)
-        detail = "no answer" if isinstance(exc, TimeoutError) else error_text(exc)
+        # "within N s" only when the bound is what ended it: a refused connection fails
+        # in a fraction of a second, and saying "within 30 s" then misleads.
+        timed_out = isinstance(exc, TimeoutError)
+        detail = f"no answer within {timeout:g} s" if timed_out else error_text(exc)
         # A certificate failure is lost in aiokafka's "unable to bootstrap": ask once.
         detail = await tls.diagnose(settings, client_options(settings)) or detail
         raise BrokerUnavailable(
-            f"cannot connect the {what} to Kafka at {describe_servers(settings)} "
-            f"within {timeout:g} s: {detail}"
+            f"cannot connect the {what} to Kafka at {describe_servers(settings)}: {detail}"
         ) from None
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from service.config import Settings
 from service.kafka.clients import (
@@ -100,15 +100,35 @@ class KafkaProducerHandle:
         return limit
 
     async def stop(self) -> None:
+        """Flush and close, within the request timeout.  A producer that cannot flush
+        (its broker is gone) has its pending batches failed once the bound is reached,
+        so that its stop completes: cutting aiokafka's stop short instead would leave its
+        sender task and client retrying about ten times a second, for ever."""
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            await asyncio.wait_for(producer.stop(), self.settings.request_timeout_seconds)
+            timeout = self.settings.request_timeout_seconds
+            stopping = asyncio.ensure_future(producer.stop())
+            # A timer, not this task: a caller cancelled meanwhile (a worker released at
+            # an outage) must not leave the stop hanging on a flush that cannot happen.
+            timer = asyncio.get_running_loop().call_later(timeout, _fail_pending, producer)
+            stopping.add_done_callback(lambda _: timer.cancel())
+            await asyncio.wait_for(asyncio.shield(stopping), 2 * timeout)
 
     async def stop_quietly(self) -> None:
         """Drop the producer (after a failed write, or while the broker is away): its
         pending writes fail and are retried, paced, by their partitions."""
         with contextlib.suppress(Exception):
             await self.stop()
+
+    async def abandon(self) -> None:
+        """Drop the producer without waiting to flush, for a broker that is gone (after
+        every writer was released, ``service.daemon.outage``).  aiokafka's ``stop``
+        waits for pending batches; when a bound cuts that wait short, its sender task and
+        client go on retrying about ten times a second for as long as the outage lasts.
+        Failing the pending batches first lets ``stop`` finish at once."""
+        if self._producer is not None:
+            _fail_pending(self._producer)
+        await self.stop_quietly()
 
     async def ready(self) -> AIOKafkaProducer:
         """The producer to write with, (re)started if the last write failed; fails fast
@@ -122,3 +142,11 @@ class KafkaProducerHandle:
                 raise SinkUnavailable(str(exc), kind="broker") from None
         assert self._producer is not None
         return self._producer
+
+
+def _fail_pending(producer: AIOKafkaProducer) -> None:
+    """Fail every batch the producer still holds (queued or in flight): their senders
+    see a ``KafkaConnectionError``, and the producer's flush, hence its stop, is done."""
+    producer._message_accumulator.fail_all(
+        KafkaConnectionError("the broker is gone: pending writes abandoned")
+    )

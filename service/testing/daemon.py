@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from service.config import Settings, load_settings
 from service.daemon.app import Daemon
@@ -19,6 +19,11 @@ from service.store.migrate import upgrade
 from service.testing.database import inbox
 from service.testing.kafka_io import committed_offsets, read_all
 from service.testing.model import Model
+
+#: Test and benchmark PostgreSQL servers run with fsync off (throwaway data, and speed):
+#: their daemons accept that, which a production daemon refuses by default
+#: (``service.store.durability``).  A test of the refusal overrides it.
+NON_DURABLE_TEST_SERVER: Final[dict[str, Any]] = {"postgresql_allow_commit_loss_on_crash": True}
 
 
 @dataclass
@@ -33,7 +38,9 @@ class Topics:
 
 def daemon_settings(bootstrap: str, database_url: str, topics: Topics, **extra: Any) -> Settings:
     """Settings of an in-process daemon on ``topics``: any free health port and short
-    infrastructure retry waits, so that outage tests take seconds; ``extra`` overrides."""
+    infrastructure retry waits, so that outage tests take seconds; a PostgreSQL run
+    without fsync is accepted (test servers are throwaway: ``NON_DURABLE_TEST_SERVER``);
+    ``extra`` overrides."""
     return load_settings(
         bootstrap_servers=bootstrap,
         database_url=database_url,
@@ -45,7 +52,7 @@ def daemon_settings(bootstrap: str, database_url: str, topics: Topics, **extra: 
         read_api_port=0,
         infra_retry_wait_initial_seconds=0.05,
         infra_retry_wait_max_seconds=0.5,
-        **extra,
+        **{**NON_DURABLE_TEST_SERVER, **extra},
     )
 
 
@@ -68,7 +75,8 @@ def process_env(
     bootstrap: str, database_url: str, topics: Topics, **extra: object
 ) -> dict[str, str]:
     """Environment of a ``python -m service run`` daemon on these topics; ``extra`` are
-    settings by field name (``batch_max_events=50`` -> ``CONSUMERGEN_BATCH_MAX_EVENTS``)."""
+    settings by field name (``batch_max_events=50`` -> ``CONSUMERGEN_BATCH_MAX_EVENTS``);
+    like ``daemon_settings`` it accepts a PostgreSQL test server without fsync."""
     env = {
         "CONSUMERGEN_BOOTSTRAP_SERVERS": bootstrap,
         "CONSUMERGEN_DATABASE_URL": database_url,
@@ -81,6 +89,7 @@ def process_env(
         "CONSUMERGEN_INFRA_RETRY_WAIT_MAX_SECONDS": "0.5",
         "CONSUMERGEN_PROBE_INTERVAL_SECONDS": "0.5",
         "CONSUMERGEN_READ_API_PORT": "0",
+        "CONSUMERGEN_POSTGRESQL_ALLOW_COMMIT_LOSS_ON_CRASH": "true",
     }
     env.update({f"CONSUMERGEN_{name.upper()}": str(value) for name, value in extra.items()})
     return env

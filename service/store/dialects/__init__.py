@@ -26,6 +26,9 @@ What a dialect provides:
 * ``transient(error)``: True/False for an error this database's driver raised and that
   the dialect recognises (SQLSTATEs, SQLite's messages), None for anything else;
 * ``bytewise(column)``: the column ordered byte-wise (so two databases' streams merge);
+* ``durability_risks(connection, settings)``: what, in this database's configuration,
+  could lose a commit on a crash (``DurabilityRisk``; ``service.store.durability``
+  warns about the accepted ones and refuses the others);
 * ``single_writer``: True when the database admits one writer at a time (the apply path
   then queues its writers fairly in-process instead of in the database's busy handler).
 """
@@ -36,6 +39,7 @@ import importlib
 import pkgutil
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
@@ -77,6 +81,18 @@ CAS_COLUMNS: Final = (
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+@dataclass(frozen=True)
+class DurabilityRisk:
+    """One way a committed transaction could be lost on a crash: ``what`` says which
+    database setting and what it risks; ``setting`` is the ``CONSUMERGEN_*`` variable
+    under which an operator accepts it, and ``accepted`` whether they did (if not, the
+    daemon refuses to start)."""
+
+    what: str
+    setting: str
+    accepted: bool
+
+
 @runtime_checkable
 class Dialect(Protocol):
     """What the store needs to know of one database (see the module docstring)."""
@@ -112,6 +128,10 @@ class Dialect(Protocol):
     def transient(self, error: BaseException) -> bool | None: ...
 
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]: ...
+
+    async def durability_risks(
+        self, connection: AsyncConnection, settings: Settings
+    ) -> list[DurabilityRisk]: ...
 
 
 @cache

@@ -3,11 +3,16 @@
 The pool has ``database_pool_size`` connections and no overflow; pre-ping makes a
 server restart cost one failed checkout, not a crash.  Errors are classified by their
 SQLSTATE, which asyncpg puts on every server error.
+
+Durability is the server's: ``durability_risks`` reads ``fsync``, ``synchronous_commit``
+and ``full_page_writes`` (what this session would run with) and names each that voids
+"a commit that returned survives a crash"; the daemon refuses such a server unless
+``CONSUMERGEN_POSTGRESQL_ALLOW_COMMIT_LOSS_ON_CRASH`` accepts it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
@@ -16,7 +21,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from service.store.dialects import CAS_COLUMNS
+from service.config import env_name
+from service.store.dialects import CAS_COLUMNS, DurabilityRisk
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -38,6 +44,29 @@ TRANSIENT_DRIVER_ERRORS: Final = frozenset(
         "ConnectionFailureError",
     }
 )
+
+
+#: The server settings that decide whether a returned commit survives a crash, and what
+#: each one's unsafe value costs.  ``synchronous_commit`` is safe at ``local``, ``on``,
+#: ``remote_write`` and ``remote_apply`` (all flush the local WAL before returning).
+DURABILITY_SETTINGS: Final = ("fsync", "synchronous_commit", "full_page_writes")
+_UNSAFE: Final = {
+    ("fsync", "off"): "fsync=off: an OS crash or power loss may lose committed "
+    "transactions or corrupt the database",
+    ("synchronous_commit", "off"): "synchronous_commit=off: a server crash may lose the "
+    "last committed transactions (up to three times wal_writer_delay)",
+    ("full_page_writes", "off"): "full_page_writes=off: a power loss may leave torn pages "
+    "that crash recovery cannot repair",
+}
+
+
+def durability_problems(shown: Mapping[str, str]) -> list[str]:
+    """What the ``SHOW`` values of ``DURABILITY_SETTINGS`` void, one line each (pure)."""
+    return [
+        problem
+        for (name, unsafe), problem in _UNSAFE.items()
+        if shown.get(name, "").strip().lower() == unsafe
+    ]
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -147,6 +176,19 @@ class PostgreSQL:
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         # The database's default collation may order differently from Python's str.
         return column.collate("C")
+
+    async def durability_risks(
+        self, connection: AsyncConnection, settings: Settings
+    ) -> list[DurabilityRisk]:
+        shown = {
+            name: str((await connection.exec_driver_sql(f"SHOW {name}")).scalar())
+            for name in DURABILITY_SETTINGS
+        }
+        setting = env_name("postgresql_allow_commit_loss_on_crash")
+        accepted = settings.postgresql_allow_commit_loss_on_crash
+        return [
+            DurabilityRisk(problem, setting, accepted) for problem in durability_problems(shown)
+        ]
 
 
 #: The array type of each column type the hot path inserts.

@@ -14,6 +14,14 @@ is never created (a plain path would make an empty one wherever the command was 
 and never written; an engine with ``create=False`` (the daemon, ``replay``) opens it
 ``mode=rw``: written, never created.  A missing file is ``DatabaseNotFound`` naming the
 resolved path.  Only ``db upgrade`` (and ``run --local``) create a database.
+
+Durability: ``synchronous = FULL`` by default.  In WAL mode FULL syncs the WAL at every
+commit, so a transaction whose commit returned survives a power loss or OS crash; under
+NORMAL it may roll back, while the Kafka offset past it is already committed (the events
+would be lost for good).  EXTRA adds nothing in WAL mode (it syncs the directory after a
+rollback journal is deleted, and WAL deletes no journal).  NORMAL remains available as
+``CONSUMERGEN_SQLITE_SYNCHRONOUS=normal-may-lose-commits-on-power-loss``: a value that
+says what it risks, reported as a warning at start (``durability_risks``).
 """
 
 from __future__ import annotations
@@ -32,7 +40,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.dml import Insert
 
-from service.store.dialects import DATABASE_URL_VARIABLE, READ_ONLY, update_by_executemany
+from service.config import env_name
+from service.store.dialects import (
+    DATABASE_URL_VARIABLE,
+    READ_ONLY,
+    DurabilityRisk,
+    update_by_executemany,
+)
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -48,6 +62,9 @@ TRANSIENT_MESSAGES: Final = (
     "no active connection",
 )
 
+#: ``Settings.sqlite_synchronous`` -> the PRAGMA's value.
+SYNCHRONOUS: Final = {"full": "FULL", "normal-may-lose-commits-on-power-loss": "NORMAL"}
+
 
 class SQLite:
     name = "sqlite"
@@ -62,6 +79,7 @@ class SQLite:
             url = existing_file_url(url, "ro" if read_only else "rw")
         engine = create_async_engine(url)
         busy_timeout_ms = int(settings.sqlite_busy_timeout_ms)
+        synchronous = SYNCHRONOUS[settings.sqlite_synchronous]
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -72,7 +90,7 @@ class SQLite:
                 cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
                 if not read_only:  # WAL is persistent: a writer set it when it made the file
                     cursor.execute("PRAGMA journal_mode = WAL")
-                    cursor.execute("PRAGMA synchronous = NORMAL")
+                    cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
             finally:
                 cursor.close()
@@ -117,6 +135,23 @@ class SQLite:
 
     def bytewise(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return column  # SQLite's default collation (BINARY) is byte-wise already
+
+    async def durability_risks(
+        self, connection: AsyncConnection, settings: Settings
+    ) -> list[DurabilityRisk]:
+        """NORMAL when the operator chose it (always accepted: choosing it is the
+        acceptance); FULL is durable.  Read from the connection, not the settings."""
+        value = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+        if value is not None and int(value) >= 2:  # 2 = FULL, 3 = EXTRA
+            return []
+        return [
+            DurabilityRisk(
+                "SQLite synchronous=NORMAL: a commit may roll back after a power loss or "
+                "OS crash while its offset stays committed (those events are lost)",
+                setting=env_name("sqlite_synchronous"),
+                accepted=True,
+            )
+        ]
 
 
 def database_path(url: str) -> Path | None:

@@ -1,0 +1,91 @@
+"""A broker that is gone: park the Kafka clients instead of letting them spin.
+
+While its broker is unreachable, an aiokafka consumer that is a group member keeps
+looking for its coordinator and refreshing metadata about every ``retry_backoff_ms``
+(100 ms), with a connection attempt and a log line each time (aio-libs/aiokafka#1155):
+a few percent of a core and hundreds of lines a minute, for as long as the outage lasts.
+So when the probes find the broker gone, the daemon *parks*:
+
+1. the partitions are released as at a revocation (each worker finishes or abandons
+   its in-flight batch within a short grace; nothing is committed past the database, and
+   what could not be committed comes again and is a duplicate in the inbox);
+2. the sinks' producer is dropped and the consumer stopped (bounded), then replaced by a
+   fresh, unstarted one;
+3. the start-up connection routine (``startup.start_clients``: stamina's capped,
+   jittered exponential backoff up to ``CONSUMERGEN_INFRA_RETRY_WAIT_MAX_SECONDS``, a
+   failed client closed before the next attempt) runs until the broker answers;
+4. the new consumer subscribes and rejoins the group, and fetching resumes.
+
+``online`` is clear from step 1 to step 4; the fetch loop and the broker probe wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+
+from service.config import Settings
+from service.daemon.membership import Membership
+
+log = structlog.get_logger(__name__)
+
+
+class BrokerOutage:
+    """Parks the clients when the broker is lost and brings them back (module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: Callable[[], AIOKafkaConsumer],
+        renew_consumer: Callable[[], None],
+        membership: Membership,
+        drop_producer: Callable[[], Awaitable[None]],
+        reconnect: Callable[[], Awaitable[None]],
+        subscribe: Callable[[], None],
+        stop: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self._consumer = consumer
+        self._renew_consumer = renew_consumer
+        self._membership = membership
+        self._drop_producer = drop_producer
+        self._reconnect = reconnect
+        self._subscribe = subscribe
+        self._stop = stop
+        #: Set while the consumer is started and subscribed (fetching may go on).
+        self.online = asyncio.Event()
+        self._parking: asyncio.Task[None] | None = None
+
+    def lost(self) -> None:
+        """The probe found the broker gone: park, unless already parked."""
+        if self._parking is None or self._parking.done():
+            self.online.clear()
+            self._parking = asyncio.create_task(self._park(), name="broker-outage")
+
+    async def _park(self) -> None:
+        bound = self.settings.request_timeout_seconds
+        # Nothing of theirs can be committed while the broker is away: a short grace.
+        await self._membership.release(list(self._membership.workers), grace=bound)
+        await self._drop_producer()
+        old = self._consumer()
+        self._renew_consumer()
+        with contextlib.suppress(Exception):  # leaving the group cannot reach anyone
+            await asyncio.wait_for(old.stop(), bound)
+        log.warning("broker gone: Kafka clients parked, reconnecting with backoff")
+        await self._reconnect()
+        if self._stop.is_set():
+            return
+        self._subscribe()
+        self.online.set()
+        log.info("broker back: consumer rejoining the group")
+
+    async def close(self) -> None:
+        """At shutdown: end a parking in progress (its reconnect returns on the stop)."""
+        if self._parking is not None:
+            self._parking.cancel()
+            await asyncio.gather(self._parking, return_exceptions=True)
