@@ -153,15 +153,15 @@ def _single(
     producer_name: str | None,
 ) -> bool:
     try:
-        event = new_event(
-            EventType.DELETE if delete else EventType.UPSERT,
+        event = _option_event(
+            settings,
             consumer_uuid,
-            expected_generation=_precondition(expected_generation),
-            project_id=project_id,
-            user_id=user_id,
-            consumer_type=consumer_type,
-            producer=producer_name,
-            max_bytes=settings.max_event_bytes,
+            project_id,
+            user_id,
+            consumer_type,
+            expected_generation,
+            delete,
+            producer_name,
         )
     except InvalidEvent as exc:
         # Every part of a single event is an option: one the contract refuses is a bad
@@ -202,21 +202,44 @@ async def _one_item(
 ) -> AsyncIterator[Item]:
     assert consumer_uuid is not None
     try:
-        yield (
-            None,
-            new_event(
-                EventType.DELETE if delete else EventType.UPSERT,
-                consumer_uuid,
-                expected_generation=_precondition(expected_generation),
-                project_id=project_id,
-                user_id=user_id,
-                consumer_type=consumer_type,
-                producer=producer_name,
-                max_bytes=settings.max_event_bytes,
-            ),
+        event = _option_event(
+            settings,
+            consumer_uuid,
+            project_id,
+            user_id,
+            consumer_type,
+            expected_generation,
+            delete,
+            producer_name,
         )
     except InvalidEvent as exc:
         yield None, exc
+    else:
+        yield None, event
+
+
+def _option_event(
+    settings: Settings,
+    consumer_uuid: str,
+    project_id: str | None,
+    user_id: str | None,
+    consumer_type: str | None,
+    expected_generation: str | None,
+    delete: bool,
+    producer_name: str | None,
+) -> ConsumerEvent:
+    """The single event the options describe (``InvalidEvent`` if the contract refuses it):
+    one builder for the plain send and for ``--wait``."""
+    return new_event(
+        EventType.DELETE if delete else EventType.UPSERT,
+        consumer_uuid,
+        expected_generation=_precondition(expected_generation),
+        project_id=project_id,
+        user_id=user_id,
+        consumer_type=consumer_type,
+        producer=producer_name,
+        max_bytes=settings.max_event_bytes,
+    )
 
 
 async def _line_items(
