@@ -6,9 +6,10 @@ looking for its coordinator and refreshing metadata about every ``retry_backoff_
 a few percent of a core and hundreds of lines a minute, for as long as the outage lasts.
 So when the probes find the broker gone, the daemon *parks*:
 
-1. the partitions are released as at a revocation (each worker finishes or abandons
-   its in-flight batch within a short grace; nothing is committed past the database, and
-   what could not be committed comes again and is a duplicate in the inbox);
+1. the partitions are released as at a revocation, without a grace (each worker
+   abandons its in-flight batch, which needs the broker to finish; nothing is committed
+   past the database, and what could not be committed comes again and is a duplicate in
+   the inbox);
 2. the sinks' producer is dropped and the consumer stopped (bounded), then replaced by a
    fresh, unstarted one;
 3. the start-up connection routine (``startup.start_clients``: stamina's capped,
@@ -69,8 +70,12 @@ class BrokerOutage:
 
     async def _park(self) -> None:
         bound = self.settings.request_timeout_seconds
-        # Nothing of theirs can be committed while the broker is away: a short grace.
-        await self._membership.release(list(self._membership.workers), grace=bound)
+        # No grace: a batch in flight can only end by its outcome acknowledgements and
+        # its offset commit, which need the broker that is gone, so waiting for it only
+        # gives the consumer's client time to spin (aio-libs/aiokafka#1155: tens of
+        # thousands of connection attempts a second; a few CPU seconds per outage).
+        # An abandoned batch is not committed and comes again as duplicates.
+        await self._membership.release(list(self._membership.workers), grace=0)
         await self._drop_producer()
         old = self._consumer()
         self._renew_consumer()

@@ -146,7 +146,24 @@ class KafkaProducerHandle:
 
 def _fail_pending(producer: AIOKafkaProducer) -> None:
     """Fail every batch the producer still holds (queued or in flight): their senders
-    see a ``KafkaConnectionError``, and the producer's flush, hence its stop, is done."""
-    producer._message_accumulator.fail_all(
-        KafkaConnectionError("the broker is gone: pending writes abandoned")
-    )
+    see a ``KafkaConnectionError``, and the producer's flush, hence its stop, is done.
+
+    Two details of aiokafka 0.14's accumulator make this more than ``fail_all``:
+    a batch that was sent, failed and queued again for a retry is no longer in the
+    in-flight set, yet the done-callback from its first send still removes it from
+    there (a ``KeyError`` in an asyncio callback, logged as an ERROR), so such batches
+    are put back in the set first; and the writers who awaited these futures may have
+    been released already (an outage abandons their batches), so every failed future
+    (a batch's, its messages', its drain waiter's) is marked as seen, or asyncio logs
+    "exception was never retrieved" when it is collected.  A writer still awaiting one
+    gets the error all the same."""
+    accumulator = producer._message_accumulator
+    queued = [batch for batches in accumulator._batches.values() for batch in batches]
+    held = [*queued, *accumulator._pending_batches]
+    accumulator._pending_batches.update(batch for batch in queued if batch.retry_count)
+    accumulator.fail_all(KafkaConnectionError("the broker is gone: pending writes abandoned"))
+    for batch in held:
+        messages = (future for future, _ in batch._msg_futures)
+        for future in (batch.future, batch._drain_waiter, *messages):
+            if future.done() and not future.cancelled():
+                future.exception()
