@@ -111,6 +111,11 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
         consume.append(await raw_consume(infra.bootstrap, topic, args.events))
         say(f"(a) raw consume: {consume[-1]:,.0f} events/s")
     results["raw_consume"] = consume
+    parsed = []
+    for _ in range(args.repeat):
+        parsed.append(await raw_consume(infra.bootstrap, topic, args.events, parse=True))
+        say(f"(a2) raw consume + json.loads: {parsed[-1]:,.0f} events/s")
+    results["raw_consume_json"] = parsed
 
     for db in dbs:
         entry: dict[str, list[Any]] = {
@@ -199,11 +204,12 @@ def _med(entry: dict[str, Any], key: str, field: str | None = None) -> float:
 
 def summary(results: dict[str, Any]) -> str:
     a = median(results["raw_consume"])
+    a2 = median(results.get("raw_consume_json") or [float("nan")])
     lines = [
-        f"| database | (a) raw consume | (b) raw DB write | (c) naive peer | (d) daemon | "
-        f"(d') daemon, no outcomes topic | d/a | d/c | p50 / p99 at "
+        f"| database | (a) raw consume | (a2) + json.loads | (b) raw DB write | (c) naive peer | "
+        f"(d) daemon | (d') daemon, no outcomes topic | d/a | d/a2 | d/c | p50 / p99 at "
         f"{results['latency_rate']:,.0f} ev/s | CPU µs/event (d) | peak RSS (d) | DB == model |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for db, entry in results["databases"].items():
         b = _med(entry, "raw_db")
@@ -217,8 +223,9 @@ def summary(results: dict[str, Any]) -> str:
         ok = all(r["verified"] for r in entry["daemon"] + entry["daemon_no_outcomes"])
         name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[db]
         lines.append(
-            f"| {name} | {a:,.0f} | {b:,.0f} | {c:,.0f} | **{d:,.0f}** | {d0:,.0f} | "
-            f"**{d / a:.2f}** | **{d / c:.1f}** | {p50:.0f} / **{p99:.0f}** ms | **{cpu:.0f}** | "
+            f"| {name} | {a:,.0f} | {a2:,.0f} | {b:,.0f} | {c:,.0f} | **{d:,.0f}** | {d0:,.0f} | "
+            f"**{d / a:.3f}** | **{d / a2:.3f}** | **{d / c:.1f}** | "
+            f"{p50:.0f} / **{p99:.0f}** ms | **{cpu:.0f}** | "
             f"{rss:.0f} MiB | "
             f"{'yes' if ok else 'NO'} |"
         )
@@ -319,6 +326,8 @@ awaits is charged only its own steps, see `service/daemon/stages.py`):
 
 - **(a) raw consume**: one aiokafka consumer reads the whole topic and discards it (the
   Kafka-side limit for one Python process).
+- **(a2) + json.loads**: the same, with `json.loads` on every value: the least a reader
+  that looks at the events at all must do (the issue 13 targets are against this).
 - **(b) raw DB write**: the same number of inbox-like rows, 500 per transaction, with the
   fastest plain means (SQLite `executemany`, PostgreSQL `COPY`): the database-side limit
   for the rows the daemon must write at the least (it also writes the consumer rows).

@@ -68,8 +68,11 @@ async def produce(bootstrap: str, topic: str, records: list[Record]) -> float:
 # --- (a) Kafka-side limit ---------------------------------------------------------------
 
 
-async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
-    """Read the whole topic and discard it: events/s, from the first fetch to the last."""
+async def raw_consume(bootstrap: str, topic: str, total: int, parse: bool = False) -> float:
+    """Read the whole topic and discard it: events/s, from the first fetch to the last.
+    With ``parse``, every value also goes through ``json.loads`` (a2): the least work
+    a reader that looks at the events at all must do, so the fairer limit to compare
+    the daemon with."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -82,8 +85,12 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
         while seen < total:
             batches = await consumer.getmany(timeout_ms=1_000, max_records=10_000)
             for records in batches.values():
-                for record in records:
-                    _ = record.value  # read and discard
+                if parse:
+                    for record in records:
+                        json.loads(record.value)
+                else:
+                    for record in records:
+                        _ = record.value  # read and discard
             seen += sum(len(records) for records in batches.values())
         return seen / (time.perf_counter() - began)
     finally:
