@@ -32,8 +32,9 @@ from service.apply.applier import Applier
 from service.config import Settings
 from service.contract.decode import decode_document
 from service.domain.consumer import ConsumerState
+from service.domain.events import ConsumerEvent
 from service.domain.inbox import InboxWrite, ProcessedEvent
-from service.domain.outcomes import OutcomeKind
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.domain.rules import Write
 from service.kafka.partitioning import partition_for
 from service.store.engine import create_engine
@@ -41,8 +42,16 @@ from service.store.migrate import upgrade
 from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from service.testing.daemon import Topics, assert_matches_model, daemon_settings, running_daemon
 from service.testing.database import consumer_state, inbox
-from service.testing.kafka_io import commit_offsets, produce_docs, read_all, wait_all_committed
+from service.testing.kafka_io import (
+    commit_offsets,
+    committed_offsets,
+    end_offsets,
+    produce_docs,
+    read_all,
+    wait_all_committed,
+)
 from service.testing.model import Model, event_doc
+from service.testing.polling import poll
 from service.testing.workload import mixed_stream
 from tests.conftest import TopicFactory
 
@@ -149,6 +158,26 @@ class Outsider:
         await self.apply(doc)
 
 
+class HoldingApplier:
+    """The daemon's applier, except that the first batch holding ``target`` waits (before
+    any transaction) until ``until`` returns: the partition is held at that event while
+    the test watches what the daemon does with the other partitions."""
+
+    def __init__(self, inner: Applier, target: str, until: Callable[[], Awaitable[object]]) -> None:
+        self.inner = inner
+        self.target = target
+        self.until = until
+        self.held = False
+
+    async def apply_batch(
+        self, items: Sequence[tuple[ConsumerEvent, EventSource | None]]
+    ) -> list[Outcome]:
+        if not self.held and any(event.event_id == self.target for event, _ in items):
+            self.held = True
+            await self.until()
+        return await self.inner.apply_batch(items)
+
+
 async def _daemon_topics(new_topic: TopicFactory) -> Topics:
     """Events on 4 partitions; outcomes on ONE partition, so that the outcome records of
     each events partition are read back in the order the daemon wrote them."""
@@ -219,7 +248,10 @@ async def test_one_partition_stays_in_offset_order_while_an_event_is_retried(
     batch (which splits) and then three times alone (three CAS retries with backoff);
     meanwhile no later event of its partition is recorded, every outcome record of a
     partition comes in offset order, and the end state, every outcome record and the
-    target consumer's generation after each of its events are the independent model's."""
+    target consumer's generation after each of its events are the independent model's.
+
+    And "Partitions are processed concurrently": the target's partition is first held at
+    the target's batch until every other partition is committed to its end."""
     topics = await _daemon_topics(new_topic)
     settings = daemon_settings(
         kafka_bootstrap,
@@ -273,9 +305,25 @@ async def test_one_partition_stays_in_offset_order_while_an_event_is_retried(
             units = StrikingUnits(
                 SqlUnitOfWorkFactory(daemon.engine), target["event_id"], strike, 3, watch
             )
-            daemon.host.applier = Applier(units, settings)
+            others = [p for p in PARTITIONS if p != partition]
+
+            async def others_done() -> bool:
+                ends = await end_offsets(kafka_bootstrap, topics.events)
+                done = await committed_offsets(kafka_bootstrap, topics.group, topics.events)
+                return all(done.get(p, 0) >= ends[p] for p in others)
+
+            async def until_others_done() -> None:
+                await poll(others_done, 60, "the other partitions committed while one is held")
+
+            holding = HoldingApplier(
+                Applier(units, settings), target["event_id"], until_others_done
+            )
+            daemon.host.applier = holding
             began = time.monotonic()
-            await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=60)
+            try:
+                await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=60)
+            finally:  # a failed check inside the daemon stops it: say which
+                assert daemon.fatal_error is None, repr(daemon.fatal_error)
             took = time.monotonic() - began
             cas_retries = daemon.metrics.registry.get_sample_value("consumergen_cas_retries_total")
         print(f"\n[cas contention] {len(stream)} events committed in {took:.2f}s")
@@ -283,7 +331,7 @@ async def test_one_partition_stays_in_offset_order_while_an_event_is_retried(
         await outsider.engine.dispose()
 
     # The target lost its CAS three times alone: three retries, the fourth attempt won.
-    assert units.alone_strikes == 3
+    assert holding.held and units.alone_strikes == 3
     assert await _rows(
         database_url,
         "SELECT outcome, attempts FROM processed_events WHERE event_id = :e",
@@ -390,7 +438,10 @@ async def test_a_failed_event_is_dead_lettered_and_failing_again_stays_one_failu
                     ),
                     settings,
                 )
-            await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=60)
+            try:
+                await wait_all_committed(kafka_bootstrap, topics.group, topics.events, within=60)
+            finally:
+                assert daemon.fatal_error is None, repr(daemon.fatal_error)
         return time.monotonic() - began
 
     failed = "SELECT event_id, attempts FROM processed_events WHERE outcome = 'failed'"
