@@ -7,6 +7,7 @@ import ssl
 
 import pytest
 from aiokafka import errors as kafka_errors
+from asyncpg import exceptions as pg_errors
 from sqlalchemy import exc as sa_exc
 
 from service.failures import (
@@ -160,7 +161,39 @@ DATABASE_CASES: list[tuple[str, BaseException, bool]] = [
     ("pg deadlock", _wrapped(sa_exc.OperationalError, _PgError("40P01")), True),
     ("pg serialization", _wrapped(sa_exc.OperationalError, _PgError("40001")), True),
     ("pg too many connections", _wrapped(sa_exc.OperationalError, _PgError("53300")), True),
+    # The same, as asyncpg's own exception classes (wrapped as SQLAlchemy wraps them).
+    (
+        "asyncpg admin shutdown",
+        _wrapped(sa_exc.OperationalError, pg_errors.AdminShutdownError()),
+        True,
+    ),
+    (
+        "asyncpg deadlock",
+        _wrapped(sa_exc.OperationalError, pg_errors.DeadlockDetectedError()),
+        True,
+    ),
+    (
+        "asyncpg serialization",
+        _wrapped(sa_exc.OperationalError, pg_errors.SerializationError()),
+        True,
+    ),
+    ("asyncpg connection gone", pg_errors.ConnectionDoesNotExistError(), True),
     # Bugs: never "transient", whatever they look like.
+    (
+        "asyncpg unique violation",
+        _wrapped(sa_exc.IntegrityError, pg_errors.UniqueViolationError()),
+        False,
+    ),
+    (
+        "asyncpg check violation",
+        _wrapped(sa_exc.IntegrityError, pg_errors.CheckViolationError()),
+        False,
+    ),
+    (
+        "asyncpg syntax error",
+        _wrapped(sa_exc.ProgrammingError, pg_errors.PostgresSyntaxError()),
+        False,
+    ),
     ("value error", ValueError("x"), False),
     ("key error", KeyError("x"), False),
     ("assertion", AssertionError("invariant"), False),
