@@ -114,6 +114,23 @@ async def committed_offsets(
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
+async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Set the group's committed offsets of ``topic`` (partition -> next offset to read),
+    as a member of no generation: only while no member is in the group.  Tests rewind a
+    partition with it to stand for a daemon that died between a batch's acknowledged
+    writes and its offset commit, so that the batch is delivered again."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in offsets]
+        consumer.assign(partitions)
+        await consumer.commit({tp: offsets[tp.partition] for tp in partitions})
+    finally:
+        await consumer.stop()
+
+
 async def wait_all_committed(bootstrap: str, group: str, topic: str, within: float = 60) -> None:
     """Poll until the group's committed offsets reach the end of every partition."""
     ends = await end_offsets(bootstrap, topic)

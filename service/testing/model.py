@@ -50,6 +50,18 @@ class Model:
         self.outcomes[event_id] = result
         return result
 
+    def report(self, doc: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        """Apply ``doc`` and return what its outcome record must say: (outcome, reason,
+        original_outcome).  A duplicate reports its first processing again: that
+        outcome as ``original_outcome`` and its reason (DESIGN.md: "the original outcome
+        is reported again")."""
+        result = self.apply(doc)
+        if result == "duplicate":
+            kind, _, reason = self.outcomes[doc["event_id"]].partition(":")
+            return "duplicate", reason or None, kind
+        kind, _, reason = result.partition(":")
+        return kind, reason or None, None
+
     def _decide(self, doc: dict[str, Any]) -> str:
         key = doc["consumer_uuid"]
         current = self.consumers.get(key)

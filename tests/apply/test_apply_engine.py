@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -306,6 +307,33 @@ async def test_exhausted_retries_record_failed_which_a_redelivery_replaces(
         )
         assert rows == [("applied", None, 8)]
         assert (await db.applier.apply(ev)).kind is OutcomeKind.DUPLICATE
+
+
+async def test_cas_retries_stop_at_the_time_bound_with_attempts_to_spare(
+    database_url: str,
+) -> None:
+    """DESIGN.md: an unconditional event's CAS retries are "bounded in attempts and
+    time".  Another writer changes the consumer before every write (a real second
+    connection on PostgreSQL); with an attempt budget no run could use up, the time
+    bound alone ends the retries and the event is recorded ``failed``."""
+    bound = 0.5
+    async with migrated(
+        database_url, cas_retry_attempts=10**6, cas_retry_timeout_seconds=bound
+    ) as db:
+        c = new_id()
+        await db.applier.apply(upsert(c))
+        applier = Interfering(db, outside_bump(db, c), times=10**9)
+        ev = upsert(c)
+        began = time.monotonic()
+        failed = await asyncio.wait_for(applier.apply(ev), 60)
+        took = time.monotonic() - began
+        assert (failed.kind, failed.reason) == (OutcomeKind.FAILED, Reason.CAS_RETRIES_EXHAUSTED)
+        assert bound <= took < bound + 10, took
+        assert 2 < failed.attempts < 10**6, failed.attempts
+        rows = await db.rows(
+            "SELECT outcome, attempts FROM processed_events WHERE event_id = :e", e=ev.event_id
+        )
+        assert rows == [("failed", failed.attempts)]
 
 
 # --- batches --------------------------------------------------------------------------

@@ -44,16 +44,27 @@ async def test_stream_ends_in_the_model_state(
     # One outcome record per event delivered, keyed by event id, in the order of delivery.
     replay = Model()
     expected_reports: dict[str, list[str]] = {}
+    expected_said: dict[str, list[tuple[str, str | None, str | None]]] = {}
     for doc in stream:
-        expected_reports.setdefault(doc["event_id"], []).append(replay.apply(doc).split(":")[0])
+        said = replay.report(doc)
+        expected_reports.setdefault(doc["event_id"], []).append(said[0])
+        expected_said.setdefault(doc["event_id"], []).append(said)
     records = await read_all(kafka_bootstrap, topics.outcomes)
     assert len(records) == len(stream)
     reports: dict[str, list[str]] = {}
+    said_by_id: dict[str, list[tuple[str, str | None, str | None]]] = {}
     for record in records:
         body = json.loads(record.value)
         assert record.key.decode() == body["event_id"]
         reports.setdefault(body["event_id"], []).append(body["outcome"])
+        said_by_id.setdefault(body["event_id"], []).append(
+            (body["outcome"], body["reason"], body.get("original_outcome"))
+        )
     assert reports == expected_reports
+    # "the original outcome is reported again": each duplicate names the outcome of the
+    # event's first processing (and its reason), in the order of delivery.
+    assert said_by_id == expected_said
+    assert any(s[2] == "rejected" for said in said_by_id.values() for s in said)
     assert any("duplicate" in r for r in reports.values())
     assert counted[("applied", "")] == sum(1 for o in model.outcomes.values() if o == "applied")
     assert await read_all(kafka_bootstrap, topics.dlq) == []

@@ -15,6 +15,7 @@ from service.cli import verify as verify_module
 from service.domain.consumer import ConsumerState
 from service.domain.inbox import ProcessedEvent
 from service.domain.outcomes import EventSource, OutcomeKind, Reason
+from service.replay.report import RichProgress
 from service.replay.runner import Mode, ReplayReport
 from service.replay.verify import Difference, VerifyReport
 
@@ -74,3 +75,18 @@ def test_verify_differences_keep_ids_whole_on_80_columns(narrow: io.StringIO) ->
     )
     verify_module._print(report, 10)
     _whole_on_a_line(narrow.getvalue(), [CONSUMER])
+
+
+def test_replay_shows_a_progress_bar_with_count_rate_and_eta() -> None:
+    """DESIGN.md: replay runs "with a progress bar and a summary".  On a terminal the bar
+    shows events done of the total, the rate and the time left; it is transient (cleared
+    at the end, leaving the terminal to the summary)."""
+    out = io.StringIO()
+    bar = RichProgress(Console(file=out, width=120, force_terminal=True))
+    bar.start(200, "topic")
+    bar.advance(50)
+    bar.advance(20)
+    bar.stop()
+    text = out.getvalue()
+    assert "70/200" in text and "ev/s" in text and "eta" in text, text
+    assert text.endswith("\x1b[2K"), "the bar is cleared at the end"

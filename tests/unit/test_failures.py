@@ -7,10 +7,17 @@ import ssl
 
 import pytest
 from aiokafka import errors as kafka_errors
+from asyncpg import exceptions as pg_errors
 from sqlalchemy import exc as sa_exc
 
-from service.failures import FailureClass, classify, infrastructure_kind, is_infrastructure
-from service.store.errors import TransientDatabaseError
+from service.failures import (
+    FailureClass,
+    classify,
+    database_unavailable,
+    infrastructure_kind,
+    is_infrastructure,
+)
+from service.store.errors import TransientDatabaseError, is_transient
 
 
 def _operational(message: str) -> sa_exc.OperationalError:
@@ -128,3 +135,91 @@ def test_classify(error: BaseException, expected: FailureClass, kind: str | None
     assert classify(error) is expected
     assert infrastructure_kind(error) == kind
     assert is_infrastructure(error) is (expected is FailureClass.INFRASTRUCTURE)
+
+
+def _wrapped(kind: type[sa_exc.DBAPIError], orig: BaseException) -> sa_exc.DBAPIError:
+    return kind("INSERT INTO processed_events ...", {}, orig)
+
+
+DATABASE_CASES: list[tuple[str, BaseException, bool]] = [
+    # Known infrastructure failures of the database: transient, retried after a pause.
+    ("ours", TransientDatabaseError("down"), True),
+    ("connection refused", ConnectionRefusedError(111, "refused"), True),
+    ("connection reset", ConnectionResetError(104, "reset"), True),
+    ("timeout", TimeoutError(), True),
+    ("pool timeout", sa_exc.TimeoutError("QueuePool limit"), True),
+    (
+        "invalidated connection",
+        sa_exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
+        True,
+    ),
+    ("sqlite locked", _operational("database is locked"), True),
+    ("sqlite busy", _operational("database is busy"), True),
+    ("sqlite disk i/o", _operational("disk I/O error"), True),
+    ("pg admin shutdown", _wrapped(sa_exc.OperationalError, _PgError("57P01")), True),
+    ("pg connection failure", _wrapped(sa_exc.OperationalError, _PgError("08006")), True),
+    ("pg deadlock", _wrapped(sa_exc.OperationalError, _PgError("40P01")), True),
+    ("pg serialization", _wrapped(sa_exc.OperationalError, _PgError("40001")), True),
+    ("pg too many connections", _wrapped(sa_exc.OperationalError, _PgError("53300")), True),
+    # The same, as asyncpg's own exception classes (wrapped as SQLAlchemy wraps them).
+    (
+        "asyncpg admin shutdown",
+        _wrapped(sa_exc.OperationalError, pg_errors.AdminShutdownError()),
+        True,
+    ),
+    (
+        "asyncpg deadlock",
+        _wrapped(sa_exc.OperationalError, pg_errors.DeadlockDetectedError()),
+        True,
+    ),
+    (
+        "asyncpg serialization",
+        _wrapped(sa_exc.OperationalError, pg_errors.SerializationError()),
+        True,
+    ),
+    ("asyncpg connection gone", pg_errors.ConnectionDoesNotExistError(), True),
+    # Bugs: never "transient", whatever they look like.
+    (
+        "asyncpg unique violation",
+        _wrapped(sa_exc.IntegrityError, pg_errors.UniqueViolationError()),
+        False,
+    ),
+    (
+        "asyncpg check violation",
+        _wrapped(sa_exc.IntegrityError, pg_errors.CheckViolationError()),
+        False,
+    ),
+    (
+        "asyncpg syntax error",
+        _wrapped(sa_exc.ProgrammingError, pg_errors.PostgresSyntaxError()),
+        False,
+    ),
+    ("value error", ValueError("x"), False),
+    ("key error", KeyError("x"), False),
+    ("assertion", AssertionError("invariant"), False),
+    ("runtime error", RuntimeError("x"), False),
+    (
+        "sqlite integrity",
+        _wrapped(sa_exc.IntegrityError, sqlite3.IntegrityError("UNIQUE constraint failed")),
+        False,
+    ),
+    ("pg unique violation", _wrapped(sa_exc.IntegrityError, _PgError("23505")), False),
+    ("pg check violation", _wrapped(sa_exc.IntegrityError, _PgError("23514")), False),
+    ("pg syntax error", _wrapped(sa_exc.ProgrammingError, _PgError("42601")), False),
+    ("sqlite no such table", _operational("no such table: consumers"), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"), [c[1:] for c in DATABASE_CASES], ids=[c[0] for c in DATABASE_CASES]
+)
+def test_known_infrastructure_errors_are_transient_and_bugs_are_not(
+    error: BaseException, transient: bool
+) -> None:
+    """DESIGN.md, failure classes: the infrastructure is "recognised positively by the
+    error, never by 'anything else'"; a bug (ValueError, KeyError, IntegrityError, ...)
+    is never taken for a database that is down.  ``is_transient`` is the store's own
+    line; ``classify`` is what the daemon acts on."""
+    assert is_transient(error) is transient
+    assert database_unavailable(error) is transient
+    assert classify(error) is (FailureClass.INFRASTRUCTURE if transient else FailureClass.BUG)

@@ -1,0 +1,91 @@
+"""The producer's side of the contract, as logic (no broker): how every event is written
+(acks=all, an idempotent producer; readers read_committed) and the read-modify-write
+loop's bounds (DESIGN.md, *Producers and the outcome loop*).  The loop against a real
+daemon is in tests/producer/test_outcome_wait.py and test_lost_update.py."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+
+from service.config import load_settings
+from service.domain.consumer import ConsumerState
+from service.domain.events import UNCONDITIONAL, ConsumerEvent
+from service.domain.outcomes import EventSource, OutcomeKind, Reason
+from service.kafka.clients import consumer_options, producer_options
+from service.producer.replies import EventOutcome
+from service.producer.update import Change, RetryPolicy, update
+
+
+def test_events_are_written_with_acks_all_by_an_idempotent_producer() -> None:
+    """ "written with acks=all and an idempotent producer", and "Every reader ... uses
+    read_committed": the one place every client of the service gets its options."""
+    settings = load_settings()
+    options = producer_options(settings)
+    assert (options["acks"], options["enable_idempotence"]) == ("all", True)
+    assert consumer_options(settings)["isolation_level"] == "read_committed"
+
+
+class AlwaysOvertaken:
+    """A sender whose every event loses to another writer that moved the consumer on
+    (``generation_conflict``, the state after carried in the reply)."""
+
+    def __init__(self, consumer: str) -> None:
+        self.state = ConsumerState(consumer, 1, False, "p", "u", None, str(uuid.uuid4()))
+        self.sent: list[ConsumerEvent] = []
+
+    async def read(self, consumer: str) -> ConsumerState | None:
+        return self.state
+
+    async def send_and_wait(
+        self, event: ConsumerEvent, *, wait_seconds: float | None = None
+    ) -> EventOutcome:
+        self.sent.append(event)
+        self.state = replace(self.state, generation=self.state.generation + 1)
+        return EventOutcome(
+            event_id=event.event_id,
+            consumer_uuid=event.consumer_uuid,
+            kind=OutcomeKind.REJECTED,
+            reason=Reason.GENERATION_CONFLICT,
+            generation_after=self.state.generation,
+            original=None,
+            state_after=self.state,
+            message=None,
+            source=EventSource("events", 0, len(self.sent)),
+        )
+
+
+async def test_the_read_modify_write_loop_is_bounded_in_attempts_and_time() -> None:
+    """ "retries its read-modify-write with exponential backoff and jitter, bounded in
+    attempts and time", and "A stale precondition is never silently turned into an
+    unconditional write": every retry is conditional on the state the rejection
+    reported."""
+    consumer = str(uuid.uuid4())
+    sender = AlwaysOvertaken(consumer)
+    by_attempts = await update(
+        sender,
+        sender.read,
+        consumer,
+        lambda state: Change(project_id="mine"),
+        RetryPolicy(attempts=4, timeout_seconds=60, wait_initial=0.001, wait_max=0.01),
+    )
+    assert by_attempts.exhausted and by_attempts.attempts == 4
+    assert by_attempts.outcome.reason is Reason.GENERATION_CONFLICT
+    assert [e.expected_generation for e in sender.sent] == [1, 2, 3, 4]
+
+    sender = AlwaysOvertaken(consumer)
+    bound = 0.3
+    began = time.monotonic()
+    by_time = await update(
+        sender,
+        sender.read,
+        consumer,
+        lambda state: Change(project_id="mine"),
+        RetryPolicy(attempts=10**6, timeout_seconds=bound, wait_initial=0.001, wait_max=0.02),
+    )
+    took = time.monotonic() - began
+    assert by_time.exhausted and 2 < by_time.attempts < 10**6
+    assert bound <= took < bound + 2.0, took
+    assert all(e.expected_generation is not UNCONDITIONAL for e in sender.sent)
+    assert [e.expected_generation for e in sender.sent] == list(range(1, len(sender.sent) + 1))
