@@ -218,6 +218,19 @@ async def create_database(server_url: str, prefix: str = "db") -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
+async def drop_database(server_url: str, database_url: str) -> None:
+    """Drop a database ``create_database`` made (its open connections are ended), so a
+    long-lived server that serves many runs does not fill up with them."""
+    import asyncpg
+
+    name = database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @contextmanager
 def running_cluster() -> Iterator[PostgresCluster]:
     """A fresh cluster in a temporary folder for the block, removed afterwards."""
