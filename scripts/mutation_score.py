@@ -6,8 +6,10 @@ listed in ``docs/mutation.md`` (a mutant named there in backticks, in the sectio
 score instead of counted as survivors).  Score = killed / (mutants - equivalent), where
 killed includes timeouts (a mutant that hangs the tests is caught by them).
 
-``--survivors`` lists the surviving mutant names too.  Exit code 0 always: the score is
-a figure to read, not a gate (mutation testing is not in CI).
+``--survivors`` lists the surviving mutant names too; ``--retest`` prints only the
+names of the mutants to test again after tests were added (survived, no tests, not
+checked), one per line, for ``scripts/mutation --retest``.  Exit code 0 always: the
+score is a figure to read, not a gate (mutation testing is not in CI).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main(argv: list[str]) -> int:
     equivalent = equivalent_mutants()
     total: Counter[str] = Counter()
     survivors: list[str] = []
+    retest: list[str] = []
     rows = []
     for path in modules():
         meta = ROOT / "mutants" / f"{path}.meta"
@@ -55,9 +58,14 @@ def main(argv: list[str]) -> int:
                 status = "equivalent"
             elif status == "survived":
                 survivors.append(name)
+            if status in {"survived", "no tests", "not checked"}:
+                retest.append(name)
             counts[status if status in COLUMNS else "other"] += 1
         rows.append((path, counts))
         total.update(counts)
+    if "--retest" in argv:
+        print("\n".join(retest))
+        return 0
     if not rows:
         print("mutation: no results in mutants/ (run scripts/mutation first)")
         return 0
