@@ -1,0 +1,113 @@
+"""Redaction's rules for the shape of a logged value: how deep it looks (24 levels are kept,
+the 25th becomes ``<nested too deep>``, the event dict itself not counted), what becomes
+of each container and key, and the shortest text that can hold a UUID (32 characters:
+``uuid.hex``) being looked at, not skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from typing import Any
+
+import pytest
+
+from service.logging import Redactor
+
+KEY = b"shape-key"
+U = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+P = "uuid:" + hmac.new(KEY, str(U).encode(), hashlib.sha256).hexdigest()[:12]
+TOO_DEEP = "<nested too deep>"
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    return Redactor(KEY)
+
+
+def wrap(levels: int, inner: Any, container: str) -> Any:
+    value = inner
+    for _ in range(levels):
+        value = (
+            {"a": value} if container == "dict" else (value,) if container == "tuple" else [value]
+        )
+    return value
+
+
+def unwrap(value: Any) -> tuple[int, Any]:
+    levels = 0
+    while isinstance(value, dict | list | tuple):
+        value = value["a"] if isinstance(value, dict) else value[0]
+        levels += 1
+    return levels, value
+
+
+@pytest.mark.parametrize("container", ["list", "tuple", "dict"])
+def test_twenty_four_levels_are_kept_the_twenty_fifth_is_cut(
+    redactor: Redactor, container: str
+) -> None:
+    kept = redactor.redact_value(wrap(24, str(U), container))
+    assert unwrap(kept) == (24, P)
+    assert type(kept) is {"list": list, "tuple": tuple, "dict": dict}[container]
+    cut = redactor.redact_value(wrap(25, str(U), container))
+    levels, inner = unwrap(cut)
+    assert (levels, str(inner), repr(inner)) == (24, TOO_DEEP, TOO_DEEP)
+
+
+def test_the_event_dict_itself_is_not_a_level(redactor: Redactor) -> None:
+    kept = redactor(None, "info", wrap(25, str(U), "dict"))
+    assert unwrap(kept) == (25, P)
+    cut = redactor(None, "info", wrap(26, str(U), "dict"))
+    assert unwrap(cut)[0] == 25 and str(unwrap(cut)[1]) == TOO_DEEP
+    listed = redactor(None, "info", {"k": wrap(24, str(U), "list")})
+    assert unwrap(listed["k"]) == (24, P)
+
+
+def test_a_value_of_exactly_one_uuid_hex_is_redacted(redactor: Redactor) -> None:
+    assert len(U.hex) == 32
+    assert redactor.redact_text(U.hex) == P
+    assert redactor(None, "info", {"id": U.hex, U.hex: "v"}) == {"id": P, P: "v"}
+    assert redactor.redact_value([U.hex]) == [P]
+
+
+def test_text_too_short_for_a_uuid_is_returned_as_is(redactor: Redactor) -> None:
+    short = "0123456789abcdef0123456789abcde"  # 31 hex digits
+    assert redactor.redact_text(short) is short
+    dashes = "0123456789abcdef-0123456789abcde!"  # 32 characters, 31 hex digits
+    assert redactor.redact_text(dashes) is dashes
+
+
+def test_containers_become_plain_lists_tuples_and_dicts(redactor: Redactor) -> None:
+    out = redactor.redact_value({"s": {str(U)}, "f": frozenset([U]), "t": (U,), "l": [U]})
+    assert out == {"s": [P], "f": [P], "t": (P,), "l": [P]}
+    assert type(out["t"]) is tuple and type(out["s"]) is list and type(out["f"]) is list
+
+
+def test_keys_keep_their_type_when_plain_and_become_text_otherwise(redactor: Redactor) -> None:
+    out = redactor(None, "info", {1: "one", None: "none", U: "uuid", (U, 2): "pair"})
+    assert out == {1: "one", None: "none", P: "uuid", f"({P!r}, 2)": "pair"}
+    assert redactor.redact_value({2.5: U}) == {2.5: P}
+
+
+def test_plain_values_pass_through_unchanged(redactor: Redactor) -> None:
+    values = [0, -1, 2.5, True, False, None]
+    assert redactor.redact_value(values) == values
+    for value in values:
+        assert redactor.redact_value(value) is value
+
+
+def test_an_object_that_cannot_even_name_its_type_gets_a_fixed_placeholder(
+    redactor: Redactor,
+) -> None:
+    class Nameless(type):
+        def __getattribute__(cls, name: str) -> Any:
+            if name == "__qualname__":
+                raise RuntimeError(str(U))
+            return super().__getattribute__(name)
+
+    class Hostile(metaclass=Nameless):
+        def __repr__(self) -> str:
+            raise RuntimeError(str(U))
+
+    out = redactor(None, "info", {"v": Hostile()})
+    assert out == {"v": "<unrenderable object>"}
