@@ -212,6 +212,28 @@ async def test_recording_failed_that_races_decides_again_from_a_fresh_read(
             assert await inbox_rows(db, event) == [("applied", 99)]
 
 
+async def test_an_event_that_fails_again_replaces_its_failed_row(database_url: str) -> None:
+    async with migrated(database_url, cas_retry_attempts=2) as db:
+        consumer = new_id()
+        await db.applier.apply(upsert(consumer))
+        event = upsert(consumer)
+        first = await AlwaysLosing(db, InboxRacedUnits(db, bump(db, consumer), 0), consumer).apply(
+            event
+        )
+        assert (first.kind, first.attempts) == (OutcomeKind.FAILED, 2)
+        units = InboxRacedUnits(db, bump(db, consumer), 0)
+        again = AlwaysLosing(db, units, consumer)
+        second = await again.apply(event)
+        # The generation as recorded (the other writer's bumps stand on PostgreSQL).
+        generation, _ = await db.generation(consumer) or (0, False)
+        # The redelivery failed too: FAILED again (not a reused id), its row replaced.
+        assert (second.kind, second.reason, second.generation_after) == (
+            OutcomeKind.FAILED, Reason.CAS_RETRIES_EXHAUSTED, generation,
+        )  # fmt: skip
+        assert again.stats.failed == 1
+        assert await inbox_rows(db, event) == [("failed", generation)]
+
+
 async def test_recording_failed_that_races_for_ever_is_a_bug(sqlite_url: str) -> None:
     async with migrated(sqlite_url, cas_retry_attempts=1) as db:
         consumer = new_id()
