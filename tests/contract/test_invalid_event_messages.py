@@ -211,8 +211,9 @@ class _NoOffset(tzinfo):
 
 
 def test_a_timestamp_built_in_python_must_carry_a_zone() -> None:
-    aware = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    assert decode_document(BASE | {"occurred_at": aware}).occurred_at == aware
+    aware = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    event = decode_document(BASE | {"occurred_at": aware})
+    assert (event.occurred_at, event.occurred_at_nanos) == (aware, 0)
     for naive in (datetime(2024, 5, 1, 12, 0), datetime(2024, 5, 1, 12, 0, tzinfo=_NoOffset())):
         with pytest.raises(InvalidEvent) as caught:
             decode_document(BASE | {"occurred_at": naive})
