@@ -111,3 +111,42 @@ def test_an_object_that_cannot_even_name_its_type_gets_a_fixed_placeholder(
 
     out = redactor(None, "info", {"v": Hostile()})
     assert out == {"v": "<unrenderable object>"}
+
+
+def test_a_hex_run_ending_in_a_uuid_first_group_splits_there_and_only_there(
+    redactor: Redactor,
+) -> None:
+    digest = hashlib.sha256(b"x").hexdigest()
+    hex_p = "hex:" + hmac.new(KEY, digest.encode(), hashlib.sha256).hexdigest()[:12]
+    # A digest followed by a dash and text that is not the rest of a UUID: one run.
+    assert redactor.redact_text(digest + "-not-a-uuid-at-all") == hex_p + "-not-a-uuid-at-all"
+    # Digits, then a dashed UUID with something after it: the digits stay, the UUID goes.
+    for after in ("x", "-", " and more"):
+        text = "0" * 24 + str(U) + after
+        assert redactor.redact_text(text) == "0" * 24 + P + after
+
+
+def test_a_structlog_form_that_returns_itself_is_cut_by_depth_not_recursion(
+    redactor: Redactor,
+) -> None:
+    class Itself:
+        def __structlog__(self) -> Any:
+            return self
+
+    assert str(redactor(None, "info", {"v": Itself()})["v"]) == TOO_DEEP
+
+
+def test_a_key_deep_down_is_cut_by_the_same_depth(redactor: Redactor) -> None:
+    out = redactor.redact_value(wrap(23, {(U,): 1}, "dict"))
+    levels, inner = 0, out
+    while "a" in inner:
+        inner, levels = inner["a"], levels + 1
+    assert (levels, inner) == (23, {TOO_DEEP: 1})
+
+
+def test_the_pseudonym_cache_is_bounded() -> None:
+    redactor = Redactor(KEY)
+    for _ in range(4100):
+        redactor.redact_text(uuid.uuid4().hex)
+    info = redactor._uuid_pseudonym.cache_info()  # type: ignore[attr-defined]
+    assert (info.maxsize, info.currsize) == (4096, 4096)
