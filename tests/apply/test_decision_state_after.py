@@ -5,6 +5,10 @@ compare-and-swap from the row as read that stamps the delete's event id."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from service.domain.consumer import ConsumerState, Owners
 from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind, Reason
@@ -53,3 +57,19 @@ def test_a_delete_is_a_cas_from_the_row_as_read_stamped_with_its_event() -> None
     assert (after.generation, after.deleted, after.last_event_id) == (4, True, event.event_id)
     assert (after.project_id, after.user_id, after.consumer_type) == ("proj", "user", "TYPE_A")
     assert d.state_after == after and d.inbox is InboxWrite.INSERT
+
+
+def test_a_create_is_live_and_an_update_is_a_cas_from_the_row_as_read() -> None:
+    create = upsert(C, None)
+    d = decide(create, create.payload_hash(), None, None, PLACEHOLDERS)
+    assert d.write is not None and d.write.after.deleted is False
+    update = upsert(C, 3, user_id="u2")
+    d = decide(update, update.payload_hash(), LIVE, None, PLACEHOLDERS)
+    assert d.write is not None
+    assert (d.write.kind, d.write.before, d.write.after.user_id) == (WriteKind.UPDATE, LIVE, "u2")
+
+
+def test_an_event_type_the_rules_do_not_know_is_named_in_the_error() -> None:
+    unknown = replace(upsert(C), type="consumer.merge")  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match=r"consumer\.merge"):
+        decide(unknown, "h", LIVE, None, PLACEHOLDERS)

@@ -4,6 +4,7 @@ success.  Every case on a real SQLite file and a real PostgreSQL database."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -126,10 +127,34 @@ async def test_rows_marked_none_are_not_written(db: Db) -> None:
 
 
 async def test_an_inbox_row_without_its_type_or_attempts_is_refused(db: Db) -> None:
-    incomplete = ProcessedEvent(new_id(), new_id(), "h", OutcomeKind.APPLIED, None, 1)
-    for how in (InboxWrite.INSERT, InboxWrite.REPLACE_FAILED):
-        with pytest.raises(ValueError, match="event_type and attempts"):
-            await write(db, [(how, incomplete)])
+    bare = ProcessedEvent(new_id(), new_id(), "h", OutcomeKind.APPLIED, None, 1)
+    typed = replace(bare, event_type=EventType.UPSERT)
+    counted = replace(bare, attempts=1)
+    for incomplete in (bare, typed, counted):
+        for how in (InboxWrite.INSERT, InboxWrite.REPLACE_FAILED):
+            with pytest.raises(ValueError) as caught:
+                await write(db, [(how, incomplete)])
+            assert str(caught.value) == "an inbox row to write needs its event_type and attempts"
+    assert await db.count("processed_events") == 0
+
+
+async def test_inserts_and_replacements_in_one_write_are_all_done(db: Db) -> None:
+    failed = [new_id(), new_id()]
+    await write(db, [(InboxWrite.INSERT, row(e, **FAILED)) for e in failed])  # type: ignore[arg-type]
+    fresh = new_id()
+    await write(
+        db,
+        [
+            (InboxWrite.REPLACE_FAILED, row(failed[0], generation_after=5)),
+            (InboxWrite.INSERT, row(fresh)),
+            (InboxWrite.NONE, row(new_id())),
+            (InboxWrite.REPLACE_FAILED, row(failed[1], generation_after=6)),
+        ],
+    )
+    assert await inbox_rows(db, failed[0]) == [("applied", None, 5, 1, "h1", None)]
+    assert await inbox_rows(db, failed[1]) == [("applied", None, 6, 1, "h1", None)]
+    assert await inbox_rows(db, fresh) == [("applied", None, 1, 1, "h1", None)]
+    assert await db.count("processed_events") == 3
 
 
 # --- consumers ---------------------------------------------------------------------
