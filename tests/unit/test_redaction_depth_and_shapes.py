@@ -150,3 +150,35 @@ def test_the_pseudonym_cache_is_bounded() -> None:
         redactor.redact_text(uuid.uuid4().hex)
     info = redactor._uuid_pseudonym.cache_info()  # type: ignore[attr-defined]
     assert (info.maxsize, info.currsize) == (4096, 4096)
+
+
+def _keyed(kind: str, text: str) -> str:
+    return kind + hmac.new(KEY, text.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("digits", [31, 32, 33])
+def test_hex_digits_glued_before_a_dashed_uuid(redactor: Redactor, digits: int) -> None:
+    """The dashed UUID is the identifier; what precedes it is a run of its own, kept when
+    shorter than a UUID, a UUID's pseudonym at exactly 32, a ``hex:`` one beyond."""
+    run = "a" * digits
+    if digits < 32:
+        before = run
+    elif digits == 32:
+        before = _keyed("uuid:", str(uuid.UUID(run)))
+    else:
+        before = _keyed("hex:", run)
+    assert redactor.redact_text(f"id {run}{U} end") == f"id {before}{P} end"
+
+
+def test_hex_digits_glued_after_a_dashed_uuid_get_a_second_pass(redactor: Redactor) -> None:
+    """The pseudonym's 12 hex digits and the 20 that followed the UUID make a new 32-digit
+    window: it is pseudonymised too (nothing UUID-shaped is left in clear)."""
+    text = "0" * 24 + str(U) + "b" * 20 + " end"
+    window = P.removeprefix("uuid:") + "b" * 20
+    expected = "0" * 24 + "uuid:" + _keyed("uuid:", str(uuid.UUID(window))) + " end"
+    assert redactor.redact_text(text) == expected
+
+
+def test_text_with_a_lone_surrogate_is_still_redacted(redactor: Redactor) -> None:
+    assert redactor.redact_text(f"\ud800 {U}") == f"\ud800 {P}"
+    assert redactor(None, "info", {"event": f"\udfff {U.hex}"}) == {"event": f"\udfff {P}"}
