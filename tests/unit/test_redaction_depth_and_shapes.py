@@ -182,3 +182,26 @@ def test_hex_digits_glued_after_a_dashed_uuid_get_a_second_pass(redactor: Redact
 def test_text_with_a_lone_surrogate_is_still_redacted(redactor: Redactor) -> None:
     assert redactor.redact_text(f"\ud800 {U}") == f"\ud800 {P}"
     assert redactor(None, "info", {"event": f"\udfff {U.hex}"}) == {"event": f"\udfff {P}"}
+
+
+U2 = uuid.UUID("e3e70682-c209-4cac-629f-6fbed82c07cd")
+P2 = _keyed("uuid:", str(U2))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # After a split hex run, the scan goes on to the next UUID.
+        ("0" * 24 + f"{U} and {U2}", "0" * 24 + f"{P} and {P2}"),
+        # A urn: right after another match, and one at another offset than 9.
+        (f"{U.hex}urn:uuid:{U2}", P + P2),
+        (f"id urn:uuid:{U}", f"id {P}"),
+        # Braces only when both are there, and never wrapping around the text's ends.
+        (f"id {U}}}", f"id {P}}}"),
+        (f"{U}}} {{", f"{P}}} {{"),
+        (f"{{{U} }}", f"{{{P} }}"),
+    ],
+    ids=["after-split", "urn-adjacent", "urn-offset", "closing-only", "ends", "opening-only"],
+)
+def test_wrappers_and_neighbours(redactor: Redactor, text: str, expected: str) -> None:
+    assert redactor.redact_text(text) == expected
