@@ -112,7 +112,7 @@ def test_dump_json_writes_the_text_back_as_it_was_read() -> None:
     like a placeholder, is taken for an outsized number."""
     text = f'{{"name":"é ✓","look-alikes":["None0","0","{HUGE}"],"n":{HUGE}}}'
     assert dump_json(load_json(text.encode())) == text
-    with pytest.raises(TypeError, match="^object is not a JSON value$"):
+    with pytest.raises(TypeError, match=r"^object is not a JSON value$"):
         dump_json([object()])
 
 
