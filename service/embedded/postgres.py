@@ -242,7 +242,10 @@ def running_cluster() -> Iterator[PostgresCluster]:
 
 
 def main() -> None:
-    """Run a throwaway cluster in the foreground until Ctrl-C; it is removed on exit."""
+    """Run a throwaway cluster in the foreground until Ctrl-C or SIGTERM; it is removed on
+    exit. (SIGTERM too: a script's background job, or anything started under nohup,
+    ignores SIGINT, and scripts/mutation stops its cluster with SIGTERM.)"""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with running_cluster() as cluster:
         print(f"PostgreSQL at {cluster.url()} (Ctrl-C stops and removes it)", flush=True)
         try:
@@ -250,6 +253,10 @@ def main() -> None:
             cluster.process.wait()
         except KeyboardInterrupt:
             pass
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
