@@ -218,6 +218,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # Counts and leaks are per session: a process may run several (scripts/mutation's
+    # mutmut runs pytest again and again in one process and its forks).
+    global _state
+    _state = _State()
     restore()
     _warm_up()
     if _state.warmup_error is not None:

@@ -218,6 +218,19 @@ async def create_database(server_url: str, prefix: str = "db") -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
+async def drop_database(server_url: str, database_url: str) -> None:
+    """Drop a database ``create_database`` made (its open connections are ended), so a
+    long-lived server that serves many runs does not fill up with them."""
+    import asyncpg
+
+    name = database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @contextmanager
 def running_cluster() -> Iterator[PostgresCluster]:
     """A fresh cluster in a temporary folder for the block, removed afterwards."""
@@ -229,7 +242,10 @@ def running_cluster() -> Iterator[PostgresCluster]:
 
 
 def main() -> None:
-    """Run a throwaway cluster in the foreground until Ctrl-C; it is removed on exit."""
+    """Run a throwaway cluster in the foreground until Ctrl-C or SIGTERM; it is removed on
+    exit. (SIGTERM too: a script's background job, or anything started under nohup,
+    ignores SIGINT, and scripts/mutation stops its cluster with SIGTERM.)"""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with running_cluster() as cluster:
         print(f"PostgreSQL at {cluster.url()} (Ctrl-C stops and removes it)", flush=True)
         try:
@@ -237,6 +253,10 @@ def main() -> None:
             cluster.process.wait()
         except KeyboardInterrupt:
             pass
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

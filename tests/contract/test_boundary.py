@@ -107,6 +107,15 @@ def test_load_json_keeps_outsized_numbers_and_dump_json_writes_them_back() -> No
         dump_json({"a": object()})
 
 
+def test_dump_json_writes_the_text_back_as_it_was_read() -> None:
+    """Non-ASCII text stays as it is, and no string of the document, however much it looks
+    like a placeholder, is taken for an outsized number."""
+    text = f'{{"name":"é ✓","look-alikes":["None0","0","{HUGE}"],"n":{HUGE}}}'
+    assert dump_json(load_json(text.encode())) == text
+    with pytest.raises(TypeError, match=r"^object is not a JSON value$"):
+        dump_json([object()])
+
+
 # --- the Kafka key ----------------------------------------------------------------------
 
 VALUE = json.dumps(VALID).encode()

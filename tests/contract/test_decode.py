@@ -65,6 +65,15 @@ def test_size_is_checked_before_parsing() -> None:
     assert decode_event(value, max_bytes=len(value)).event_id.startswith("6f1c")
 
 
+def test_the_size_limit_is_inclusive_one_byte_over_is_too_large() -> None:
+    value = json.dumps(BASE).encode()
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(value, max_bytes=len(value) - 1)
+    assert caught.value.reason is Reason.TOO_LARGE
+    assert caught.value.message == f"{len(value)} bytes, more than the limit of {len(value) - 1}"
+    assert (caught.value.path, caught.value.exception) == (None, None)
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [

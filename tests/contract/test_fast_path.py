@@ -231,3 +231,40 @@ def test_offsets_survive_the_fast_path() -> None:
     assert event is not None
     assert event.occurred_at.utcoffset() == timedelta(hours=2)
     assert event.occurred_at_nanos == 789
+
+
+def _with(**fields: Any) -> bytes:
+    doc = json.loads((CORPUS / "valid" / "create-with-owner.json").read_bytes())
+    doc.update(fields)
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _with(producer="a,b", project_id=",", user_id="x,y,z"),  # commas inside strings
+        _with(project_id="p", user_id="u", producer="q", consumer_type="A"),  # one character
+        _with(expected_generation=0),
+        _with(expected_generation=2**53 - 1),
+        _with(project_id="é ✓"),
+    ],
+    ids=["commas-in-strings", "one-character", "generation-0", "generation-max", "non-ascii"],
+)
+def test_ordinary_events_at_the_limits_take_the_fast_path(value: bytes) -> None:
+    assert check(value) is not None
+
+
+def test_a_u_escape_goes_the_strict_way() -> None:
+    value = _with(project_id="é").replace("é".encode(), b"\\u00e9")
+    assert b"\\u00e9" in value
+    assert fast_path.event_from_bytes(value) is None
+    assert decode_event(value, max_bytes=1 << 20).project_id == "é"
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["consumer.upsert"], 1, None])
+def test_a_type_of_another_json_kind_is_refused_as_invalid(kind: Any) -> None:
+    value = _with(type=kind)
+    assert fast_path.event_from_bytes(value) is None
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(value, max_bytes=1 << 20)
+    assert caught.value.path == "$.type"

@@ -1,0 +1,87 @@
+"""The mutation score of scripts/mutation, per module and in total (docs/mutation.md).
+
+Reads mutmut's per-file results (``mutants/<path>.meta``) and the equivalent mutants
+listed in ``docs/mutation.md`` (a mutant named there in backticks, in the section
+"Equivalent mutants": they change no observable behaviour, so they are left out of the
+score instead of counted as survivors).  Score = killed / (mutants - equivalent), where
+killed includes timeouts (a mutant that hangs the tests is caught by them).
+
+``--survivors`` lists the surviving mutant names too; ``--retest`` prints only the
+names of the mutants to test again after tests were added (survived, no tests, not
+checked), one per line, for ``scripts/mutation --retest``.  Exit code 0 always: the
+score is a figure to read, not a gate (mutation testing is not in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+STATUS |= {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout"}
+COLUMNS = ("killed", "timeout", "survived", "no tests", "equivalent", "other")
+
+
+def equivalent_mutants() -> set[str]:
+    doc = ROOT / "docs" / "mutation.md"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    section = text.split("## Equivalent mutants", 1)[1] if "## Equivalent mutants" in text else ""
+    section = section.split("\n## ", 1)[0]
+    return set(re.findall(r"`(service\.[^`\s]+__mutmut_\d+)`", section))
+
+
+def modules() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return list(config["tool"]["mutmut"]["only_mutate"])
+
+
+def main(argv: list[str]) -> int:
+    equivalent = equivalent_mutants()
+    total: Counter[str] = Counter()
+    survivors: list[str] = []
+    retest: list[str] = []
+    rows = []
+    for path in modules():
+        meta = ROOT / "mutants" / f"{path}.meta"
+        if not meta.exists():
+            continue
+        codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+        counts: Counter[str] = Counter()
+        for name, code in sorted(codes.items()):
+            status = "not checked" if code is None else STATUS.get(code, "other")
+            if name in equivalent:
+                status = "equivalent"
+            elif status == "survived":
+                survivors.append(name)
+            if status in {"survived", "no tests", "not checked"}:
+                retest.append(name)
+            counts[status if status in COLUMNS else "other"] += 1
+        rows.append((path, counts))
+        total.update(counts)
+    if "--retest" in argv:
+        print("\n".join(retest))
+        return 0
+    if not rows:
+        print("mutation: no results in mutants/ (run scripts/mutation first)")
+        return 0
+    rows.append(("total", total))
+    print(f"{'module':34} {'score':>7} " + " ".join(f"{c:>10}" for c in COLUMNS))
+    for path, counts in rows:
+        caught = counts["killed"] + counts["timeout"]
+        counted = sum(counts.values()) - counts["equivalent"]
+        score = f"{100 * caught / counted:6.1f}%" if counted else "    -  "
+        print(f"{path:34} {score:>7} " + " ".join(f"{counts[c]:>10}" for c in COLUMNS))
+    if "--survivors" in argv:
+        print("\nsurvivors (mutmut show NAME prints the change):")
+        for name in survivors:
+            print(f"  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
