@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.apply.applier import Applier
 from service.config import Settings, load_settings
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
-from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
 
 TABLES = ("processed_events", "consumers", "consumer_types", "users", "projects")
 
@@ -107,3 +107,45 @@ def upsert(consumer: str, expected: Precondition = UNCONDITIONAL, **fields: Any)
 
 def delete(consumer: str, expected: Precondition = UNCONDITIONAL, **fields: Any) -> ConsumerEvent:
     return event(consumer, EventType.DELETE, expected, **fields)
+
+
+#: What another writer does between an Applier's read and its write.
+Action = Callable[[AsyncConnection], Awaitable[None]]
+
+
+class Interfering(Applier):
+    """An Applier during which ``action`` runs between its read and its write, the first
+    ``times`` times (``remaining`` counts down; a test may set it again)."""
+
+    def __init__(
+        self, db: Db, action: Action, times: int, settings: Settings | None = None
+    ) -> None:
+        super().__init__(SqlUnitOfWorkFactory(db.engine), settings or db.settings)
+        self._action = action
+        self.remaining = times
+
+    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
+        if self.remaining > 0:
+            self.remaining -= 1
+            assert isinstance(unit, SqlUnitOfWork)
+            await self._action(unit.connection)
+
+
+def bump_on_own_connection(consumer: str) -> Action:
+    """``consumer``'s generation + 1 on the Applier's own connection, which its rollback
+    undoes: a lost compare-and-swap on either database without a second writer."""
+
+    async def act(connection: AsyncConnection) -> None:
+        await connection.execute(
+            text("UPDATE consumers SET generation = generation + 1 WHERE uuid = :u"),
+            {"u": consumer},
+        )
+
+    return act
+
+
+class Bumping(Interfering):
+    """Another writer bumps ``consumer`` between the read and the write, ``times`` times."""
+
+    def __init__(self, db: Db, consumer: str, times: int) -> None:
+        super().__init__(db, bump_on_own_connection(consumer), times)

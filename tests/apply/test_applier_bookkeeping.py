@@ -10,30 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 
-from service.apply.applier import Applier
 from service.domain.outcomes import EventSource, OutcomeKind
 from service.store import recent_events
-from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
-from tests.apply.helpers import Db, migrated, new_id, upsert
-
-
-class Bumping(Applier):
-    """Another writer bumps ``consumer`` between read and write, ``times`` times."""
-
-    def __init__(self, db: Db, consumer: str, times: int) -> None:
-        super().__init__(SqlUnitOfWorkFactory(db.engine), db.settings)
-        self.consumer, self.remaining = consumer, times
-
-    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
-        if self.remaining > 0:
-            self.remaining -= 1
-            assert isinstance(unit, SqlUnitOfWork)
-            await unit.connection.execute(
-                text("UPDATE consumers SET generation = generation + 1 WHERE uuid = :u"),
-                {"u": self.consumer},
-            )
+from tests.apply.helpers import Bumping, Db, migrated, new_id, upsert
 
 
 async def sources(db: Db, event_id: str) -> list[tuple[object, ...]]:

@@ -11,29 +11,10 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from service.apply.applier import Applier
-from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
-from tests.apply.helpers import Db, migrated, new_id, upsert
+from tests.apply.helpers import Bumping, migrated, new_id, upsert
 
 LOGGER = "service.apply.applier"
-
-
-class Bumping(Applier):
-    def __init__(self, db: Db, consumer: str, times: int) -> None:
-        super().__init__(SqlUnitOfWorkFactory(db.engine), db.settings)
-        self.consumer = consumer
-        self.remaining = times
-
-    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
-        if self.remaining > 0:
-            self.remaining -= 1
-            assert isinstance(unit, SqlUnitOfWork)
-            await unit.connection.execute(
-                text("UPDATE consumers SET generation = generation + 1 WHERE uuid = :u"),
-                {"u": self.consumer},
-            )
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[tuple[int, dict[str, Any]]]:

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
@@ -20,29 +19,12 @@ from service.domain.rules import InvalidEventError
 from service.store import get_consumer, recent_events
 from service.store.engine import create_engine
 from service.store.errors import TransientDatabaseError
-from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
-from tests.apply.helpers import Db, delete, event, migrated, new_id, upsert
-
-Action = Callable[[AsyncConnection], Awaitable[None]]
+from service.store.unit_of_work import SqlUnitOfWorkFactory, UnitOfWork
+from tests.apply.helpers import Action, Db, Interfering, delete, event, migrated, new_id, upsert
 
 
 def shape(o: Outcome) -> tuple[object, ...]:
     return (o.kind, o.reason, o.generation_after, o.original)
-
-
-class Interfering(Applier):
-    """An Applier during which another writer acts between its read and its write."""
-
-    def __init__(self, db: Db, action: Action, times: int, settings: Settings | None = None):
-        super().__init__(SqlUnitOfWorkFactory(db.engine), settings or db.settings)
-        self._action = action
-        self.remaining = times
-
-    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
-        if self.remaining > 0:
-            self.remaining -= 1
-            assert isinstance(unit, SqlUnitOfWork)
-            await self._action(unit.connection)
 
 
 def outside_bump(db: Db, consumer: str) -> Action:

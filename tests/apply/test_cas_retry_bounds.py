@@ -19,32 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import text
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
-from service.apply.applier import Applier
 from service.domain.outcomes import OutcomeKind, Reason
 from service.store.errors import TransientDatabaseError
-from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
-from tests.apply.helpers import Db, migrated, new_id, upsert
-
-
-class Racing(Applier):
-    """Another writer bumps ``consumer`` between the read and the write, ``times`` times."""
-
-    def __init__(self, db: Db, consumer: str, times: int) -> None:
-        super().__init__(SqlUnitOfWorkFactory(db.engine), db.settings)
-        self.consumer = consumer
-        self.remaining = times
-
-    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
-        if self.remaining > 0:
-            self.remaining -= 1
-            assert isinstance(unit, SqlUnitOfWork)
-            await unit.connection.execute(
-                text("UPDATE consumers SET generation = generation + 1 WHERE uuid = :u"),
-                {"u": self.consumer},
-            )
+from tests.apply.helpers import Bumping, migrated, new_id, upsert
 
 
 @contextmanager
@@ -74,7 +53,7 @@ async def test_retry_waits_are_full_jitter_under_an_exponential_ceiling(sqlite_u
         await db.applier.apply(upsert(consumer))
         with retries_seen() as seen:
             for _ in range(40):
-                applier = Racing(db, consumer, times=5)
+                applier = Bumping(db, consumer, times=5)
                 outcome = await applier.apply(upsert(consumer))
                 assert (outcome.kind, outcome.attempts) == (OutcomeKind.APPLIED, 6)
     # What stamina's log line and metric name as the cause: the lost race and its attempt.
@@ -105,7 +84,7 @@ async def test_retries_stop_at_their_time_bound(sqlite_url: str) -> None:
     ) as db:
         consumer = new_id()
         await db.applier.apply(upsert(consumer))
-        applier = Racing(db, consumer, times=1000)
+        applier = Bumping(db, consumer, times=1000)
         event = upsert(consumer)
         outcome = await applier.apply(event)
         assert (outcome.kind, outcome.reason) == (OutcomeKind.FAILED, Reason.CAS_RETRIES_EXHAUSTED)

@@ -30,9 +30,7 @@ from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind, Reason
 from service.domain.rules import Write
 from service.store.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, UnitOfWork
-from tests.apply.helpers import Db, migrated, new_id, upsert
-
-Action = Callable[[AsyncConnection], Awaitable[None]]
+from tests.apply.helpers import Action, Db, Interfering, migrated, new_id, upsert
 
 
 def as_other_writer(db: Db, sql: str, params: dict[str, object]) -> Action:
@@ -70,21 +68,6 @@ def record_applied(db: Db, event: ConsumerEvent) -> Action:
         " ON CONFLICT DO NOTHING",
         {"e": event.event_id, "c": event.consumer_uuid, "h": event.payload_hash()},
     )
-
-
-class BetweenReadAndWrite(Applier):
-    """Runs ``action`` between the applier's read and its write, ``times`` times."""
-
-    def __init__(self, db: Db, action: Action, times: int) -> None:
-        super().__init__(SqlUnitOfWorkFactory(db.engine), db.settings)
-        self._action = action
-        self.remaining = times
-
-    async def _between_read_and_write(self, unit: UnitOfWork) -> None:
-        if self.remaining > 0:
-            self.remaining -= 1
-            assert isinstance(unit, SqlUnitOfWork)
-            await self._action(unit.connection)
 
 
 class _RacedInboxUnit:
@@ -146,7 +129,7 @@ async def test_an_inbox_race_is_decided_again_at_once_not_retried(db: Db) -> Non
     consumer = new_id()
     await db.applier.apply(upsert(consumer))
     event = upsert(consumer)
-    applier = BetweenReadAndWrite(db, record_applied(db, event), times=1)
+    applier = Interfering(db, record_applied(db, event), times=1)
     outcome = await applier.apply(event)
     assert outcome.attempts == 1 and applier.stats.cas_retries == 0
     if db.is_sqlite:  # the stand-in was rolled back with our first pass
@@ -161,7 +144,7 @@ async def test_a_race_that_never_ends_is_a_bug_said_after_bounded_passes(db: Db)
     consumer = new_id()
     await db.applier.apply(upsert(consumer))
     event = upsert(consumer, 1)  # conditional: every loss is decided again at once
-    applier = BetweenReadAndWrite(db, record_applied(db, event), times=1000)
+    applier = Interfering(db, record_applied(db, event), times=1000)
     if db.is_sqlite:
         with pytest.raises(RuntimeError, match=r"^event did not settle after repeated races"):
             await applier.apply(event)
@@ -255,7 +238,7 @@ async def test_recording_failed_that_races_for_ever_is_a_bug(sqlite_url: str) ->
 async def test_a_raced_batch_is_split_in_halves(db: Db) -> None:
     a, b = new_id(), new_id()
     await db.applier.apply_batch([(upsert(a), None), (upsert(b), None)])
-    applier = BetweenReadAndWrite(db, bump(db, b), times=1)
+    applier = Interfering(db, bump(db, b), times=1)
     stream = [upsert(a), upsert(b), upsert(a), upsert(b)]
     outcomes = await applier.apply_batch([(e, None) for e in stream])
     assert [o.kind for o in outcomes] == [OutcomeKind.APPLIED] * 4
