@@ -207,26 +207,26 @@ async def create_database(server_url: str, prefix: str = "db") -> str:
     """Create a fresh, empty database on the server of ``server_url`` (an asyncpg URL of
     a user allowed to CREATE DATABASE) and return its URL: one per test or benchmark run,
     so that nothing leaks between them while the server is started only once."""
-    import asyncpg
-
     name = f"{prefix}_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await _administer(server_url, f'CREATE DATABASE "{name}"')
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 async def drop_database(server_url: str, database_url: str) -> None:
     """Drop a database ``create_database`` made (its open connections are ended), so a
     long-lived server that serves many runs does not fill up with them."""
+    name = database_url.rsplit("/", 1)[1]
+    await _administer(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _administer(server_url: str, statement: str) -> None:
+    """One statement that cannot run in a transaction (CREATE/DROP DATABASE), on a
+    connection of its own to the server of ``server_url``."""
     import asyncpg
 
-    name = database_url.rsplit("/", 1)[1]
     conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(statement)
     finally:
         await conn.close()
 
