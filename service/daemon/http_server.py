@@ -54,6 +54,16 @@ class HttpServer:
             self._thread.join()
             raise self._error
 
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the server's own loop, from any thread.
+
+        The tests wedge a server's loop with it (a callback that blocks) to prove that
+        the other servers and the daemon's loop go on without it.
+        """
+        if self._loop is None:
+            raise RuntimeError("the HTTP server is not started")
+        self._loop.call_soon_threadsafe(callback)
+
     def stop(self) -> None:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
