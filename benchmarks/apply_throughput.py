@@ -26,6 +26,7 @@ from service.apply.applier import Applier
 from service.config import load_settings
 from service.domain.events import ConsumerEvent, EventType
 from service.embedded.postgres import create_database
+from service.store.dialects.sqlite import SYNCHRONOUS
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
 from service.store.unit_of_work import SqlUnitOfWorkFactory
@@ -111,14 +112,18 @@ def main() -> None:
     ]
     print("\n".join(table))
     if args.output:
+        postgres = "at --postgres-url" if args.postgres_url else "the embedded test cluster"
+        postgres += "" if args.postgres_url else " (fsync off)"
         args.output.write_text(
             "# Apply throughput (single process)\n\n"
             "Measured by `benchmarks/apply_throughput.py`: unconditional upserts over "
             f"{args.consumers} consumers, every event a new id; one-by-one = one transaction "
             f"per event ({args.one_by_one_events} events), batch = `Applier.apply_batch` with "
             f"{args.batch} events per transaction ({args.events} events); fresh database per "
-            "mode.  SQLite in WAL mode (synchronous=NORMAL) on local disk; PostgreSQL 15 "
-            "local, default configuration, over TCP on 127.0.0.1.\n\n"
+            "mode.  SQLite with the service's PRAGMAs (WAL, synchronous="
+            f"{SYNCHRONOUS[load_settings().sqlite_synchronous]}) on local disk; PostgreSQL 15 "
+            + postgres
+            + ", over TCP on 127.0.0.1.\n\n"
             + "\n".join(table)
             + f"\n\nMachine: {platform.machine()}, {os.cpu_count()} CPUs (shared), "
             f"Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}.\n"

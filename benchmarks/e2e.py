@@ -24,6 +24,7 @@ from benchmarks.measure import (
     write_json,
 )
 from benchmarks.workload import Workload, encode
+from service.store.dialects.sqlite import SYNCHRONOUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +128,10 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
         }
         for r in range(args.repeat):
             url = await infra.fresh_database(db)
-            entry["raw_db"].append(await raw_db_write(url, args.events, 500))
+            pragma = SYNCHRONOUS[args.sqlite_synchronous]
+            entry["raw_db"].append(
+                await raw_db_write(url, args.events, 500, sqlite_synchronous=pragma)
+            )
             await infra.drop_database(url)
             say(f"[{db} {r + 1}] (b) raw db write: {entry['raw_db'][-1]:,.0f} rows/s")
 
@@ -329,8 +333,9 @@ awaits is charged only its own steps, see `service/daemon/stages.py`):
 - **(a2) + json.loads**: the same, with `json.loads` on every value: the least a reader
   that looks at the events at all must do (the issue 13 targets are against this).
 - **(b) raw DB write**: the same number of inbox-like rows, 500 per transaction, with the
-  fastest plain means (SQLite `executemany`, PostgreSQL `COPY`): the database-side limit
-  for the rows the daemon must write at the least (it also writes the consumer rows).
+  fastest plain means (SQLite `executemany` with the daemon's `synchronous`, PostgreSQL
+  `COPY`): the database-side limit for the rows the daemon must write at the least (it
+  also writes the consumer rows).
 - **(c) naive peer**: one message, one `Applier.apply` transaction, one offset commit, on the
   first {results["naive_events"]:,} events (it would take too long on all of them).
 - **(d) daemon**: `python -m service run` (one process, outcomes topic on, INFO logs to a

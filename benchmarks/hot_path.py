@@ -45,6 +45,7 @@ from service.domain.consumer import Owners
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource
 from service.domain.rules import Decision, plan, validate
+from service.store.dialects.sqlite import SYNCHRONOUS
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
 from service.store.unit_of_work import SqlUnitOfWorkFactory
@@ -246,6 +247,7 @@ def _markdown(args: argparse.Namespace, rows: list[tuple[str, float, float, int]
     table = "\n".join(
         f"| {name} | {best:.1f} | {spread:.1f} | {items:,} |" for name, best, spread, items in rows
     )
+    synchronous = SYNCHRONOUS[load_settings().sqlite_synchronous]
     command = (
         f"python -m benchmarks hot-path --events {args.events} --batch {args.batch}"
         f" --repeats {args.repeats} --db {args.db}"
@@ -257,9 +259,10 @@ def _markdown(args: argparse.Namespace, rows: list[tuple[str, float, float, int]
 other work, Python {platform.python_version()}.  Process CPU µs per item (best of
 {args.repeats} passes; spread = worst - best), over the seeded mixed workload
 ({args.invalid_share:.0%} of it again as invalid records).  SQL stages: one unit of work
-per batch of {args.batch} on a fresh database; SQLite in WAL mode (synchronous=NORMAL) on
-local disk, PostgreSQL the embedded launcher's test cluster (fsync off): the commit
-figure is not a durable one.  No Kafka: see the end-to-end section for the daemon.
+per batch of {args.batch} on a fresh database; SQLite with the service's PRAGMAs (WAL,
+synchronous={synchronous}) on local disk, PostgreSQL the embedded launcher's test cluster
+(fsync off): its commit figure is not a durable one.  No Kafka: see the end-to-end
+section for the daemon.
 
 | stage | µs per item | spread | items |
 |---|---:|---:|---:|

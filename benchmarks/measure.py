@@ -143,10 +143,12 @@ def _rows(n: int) -> list[tuple[Any, ...]]:
     ]
 
 
-async def raw_db_write(url: str, n: int, batch: int) -> float:
+async def raw_db_write(url: str, n: int, batch: int, *, sqlite_synchronous: str = "FULL") -> float:
     """Insert ``n`` inbox-like rows, ``batch`` rows per transaction, with the fastest plain
-    means of each database: SQLite ``executemany`` (stdlib sqlite3, WAL, synchronous=NORMAL
-    as the service sets it), PostgreSQL ``COPY`` (asyncpg ``copy_records_to_table``)."""
+    means of each database: SQLite ``executemany`` (stdlib sqlite3, WAL, and the
+    ``sqlite_synchronous`` PRAGMA value the daemon of the same run uses: a limit measured
+    with fewer fsyncs than the daemon makes is not its limit), PostgreSQL ``COPY``
+    (asyncpg ``copy_records_to_table``)."""
     rows = _rows(n)
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1]
@@ -155,7 +157,7 @@ async def raw_db_write(url: str, n: int, batch: int) -> float:
             conn = sqlite3.connect(path, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute(f"PRAGMA synchronous = {sqlite_synchronous}")
                 conn.execute(_ROW_SQL.format(ts="TIMESTAMP"))
                 insert = f"INSERT INTO bench_rows VALUES ({', '.join('?' * len(_COLUMNS))})"
                 plain = [(*row[:-1], row[-1].isoformat()) for row in rows]
