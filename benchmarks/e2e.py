@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -322,7 +323,10 @@ repeat(s); the whole run took {results["seconds"] / 60:.1f} min.
 
 Where the daemon's CPU goes (run (d); `consumergen_stage_cpu_seconds_total` and
 `consumergen_stage_seconds_total` read from its `/metrics` after the run; a stage that
-awaits is charged only its own steps, see `service/daemon/stages.py`):
+awaits is charged only its own steps, see `service/daemon/stages.py`; the two thread rows
+are differences of `/proc` counters that tick every {1000 / os.sysconf("SC_CLK_TCK"):.0f} ms,
+so each is good to about {4e6 / os.sysconf("SC_CLK_TCK") / results["events"]:.1f} µs/event,
+and a small negative value is a zero):
 
 {stage_table(results)}
 
