@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
+from service.daemon.app import Daemon
 from service.daemon.read_api import read_api_server
 from service.domain.events import EventType
 from service.logging.redaction import find_clear_uuid
@@ -80,17 +82,9 @@ async def test_answers_and_token(db: Db, caplog: pytest.LogCaptureFixture) -> No
 async def test_concurrent_reads_while_applying(
     kafka_bootstrap: str, sqlite_url: str, new_topic: TopicFactory
 ) -> None:
-    topics = Topics(
-        events=await new_topic(partitions=2, prefix="events"),
-        dlq=await new_topic(partitions=1, prefix="dlq"),
-        outcomes=await new_topic(partitions=1, prefix="outcomes"),
-        group=f"group-{uuid.uuid4().hex[:8]}",
-    )
-    settings = daemon_settings(kafka_bootstrap, sqlite_url, topics, batch_max_events=50)
     stream = mixed_stream(consumers=100, events=3000, seed=14)
     uuids = sorted({doc["consumer_uuid"] for doc in stream})
-    async with running_daemon(settings, health=True) as daemon:
-        await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
+    async with serving_daemon(kafka_bootstrap, sqlite_url, new_topic) as (daemon, topics):
         assert daemon.health is not None and daemon.read_api is not None
         port, read_port = daemon.health.port, daemon.read_api.port
 
@@ -146,13 +140,6 @@ async def test_probes_and_applying_go_on_while_the_read_api_is_wedged(
     """The read API's loop blocked outright (not slow: stopped): ``/readyz`` and
     ``/livez`` still answer and the daemon still applies every event, so neither is
     served by, nor waits on, the read API; once released, the read it held answers."""
-    topics = Topics(
-        events=await new_topic(partitions=2, prefix="events"),
-        dlq=await new_topic(partitions=1, prefix="dlq"),
-        outcomes=await new_topic(partitions=1, prefix="outcomes"),
-        group=f"group-{uuid.uuid4().hex[:8]}",
-    )
-    settings = daemon_settings(kafka_bootstrap, sqlite_url, topics, batch_max_events=50)
     stream = mixed_stream(consumers=30, events=600, seed=15)
     wedged, release = threading.Event(), threading.Event()
 
@@ -160,8 +147,7 @@ async def test_probes_and_applying_go_on_while_the_read_api_is_wedged(
         wedged.set()
         release.wait()  # blocks the read API's loop until the test releases it
 
-    async with running_daemon(settings, health=True) as daemon:
-        await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
+    async with serving_daemon(kafka_bootstrap, sqlite_url, new_topic) as (daemon, topics):
         assert daemon.health is not None and daemon.read_api is not None
         port, read_port = daemon.health.port, daemon.read_api.port
         url = f"http://127.0.0.1:{read_port}/v1/consumers/{stream[0]['consumer_uuid']}"
@@ -213,3 +199,20 @@ def readiness_timeout() -> float:
 
 
 DEPLOYMENT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "deployment.yaml"
+
+
+@asynccontextmanager
+async def serving_daemon(
+    kafka_bootstrap: str, sqlite_url: str, new_topic: TopicFactory
+) -> AsyncIterator[tuple[Daemon, Topics]]:
+    """A ready in-process daemon on topics of its own, with its health and read API."""
+    topics = Topics(
+        events=await new_topic(partitions=2, prefix="events"),
+        dlq=await new_topic(partitions=1, prefix="dlq"),
+        outcomes=await new_topic(partitions=1, prefix="outcomes"),
+        group=f"group-{uuid.uuid4().hex[:8]}",
+    )
+    settings = daemon_settings(kafka_bootstrap, sqlite_url, topics, batch_max_events=50)
+    async with running_daemon(settings, health=True) as daemon:
+        await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
+        yield daemon, topics
