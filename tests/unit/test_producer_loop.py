@@ -9,10 +9,12 @@ import time
 import uuid
 from dataclasses import replace
 
+import pytest
+
 from service.config import load_settings
 from service.domain.consumer import ConsumerState
 from service.domain.events import UNCONDITIONAL, ConsumerEvent
-from service.domain.outcomes import EventSource, OutcomeKind, Reason
+from service.domain.outcomes import REASONS_BY_OUTCOME, EventSource, OutcomeKind, Reason
 from service.kafka.clients import consumer_options, producer_options
 from service.producer.replies import EventOutcome
 from service.producer.update import Change, RetryPolicy, update
@@ -89,3 +91,105 @@ async def test_the_read_modify_write_loop_is_bounded_in_attempts_and_time() -> N
     assert bound <= took < bound + 2.0, took
     assert all(e.expected_generation is not UNCONDITIONAL for e in sender.sent)
     assert [e.expected_generation for e in sender.sent] == list(range(1, len(sender.sent) + 1))
+
+
+def _outcome(
+    event: ConsumerEvent, kind: OutcomeKind, reason: Reason | None, state: ConsumerState | None
+) -> EventOutcome:
+    return EventOutcome(
+        event_id=event.event_id,
+        consumer_uuid=event.consumer_uuid,
+        kind=kind,
+        reason=reason,
+        generation_after=None if state is None else state.generation,
+        original=OutcomeKind.APPLIED if kind is OutcomeKind.DUPLICATE else None,
+        state_after=state,
+        message=None,
+        source=EventSource("events", 0, 0),
+    )
+
+
+class Scripted:
+    """A sender whose first answer is ``first`` and every later one ``applied``; the
+    reads it serves and the events it was sent are kept."""
+
+    def __init__(self, consumer: str, kind: OutcomeKind, reason: Reason | None) -> None:
+        self.kind, self.reason = kind, reason
+        self.state = ConsumerState(consumer, 4, False, "p", "u", None, str(uuid.uuid4()))
+        self.sent: list[ConsumerEvent] = []
+        self.reads = 0
+
+    async def read(self, consumer: str) -> ConsumerState | None:
+        self.reads += 1
+        return self.state
+
+    async def send_and_wait(
+        self, event: ConsumerEvent, *, wait_seconds: float | None = None
+    ) -> EventOutcome:
+        self.sent.append(event)
+        if len(self.sent) == 1:
+            # Another writer moved the consumer on; the rejection does not carry it.
+            self.state = replace(self.state, generation=self.state.generation + 3)
+            return _outcome(event, self.kind, self.reason, None)
+        return _outcome(event, OutcomeKind.APPLIED, None, self.state)
+
+
+#: Every outcome an event can end in: (kind, reason).
+EVERY_OUTCOME = [
+    (OutcomeKind.APPLIED, None),
+    (OutcomeKind.DUPLICATE, None),
+    *((kind, reason) for kind, reasons in REASONS_BY_OUTCOME.items() for reason in sorted(reasons)),
+]
+#: Only losing a race is worth deciding again (DESIGN.md: "on generation_conflict or
+#: consumer_exists re-reads the state and retries"); everything else is final.
+RETRIED = {
+    (OutcomeKind.REJECTED, Reason.GENERATION_CONFLICT),
+    (OutcomeKind.REJECTED, Reason.CONSUMER_EXISTS),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), EVERY_OUTCOME, ids=[f"{k}-{r}" for k, r in EVERY_OUTCOME]
+)
+async def test_update_retries_only_a_lost_race_and_ends_at_once_on_any_other_outcome(
+    kind: OutcomeKind, reason: Reason | None
+) -> None:
+    """A lost race (``generation_conflict``, ``consumer_exists``) is decided again from
+    a fresh read, conditional on what was read; any other outcome (``consumer_not_found``,
+    ``event_id_reused``, invalid, failed, applied...) is the answer, after one event:
+    retrying it would send N pointless events and end in "exhausted"."""
+    consumer = str(uuid.uuid4())
+    sender = Scripted(consumer, kind, reason)
+    result = await update(
+        sender,
+        sender.read,
+        consumer,
+        lambda state: Change(project_id="mine"),
+        RetryPolicy(attempts=5, timeout_seconds=60, wait_initial=0.001, wait_max=0.01),
+    )
+    assert not result.exhausted
+    if (kind, reason) in RETRIED:
+        assert result.attempts == 2 and len(sender.sent) == 2
+        assert result.outcome.kind is OutcomeKind.APPLIED
+        # No state in the rejection: read again, and the retry names what was read.
+        assert sender.reads == 2
+        assert [e.expected_generation for e in sender.sent] == [4, 7]
+    else:
+        assert result.attempts == 1 and len(sender.sent) == 1 and sender.reads == 1
+        assert (result.outcome.kind, result.outcome.reason) == (kind, reason)
+
+
+async def test_update_waits_with_backoff_between_retries() -> None:
+    """The retry waits (stamina's backoff) instead of hammering the topic: with a first
+    wait of 0.2 s, two events are at least that far apart."""
+    consumer = str(uuid.uuid4())
+    sender = Scripted(consumer, OutcomeKind.REJECTED, Reason.GENERATION_CONFLICT)
+    began = time.monotonic()
+    result = await update(
+        sender,
+        sender.read,
+        consumer,
+        lambda state: Change(project_id="mine"),
+        RetryPolicy(attempts=3, timeout_seconds=60, wait_initial=0.2, wait_max=0.2, wait_jitter=0),
+    )
+    assert result.attempts == 2 and time.monotonic() - began >= 0.2
