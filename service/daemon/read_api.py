@@ -14,7 +14,9 @@ at once do not queue a ``/readyz`` behind them.  Answers:
 * 404 for a consumer the database never saw; 400 for a path that is not a UUID;
 * 401 when ``CONSUMERGEN_READ_API_TOKEN`` is set and the request lacks that bearer
   token (compared in constant time; the token is never logged);
-* 503 when the database cannot answer now (the client may retry).
+* 503 when the database cannot answer now (the client may retry): recognised by what
+  the error is (``service.failures.database_unavailable``, the store's dialects);
+* 500 for anything else, which is a bug (logged with its traceback).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.contract.records import utc_timestamp
 from service.contract.state import state_document
 from service.daemon.http_server import HttpServer
+from service.failures import database_unavailable
 from service.logging.redaction import canonical_uuid
-from service.store.errors import describe, is_transient
+from service.store.errors import describe
 from service.store.reads import get_consumer
 
 log = structlog.get_logger(__name__)
@@ -76,9 +79,9 @@ class ReadApi:
             return web.json_response({"error": "not a UUID"}, status=400)
         try:
             state = await get_consumer(request.app[_ENGINE], uuid)
-        except Exception as exc:  # sorted: the store's transient errors, or a bug
-            if not is_transient(exc):
-                raise
+        except Exception as exc:  # sorted: the database not answering now (503), or a bug
+            if not database_unavailable(exc):
+                raise  # aiohttp answers 500 and logs it: a bug, not the client's to retry
             log.warning("read api: database unavailable", error=describe(exc))
             return web.json_response({"error": "the database cannot answer now"}, status=503)
         if state is None:
