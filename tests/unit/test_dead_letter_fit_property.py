@@ -109,6 +109,12 @@ def test_a_fitted_letter_is_within_the_limit_and_keeps_its_origin(
         assert (fitted.key, fitted.value, fitted.headers, fitted.cut) == (key, value, headers, ())
     else:
         assert fitted.cut and set(fitted.cut) <= set(TRUNCATABLE_PARTS)
+        named = dict(fitted.headers)  # the marks say what was cut and how big it was
+        assert named["origin.truncated"] == ",".join(fitted.cut).encode()
+        sizes = original_sizes(key, value, originals_kept)
+        assert [named[f"origin.{part}_bytes"] for part in ("value", "key", "headers")] == [
+            str(size).encode() for size in sizes
+        ]
 
 
 @settings(max_examples=200, deadline=None)
