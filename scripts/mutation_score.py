@@ -11,7 +11,8 @@ names of the mutants to test again after tests were added (survived, no tests, n
 checked), one per line, for ``scripts/mutation --retest``.  ``--group NAME`` (repeatable)
 reads the results of that group's work folder (``.mutation/NAME``,
 ``scripts/mutation_groups.py``) instead of the tree's own ``mutants/``, one table per
-group.  Exit code 0 always: the score is a figure to read, not a gate (mutation
+group (``NAME-slow``: the ``--slow`` run, which counts only the mutants it checked, the
+fast run's survivors: its "killed" are those only the broker tests kill).  Exit code 0 always: the score is a figure to read, not a gate (mutation
 testing is not in CI).
 """
 
@@ -80,6 +81,8 @@ def report(base: Path, argv: list[str]) -> int:
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         counts: Counter[str] = Counter()
         for name, code in sorted(codes.items()):
+            if code is None and base.name.endswith("-slow"):
+                continue  # a --slow run checks the fast run's survivors only
             status = "not checked" if code is None else STATUS.get(code, "other")
             if name in equivalent:
                 status = "equivalent"
