@@ -12,8 +12,8 @@ checked), one per line, for ``scripts/mutation --retest``.  ``--group NAME`` (re
 reads the results of that group's work folder (``.mutation/NAME``,
 ``scripts/mutation_groups.py``) instead of the tree's own ``mutants/``, one table per
 group (``NAME-slow``: the ``--slow`` run, which counts only the mutants it checked, the
-fast run's survivors: its "killed" are those only the broker tests kill).  Exit code 0 always: the score is a figure to read, not a gate (mutation
-testing is not in CI).
+fast run's survivors: its "killed" are those only the broker tests kill).  Exit code 0
+always: the score is a figure to read, not a gate (mutation testing is not in CI).
 """
 
 from __future__ import annotations
