@@ -66,3 +66,12 @@ def test_a_groups_configuration_is_the_projects_with_its_modules_and_tests(name:
     # Everything else of the project's pyproject.toml is as it was.
     del generated["tool"]["mutmut"], project["tool"]["mutmut"]
     assert generated == project
+
+
+def test_the_core_group_is_what_pyproject_names() -> None:
+    """``pyproject.toml``'s own ``[tool.mutmut]`` is the core group's (the run in the
+    tree, as before the groups): the two lists cannot drift apart."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    mutmut = project["tool"]["mutmut"]
+    assert list(groups.GROUPS["core"].modules) == mutmut["only_mutate"]
+    assert list(groups.GROUPS["core"].tests) == mutmut["pytest_add_cli_args_test_selection"]
