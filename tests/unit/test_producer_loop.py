@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
 from service.config import load_settings
+from service.contract.decode import InvalidEvent
 from service.domain.consumer import ConsumerState
-from service.domain.events import UNCONDITIONAL, ConsumerEvent
+from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType
 from service.domain.outcomes import REASONS_BY_OUTCOME, EventSource, OutcomeKind, Reason
 from service.kafka.clients import consumer_options, producer_options
 from service.producer.replies import EventOutcome
-from service.producer.update import Change, RetryPolicy, update
+from service.producer.update import Change, RetryPolicy, conditional_event, update
 
 
 def test_events_are_written_with_acks_all_by_an_idempotent_producer() -> None:
@@ -193,3 +197,103 @@ async def test_update_waits_with_backoff_between_retries() -> None:
         RetryPolicy(attempts=3, timeout_seconds=60, wait_initial=0.2, wait_max=0.2, wait_jitter=0),
     )
     assert result.attempts == 2 and time.monotonic() - began >= 0.2
+
+
+class Recording(Scripted):
+    """``Scripted``, also keeping what the loop passed: the read's UUID, each wait."""
+
+    def __init__(self, consumer: str, kind: OutcomeKind, reason: Reason | None) -> None:
+        super().__init__(consumer, kind, reason)
+        self.read_uuids: list[str] = []
+        self.waits: list[float | None] = []
+
+    async def read(self, consumer: str) -> ConsumerState | None:
+        self.read_uuids.append(consumer)
+        return await super().read(consumer)
+
+    async def send_and_wait(
+        self, event: ConsumerEvent, *, wait_seconds: float | None = None
+    ) -> EventOutcome:
+        self.waits.append(wait_seconds)
+        return await super().send_and_wait(event, wait_seconds=wait_seconds)
+
+
+async def test_update_sends_what_change_asks_under_the_callers_name_wait_and_limit() -> None:
+    """Each attempt calls ``change`` with the state it read, sends the fields it returns
+    under the caller's producer name, waits as long as the caller said, and reads the
+    consumer it was asked about; its events are held to the caller's size limit."""
+    consumer = str(uuid.uuid4())
+    sender = Recording(consumer, OutcomeKind.REJECTED, Reason.GENERATION_CONFLICT)
+    seen: list[ConsumerState | None] = []
+
+    def change(state: ConsumerState | None) -> Change:
+        seen.append(state)
+        return Change(project_id="proj", user_id="user", consumer_type="VM")
+
+    policy = RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.001, wait_jitter=0)
+    result = await update(
+        sender, sender.read, consumer, change, policy, wait_seconds=7.5, producer="writer"
+    )
+    assert result.attempts == 2
+    assert [s.generation if s else None for s in seen] == [4, 7]
+    assert sender.read_uuids == [consumer, consumer] and sender.waits == [7.5, 7.5]
+    for event in sender.sent:
+        assert (event.project_id, event.user_id, event.consumer_type) == ("proj", "user", "VM")
+        assert event.producer == "writer"
+
+    too_small = Recording(consumer, OutcomeKind.APPLIED, None)
+    with pytest.raises(InvalidEvent) as refused:
+        await update(too_small, too_small.read, consumer, change, policy, max_bytes=100)
+    assert refused.value.reason is Reason.TOO_LARGE and too_small.sent == []
+
+
+def test_a_conditional_delete_carries_the_callers_name_and_limit() -> None:
+    consumer = str(uuid.uuid4())
+    state = ConsumerState(consumer, 3, False, "p", "u", None, str(uuid.uuid4()))
+    event = conditional_event(consumer, state, Change(delete=True), producer="writer")
+    assert (event.type, event.expected_generation, event.producer) == (
+        EventType.DELETE,
+        3,
+        "writer",
+    )
+    with pytest.raises(InvalidEvent) as refused:
+        conditional_event(consumer, state, Change(delete=True), max_bytes=100)
+    assert refused.value.reason is Reason.TOO_LARGE
+
+
+async def test_update_waits_as_its_policy_says_and_retries_on_the_lost_race() -> None:
+    """The waits between attempts, as stamina's hooks saw them: without jitter exactly
+    ``wait_initial`` doubling up to ``wait_max``; with it, at most that much more; and
+    what was retried is the lost race itself."""
+    consumer = str(uuid.uuid4())
+    policy = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.002, wait_jitter=0)
+    with retries_seen() as seen:
+        await update(
+            AlwaysOvertaken(consumer),
+            AlwaysOvertaken(consumer).read,
+            consumer,
+            lambda state: Change(),
+            policy,
+        )
+    assert [d.wait_for for d in seen] == [0.001, 0.002, 0.002]
+    assert {str(d.caused_by) for d in seen} == {"rejected: generation_conflict"}
+
+    jittered = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.002, wait_jitter=0.004)
+    with retries_seen() as seen:
+        sender = AlwaysOvertaken(consumer)
+        await update(sender, sender.read, consumer, lambda state: Change(), jittered)
+    ceilings = [0.001, 0.002, 0.002]
+    assert all(c <= d.wait_for <= c + 0.004 for c, d in zip(ceilings, seen, strict=True))
+    assert any(d.wait_for > c for c, d in zip(ceilings, seen, strict=True))
+
+
+@contextmanager
+def retries_seen() -> Iterator[list[RetryDetails]]:
+    """Every retry stamina makes in the block (its process-wide hooks, restored after)."""
+    seen: list[RetryDetails] = []
+    previous = get_on_retry_hooks()
+    set_on_retry_hooks([seen.append])
+    try:
+        yield seen
+    finally:
+        set_on_retry_hooks(previous)
