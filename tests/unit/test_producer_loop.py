@@ -297,3 +297,15 @@ def retries_seen() -> Iterator[list[RetryDetails]]:
         yield seen
     finally:
         set_on_retry_hooks(previous)
+
+
+async def test_without_retries_a_lost_race_is_the_answer() -> None:
+    """``RetryPolicy.no_retries()`` (public API): one event, and a lost race
+    comes back as exhausted, for the caller to see."""
+    consumer = str(uuid.uuid4())
+    sender = AlwaysOvertaken(consumer)
+    result = await update(
+        sender, sender.read, consumer, lambda state: Change(), RetryPolicy.no_retries()
+    )
+    assert (result.attempts, result.exhausted, len(sender.sent)) == (1, True, 1)
+    assert result.outcome.reason is Reason.GENERATION_CONFLICT
