@@ -13,7 +13,13 @@ import pytest
 from service.contract.decode import InvalidEvent
 from service.domain.events import ConsumerEvent, EventType
 from service.domain.outcomes import Reason
-from service.producer.events import encode, event_from_document, event_from_line, new_event
+from service.producer.events import (
+    encode,
+    event_from_document,
+    event_from_line,
+    new_event,
+    wire_value,
+)
 
 CONSUMER = "00000000-0000-4000-8000-0000000000aa"
 
@@ -105,3 +111,28 @@ def test_a_line_that_is_not_an_object_is_refused_as_the_daemon_would() -> None:
     with pytest.raises(InvalidEvent) as refused:
         event_from_line(b"[1, 2]", max_bytes=4096, producer="p")
     assert refused.value.reason is Reason.SCHEMA_VIOLATION
+
+
+def test_raw_bytes_are_measured_as_given_and_unlimited_without_a_limit() -> None:
+    """Raw bytes are held to the limit as they are (as the daemon would measure those
+    bytes), even where their compact form would fit; no limit means none."""
+    compact = encode(new_event(EventType.UPSERT, CONSUMER, project_id="p" * 200))
+    padded = compact + b" " * 40
+    assert wire_value(padded, max_bytes=len(padded))[1] == compact
+    with pytest.raises(InvalidEvent) as refused:
+        wire_value(padded, max_bytes=len(padded) - 1)
+    assert refused.value.reason is Reason.TOO_LARGE
+    assert event_from_document(padded, max_bytes=None).project_id == "p" * 200
+
+
+def test_a_completed_line_is_held_to_the_limit() -> None:
+    """A line within the limit that grows past it once completed (an event id and a
+    time added) is too large: the limit is the event's, not the line's."""
+    line = json.dumps({"type": "consumer.upsert", "consumer_uuid": CONSUMER}).encode()
+    completed = encode(event_from_line(line, max_bytes=4096))
+    assert len(completed) > len(line)
+    with pytest.raises(InvalidEvent) as refused:
+        event_from_line(line, max_bytes=len(line))
+    assert refused.value.reason is Reason.TOO_LARGE
+    # (+ 7: a time whose microseconds are 0 is written without its 7-character fraction)
+    assert event_from_line(line, max_bytes=len(completed) + 7).consumer_uuid == CONSUMER
