@@ -4,12 +4,14 @@ the client promises (a state, None, ``ReadRefused``, ``ReadUnavailable``)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from service.config import ConfigError, Settings, load_settings
@@ -79,24 +81,77 @@ async def test_a_server_that_cannot_answer_is_unavailable(tmp_path: Path) -> Non
                 await client.get(str(uuid.uuid4()))
     nowhere = f"http://127.0.0.1:{free_port()}"
     async with reader(nowhere) as client:
-        with pytest.raises(ReadUnavailable, match=f"the read API at {nowhere} did not answer"):
+        with pytest.raises(ReadUnavailable) as refused:
             await client.get(str(uuid.uuid4()))
+    assert str(refused.value).startswith(
+        f"the read API at {nowhere} did not answer (ClientConnectorError: Cannot connect to host"
+    )
 
 
 async def test_the_client_must_be_started() -> None:
     client = ConsumerReader(load_settings(read_api_url="http://127.0.0.1:1"))
-    with pytest.raises(RuntimeError, match="not started"):
+    with pytest.raises(RuntimeError, match=r"^ConsumerReader is not started \(use 'async with'\)$"):
         await client.get(str(uuid.uuid4()))
     await client.close()  # closing what never started is fine
 
 
 def test_where_the_read_api_is() -> None:
     assert read_api_url(load_settings(read_api_url="http://reads:9000/")) == "http://reads:9000"
+    assert read_api_url(load_settings(read_api_url="http://proxy/X/")) == "http://proxy/X"
     assert (
         read_api_url(load_settings(read_api_host="10.0.0.7", read_api_port=8123))
         == "http://10.0.0.7:8123"
     )
-    with pytest.raises(ConfigError, match="CONSUMERGEN_READ_API_URL: not set"):
+    with pytest.raises(ConfigError, match=r"^CONSUMERGEN_READ_API_URL: not set, and the read"):
         read_api_url(Settings(read_api_port=None))
     with pytest.raises(ConfigError, match="not an http"):
         ConsumerReader(load_settings(read_api_url="ftp://reads"))
+    secure = ConsumerReader(load_settings(), base_url="https://reads.example/")
+    assert secure.base_url == "https://reads.example"
+
+
+@asynccontextmanager
+async def answering(status: int | None) -> AsyncIterator[str]:
+    """An HTTP server whose every answer is ``status`` with an empty JSON object, or
+    none at all (``None``: it never answers); yields its base URL."""
+    never = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        if status is None:
+            await never.wait()
+        return web.json_response({}, status=status or 200)
+
+    app = web.Application()
+    app.router.add_get("/v1/consumers/{uuid}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        never.set()
+        await runner.cleanup()
+
+
+async def test_a_forbidden_request_is_refused_even_without_a_reason() -> None:
+    """A 403 (a proxy in front of the API, say) is the request's fault, not "not now"."""
+    async with answering(403) as base, reader(base) as client:
+        with pytest.raises(ReadRefused) as refused:
+            await client.get(str(uuid.uuid4()))
+    assert str(refused.value) == "the read API refused the request (403: )"
+
+
+async def test_a_server_that_never_answers_is_unavailable_after_the_timeout() -> None:
+    """The client's own timeout, else the request timeout setting, bounds a read."""
+    async with answering(None) as base:
+        client = ConsumerReader(load_settings(), base_url=base + "/", timeout_seconds=0.3)
+        by_settings = ConsumerReader(load_settings(request_timeout_seconds=0.3), base_url=base)
+        for bounded in (client, by_settings):
+            async with bounded:
+                with pytest.raises(ReadUnavailable) as refused:
+                    await asyncio.wait_for(bounded.get(str(uuid.uuid4())), 20)
+            assert str(refused.value) == (
+                f"the read API at {base} did not answer (TimeoutError: no detail)"
+            )
