@@ -150,11 +150,11 @@ async def _merge(
             report.compared += 1
             b = await _next(right)
         else:
-            fields = {
+            changed = {
                 name: (x, y) for name, x, y in zip(FIELDS, a[1], b[1], strict=True) if x != y
             }
-            if fields:
-                report.differences.append(Difference(a[0], "different", fields))
+            if changed:
+                report.differences.append(Difference(a[0], "different", changed))
             report.compared += 1
             a = await _next(left)
             b = await _next(right)
