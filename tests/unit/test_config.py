@@ -146,3 +146,30 @@ def test_each_numeric_setting_accepts_its_edges_and_refuses_beyond_naming_itself
         message = str(refused.value)
         assert message.startswith(f"invalid configuration: {env_name(name)}: "), message
         assert "\n" not in message
+
+
+def test_the_config_file_variable_names_the_file_and_is_no_setting(
+    clean_env: None, tmp_path: Path
+) -> None:
+    """``CONSUMERGEN_CONFIG_FILE`` is where the file is, not an unknown setting;
+    ``CONSUMERGEN_TEST_*`` belong to the test suite."""
+    config = tmp_path / "consumergen.env"
+    config.write_text("CONSUMERGEN_TOPIC=from-file\n")
+    with mock.patch.dict(
+        os.environ, {"CONSUMERGEN_CONFIG_FILE": str(config), "CONSUMERGEN_TEST_X": "1"}
+    ):
+        assert load_settings().topic == "from-file"
+
+
+def test_every_bad_value_is_named_in_one_line(clean_env: None) -> None:
+    os.environ["CONSUMERGEN_HEALTH_PORT"] = "65536"
+    os.environ["CONSUMERGEN_BATCH_MAX_EVENTS"] = "0"
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: CONSUMERGEN_")
+    problems = message.removeprefix("invalid configuration: ").split("; ")
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "CONSUMERGEN_BATCH_MAX_EVENTS",
+        "CONSUMERGEN_HEALTH_PORT",
+    ]
