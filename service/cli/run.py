@@ -16,7 +16,6 @@ log = structlog.get_logger(__name__)
 
 LOCAL_DATA = Path(".local")
 LOCAL_OUTCOMES_TOPIC = "consumer-events.outcomes"
-LOCAL_REPLY_TOPIC = "consumer-events.replies"
 
 
 @click.command("run")
@@ -112,8 +111,6 @@ def _run_local(settings: Settings) -> int:
         )
     if settings.outcomes_topic is None:
         settings = settings.model_copy(update={"outcomes_topic": LOCAL_OUTCOMES_TOPIC})
-    if settings.reply_topic is None:
-        settings = settings.model_copy(update={"reply_topic": LOCAL_REPLY_TOPIC})
     broker = KafkaBroker((LOCAL_DATA / "kafka").resolve(), port=int(port))
     broker.start()
     log.info(

@@ -70,12 +70,8 @@ class Daemon:
         self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
         self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
         # Outcome records go to the outcomes topic (observers) and, for an event that
-        # asked, to its requester's reply partition: either needs the sink.
-        self.outcomes = (
-            KafkaOutcomeSink(settings.outcomes_topic, self.producer, settings.reply_topic)
-            if settings.outcomes_topic is not None or settings.reply_topic is not None
-            else None
-        )
+        # asked, to its requester's reply partition (there is always a reply topic).
+        self.outcomes = KafkaOutcomeSink(settings.outcomes_topic, self.producer)
         self.pauses = Pauses(lambda: self.consumer)
         self.commits = CommitCoalescer(
             lambda offsets: self.consumer.commit(offsets),
@@ -83,7 +79,7 @@ class Daemon:
             committed=self._committed,
         )
         self.host = DaemonWorkerHost(
-            config=WorkerConfig.from_settings(settings),
+            config=WorkerConfig.from_settings(settings, self.metrics.replies_refused.inc),
             applier=Applier(SqlUnitOfWorkFactory(engine), settings),
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
