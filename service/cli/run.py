@@ -117,10 +117,13 @@ def _run_local(settings: Settings) -> int:
         )
     if settings.outcomes_topic is None:
         settings = settings.model_copy(update={"outcomes_topic": LOCAL_OUTCOMES_TOPIC})
-    from service.daemon.listeners import ListenerError, probe
+    from service.config import env_name
+    from service.daemon.listeners import Listener, ListenerError, probe
 
+    servers = env_name("bootstrap_servers")
+    broker_port = Listener(servers, servers, host, int(port))
     try:
-        probe(settings)  # a taken port is one line now, not after the broker started
+        probe(settings, [broker_port])  # a taken port is one line now, before the broker
     except ListenerError as exc:
         click.echo(f"consumergen run: {exc}", err=True)
         return EXIT_USAGE

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from service.config import ConfigError, Settings, env_name
@@ -126,11 +127,12 @@ def start(server: HttpServer, listener: Listener) -> None:
         raise listen_error(listener, exc) from None
 
 
-def probe(settings: Settings) -> None:
+def probe(settings: Settings, extra: Iterable[Listener] = ()) -> None:
     """Try every fixed address now (bind, then close at once), so that a clash is found
-    before something slow starts (``run --local``'s broker).  The daemon's own bind is
-    what counts: another process may still take a port in between."""
-    for listener in listeners(settings):
+    before something slow starts (``run --local``'s broker, whose own port is ``extra``).
+    The daemon's own bind is what counts: another process may still take a port in
+    between."""
+    for listener in (*extra, *listeners(settings)):
         if listener.port == 0:
             continue
         try:

@@ -106,12 +106,15 @@ def test_a_public_read_api_without_a_token_is_refused_at_start(migrated: Path) -
     assert "daemon starting" not in done.stderr  # refused before anything started
 
 
+@pytest.mark.parametrize("setting", ["health_port", "bootstrap_servers"])
 def test_run_local_refuses_a_taken_port_before_it_starts_a_broker(
-    tmp_path: Path, held_port: int
+    tmp_path: Path, held_port: int, setting: str
 ) -> None:
-    done = _run(tmp_path, "run", "--local", health_port=str(held_port))
+    value = f"127.0.0.1:{held_port}" if setting == "bootstrap_servers" else str(held_port)
+    done = _run(tmp_path, "run", "--local", **{setting: value})
     line = _one_error_line(done)
-    assert f"CONSUMERGEN_HEALTH_PORT: cannot listen on 127.0.0.1:{held_port}" in line, line
+    named = f"CONSUMERGEN_{setting.upper()}"
+    assert f"{named}: cannot listen on 127.0.0.1:{held_port}: the address is" in line, line
     assert not (tmp_path / ".local").exists()  # no broker was started
 
 

@@ -123,9 +123,10 @@ def test_run_local_from_a_bare_folder(tmp_path: Path) -> None:
         second = str(uuid.uuid4())
         bare = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMERGEN_")}
         bare["CONSUMERGEN_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+        event = ["--consumer-uuid", second, "--expected-generation", "null"]
+        owners = ["--project", "p", "--user", "u"]
         waited = subprocess.run(
-            [sys.executable, "-m", "service", "produce", "--wait", "--consumer-uuid", second]
-            + ["--expected-generation", "null", "--project", "p", "--user", "u"],
+            [sys.executable, "-m", "service", "produce", "--wait", *event, *owners],
             cwd=tmp_path,
             env=bare,
             capture_output=True,
