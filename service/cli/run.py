@@ -59,7 +59,8 @@ def command(
     try:
         check_exposure(settings)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        click.echo(f"consumergen run: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
     if local:
         raise SystemExit(_run_local(settings))
     raise SystemExit(_on_loop(settings, _run(settings)))

@@ -78,13 +78,12 @@ def is_loopback(host: str) -> bool:
 
 
 def has_read_api_token(settings: Settings) -> bool:
-    return any(
-        value is not None
-        for value in (
-            settings.read_api_token,
-            settings.read_api_tokens,
-            settings.read_api_tokens_file,
-        )
+    """Whether any read-API token is configured (an empty value is none: it must not
+    open an exposed read API)."""
+    fixed = [settings.read_api_token, settings.read_api_tokens]
+    listed = ",".join(secret.get_secret_value() for secret in fixed if secret is not None)
+    return any(token.strip() for token in listed.split(",")) or (
+        settings.read_api_tokens_file is not None
     )
 
 

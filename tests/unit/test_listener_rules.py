@@ -45,6 +45,8 @@ def test_loopback_is_only_what_no_other_machine_reaches(host: str, loopback: boo
         ({}, False),
         ({"read_api_host": "0.0.0.0"}, True),
         ({"read_api_host": "0.0.0.0", "read_api_token": "t"}, False),
+        ({"read_api_host": "0.0.0.0", "read_api_token": " "}, True),  # empty is none
+        ({"read_api_host": "0.0.0.0", "read_api_tokens": ", ,"}, True),
         ({"read_api_host": "0.0.0.0", "read_api_tokens": "a,b"}, False),
         ({"read_api_host": "0.0.0.0", "read_api_tokens_file": "tokens"}, False),
         ({"read_api_host": "0.0.0.0", "read_api_allow_anonymous": True}, False),
