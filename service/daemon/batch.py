@@ -24,7 +24,7 @@ from service.contract.records import (
     outcome_key,
     outcome_record,
 )
-from service.contract.replies import reply_route
+from service.contract.replies import ReplyPolicy
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.kafka.records import UndecodableRecord, undecodable_event
@@ -104,13 +104,18 @@ def outcome_messages(
     settled: Sequence[tuple[ConsumerRecord, Outcome]],
     invalid: Sequence[tuple[ConsumerRecord, InvalidEvent]],
     now: datetime,
-    reply_topic: str | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> list[OutcomeMessage]:
     """One outcome record per event, keyed by event id (no key when it was unreadable),
-    with the reply route its record asked for on ``reply_topic`` (invalid records too,
-    when their headers could be read)."""
+    with the reply route its record asked for on a topic ``replies`` allows (invalid
+    records too, when their headers could be read).  Without an outcomes topic
+    (``replies.every_outcome`` false) only the events that get a reply have one."""
     messages = []
+    every = replies is None or replies.every_outcome
     for record, outcome in settled:
+        route = None if replies is None else replies.route(record.headers)
+        if route is None and not every:
+            continue
         value = outcome_record(
             event_id=outcome.event_id,
             consumer_uuid=outcome.consumer_uuid,
@@ -124,9 +129,11 @@ def outcome_messages(
             processed_at=now,
             state_after=outcome.state_after,
         )
-        route = reply_route(record.headers, reply_topic)
         messages.append(OutcomeMessage(outcome_key(outcome.event_id), value, route))
     for record, error in invalid:
+        route = None if replies is None else replies.route(record.headers)
+        if route is None and not every:
+            continue
         value = outcome_record(
             event_id=None,
             consumer_uuid=None,
@@ -139,7 +146,7 @@ def outcome_messages(
             processed_at=now,
             message=error.message,
         )
-        messages.append(OutcomeMessage(None, value, reply_route(record.headers, reply_topic)))
+        messages.append(OutcomeMessage(None, value, route))
     return messages
 
 

@@ -173,3 +173,17 @@ def test_every_bad_value_is_named_in_one_line(clean_env: None) -> None:
         "CONSUMERGEN_BATCH_MAX_EVENTS",
         "CONSUMERGEN_HEALTH_PORT",
     ]
+
+
+def test_the_reply_topic_defaults_to_the_events_topic_dot_replies(clean_env: None) -> None:
+    """One default name that the daemon and every producer derive alike (issue 24)."""
+    assert load_settings().reply_topic == "consumer-events.replies"
+    os.environ["CONSUMERGEN_TOPIC"] = "orders"
+    assert load_settings().reply_topic == "orders.replies"
+    os.environ["CONSUMERGEN_REPLY_TOPIC"] = ""  # empty is the default, not "no topic"
+    assert load_settings().reply_topic == "orders.replies"
+    os.environ["CONSUMERGEN_REPLY_TOPIC"] = "mine"
+    os.environ["CONSUMERGEN_ALLOWED_REPLY_TOPICS"] = "team-a.replies, team-b.replies,"
+    settings = load_settings()
+    assert settings.reply_topic == "mine"
+    assert settings.reply_topics_allowed == {"mine", "team-a.replies", "team-b.replies"}
