@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -60,6 +61,71 @@ def _real_batch_size(
     return len(builder.build())
 
 
+def _headers(originals: list[tuple[str, bytes]], message: str) -> list[tuple[str, bytes]]:
+    return dead_letter_headers(
+        originals,
+        error_class="invalid",
+        reason="too_large",
+        message=message,
+        origin_topic=ORIGIN[0],
+        origin_partition=int(ORIGIN[1]),
+        origin_offset=int(ORIGIN[2]),
+        attempts=1,
+        first_failed_at=NOW,
+        failed_at=NOW,
+    )
+
+
+def _smallest(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """The smallest a letter can be made: its own headers, every part cut and marked so."""
+    originals, own = split_headers(headers)
+    marks = truncation_headers(TRUNCATABLE_PARTS, *original_sizes(key, value, originals))
+    return letter_size(b"", b"", own + marks)
+
+
+def _check_fitted(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], limit: int
+) -> None:
+    """Every rule of a fitted letter (``service.sinks.fit``), for one letter and limit."""
+    fitted = fit_letter(key, value, headers, limit)
+    whole = letter_size(key, value, headers)
+    # Within the limit, as aiokafka's producer and the broker count it.
+    assert letter_size(fitted.key, fitted.value, fitted.headers) <= limit
+    assert _real_batch_size(fitted.key, fitted.value, fitted.headers) <= limit
+    # Where the original is, and the service's own headers, always kept.
+    read = parse_dead_letter_headers(fitted.headers)
+    assert (read.origin_topic, read.origin_partition, read.origin_offset) == ORIGIN
+    ours = [(n, v) for n, v in headers if n in ERROR_HEADERS]
+    assert [(n, v) for n, v in fitted.headers if n in ERROR_HEADERS] == ours
+    # Parts are cut to prefixes; a part not cut is as it was (a null stays null).
+    assert (fitted.key or b"") == (key or b"")[: len(fitted.key or b"")]
+    assert (fitted.value or b"") == (value or b"")[: len(fitted.value or b"")]
+    if "value" not in fitted.cut:
+        assert fitted.value == value
+    if "key" not in fitted.cut:
+        assert fitted.key == key
+    if whole <= limit:
+        assert (fitted.key, fitted.value, fitted.headers, fitted.cut) == (key, value, headers, ())
+        return
+    assert fitted.cut and set(fitted.cut) <= set(TRUNCATABLE_PARTS)
+    named = dict(fitted.headers)  # the marks say what was cut and how big it was
+    assert named["origin.truncated"] == ",".join(fitted.cut).encode()
+    sizes = original_sizes(key, value, split_headers(headers)[0])
+    assert [named[f"origin.{part}_bytes"] for part in ("value", "key", "headers")] == [
+        str(size).encode() for size in sizes
+    ]
+    # Only as far as needed, in order: the value first, then the key, then headers.
+    kept_value, kept_key = fitted.value or b"", fitted.key or b""
+    if fitted.cut == ("value",) and len(kept_value) < len(value or b""):
+        one_more = (value or b"")[: len(kept_value) + 1]
+        assert letter_size(fitted.key, one_more, fitted.headers) > limit
+    if "key" in fitted.cut and "headers" not in fitted.cut:
+        assert kept_value == b""
+        if len(kept_key) < len(key or b""):
+            one_more = (key or b"")[: len(kept_key) + 1]
+            assert letter_size(one_more, fitted.value, fitted.headers) > limit
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     key=_sized(5000),
@@ -75,46 +141,38 @@ def test_a_fitted_letter_is_within_the_limit_and_keeps_its_origin(
     message: str,
     room: int,
 ) -> None:
-    headers = dead_letter_headers(
-        originals,
-        error_class="invalid",
-        reason="too_large",
-        message=message,
-        origin_topic=ORIGIN[0],
-        origin_partition=int(ORIGIN[1]),
-        origin_offset=int(ORIGIN[2]),
-        attempts=1,
-        first_failed_at=NOW,
-        failed_at=NOW,
-    )
-    # The smallest a letter can be made: its own headers, every part cut and marked so.
-    originals_kept, own = split_headers(headers)
-    marks = truncation_headers(TRUNCATABLE_PARTS, *original_sizes(key, value, originals_kept))
-    smallest = letter_size(b"", b"", own + marks)
-    limit = smallest + room
-    whole = letter_size(key, value, headers)
-    assume(limit < whole + 200)  # mostly letters that need cutting, some that fit
+    headers = _headers(originals, message)
+    limit = _smallest(key, value, headers) + room
+    assume(limit < letter_size(key, value, headers) + 200)  # mostly letters to cut
+    _check_fitted(key, value, headers, limit)
 
+
+@pytest.mark.parametrize("room", range(12))
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(b"k" * 300, b"v" * 3000), (b"k" * 300, None), (None, b""), (b"", b"v" * 200)],
+    ids=["key-and-value", "key-only", "null-and-empty", "empty-key"],
+)
+def test_a_letter_fitted_at_the_smallest_limits(
+    key: bytes | None, value: bytes | None, room: int
+) -> None:
+    """The edges random sizes seldom hit: a limit a few bytes above the smallest letter,
+    where a prefix of one byte may or may not fit."""
+    headers = _headers([("trace", b"t" * 50)], "too large")
+    _check_fitted(key, value, headers, _smallest(key, value, headers) + room)
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1])
+def test_a_letter_at_the_limit_is_whole_and_one_byte_over_is_cut(over: int) -> None:
+    headers = _headers([("trace", b"t" * 50)], "too large")
+    key, value = b"k" * 36, b"v" * 5000
+    limit = letter_size(key, value, headers) - over
     fitted = fit_letter(key, value, headers, limit)
-
-    assert letter_size(fitted.key, fitted.value, fitted.headers) <= limit
-    assert _real_batch_size(fitted.key, fitted.value, fitted.headers) <= limit
-    read = parse_dead_letter_headers(fitted.headers)
-    assert (read.origin_topic, read.origin_partition, read.origin_offset) == ORIGIN
-    ours = [(n, v) for n, v in headers if n in ERROR_HEADERS]
-    assert [(n, v) for n, v in fitted.headers if n in ERROR_HEADERS] == ours
-    assert (fitted.key or b"") == (key or b"")[: len(fitted.key or b"")]
-    assert (fitted.value or b"") == (value or b"")[: len(fitted.value or b"")]
-    if whole <= limit:
-        assert (fitted.key, fitted.value, fitted.headers, fitted.cut) == (key, value, headers, ())
-    else:
-        assert fitted.cut and set(fitted.cut) <= set(TRUNCATABLE_PARTS)
-        named = dict(fitted.headers)  # the marks say what was cut and how big it was
-        assert named["origin.truncated"] == ",".join(fitted.cut).encode()
-        sizes = original_sizes(key, value, originals_kept)
-        assert [named[f"origin.{part}_bytes"] for part in ("value", "key", "headers")] == [
-            str(size).encode() for size in sizes
-        ]
+    assert (fitted.cut == ()) is (over <= 0)
+    _check_fitted(key, value, headers, limit)
+    if over == 1:  # one byte over: the value is cut, nothing else
+        assert fitted.cut == ("value",) and fitted.key == key
+        assert len(fitted.value or b"") < len(value)
 
 
 @settings(max_examples=200, deadline=None)
