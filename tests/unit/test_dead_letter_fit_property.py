@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from service.contract.records import (
@@ -22,7 +22,7 @@ from service.contract.records import (
     parse_dead_letter_headers,
     truncation_headers,
 )
-from service.sinks.fit import fit_letter, letter_size, split_headers
+from service.sinks.fit import _prefix_that_fits, fit_letter, letter_size, split_headers
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 ORIGIN = ("consumer-events", "11", "987654321")
@@ -200,3 +200,28 @@ def test_letter_size_of_a_few_known_letters() -> None:
     for key, value, headers in cases:
         real = _real_batch_size(key, value, headers)
         assert real <= letter_size(key, value, headers) <= real + 32
+
+
+def _zigzag_varint_bytes(n: int) -> int:
+    """Bytes of a Kafka (zig-zag) varint for ``n`` >= 0: one below 64, two below 8192."""
+    return 1 if n < 64 else 2 if n < 8192 else 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(0, 300), base=st.integers(0, 100), room=st.integers(-5, 320))
+@example(length=10, base=63, room=1)  # the first byte crosses 64: it costs two
+@example(length=10, base=62, room=2)  # the second byte does
+def test_the_prefix_kept_is_the_longest_that_fits(length: int, base: int, room: int) -> None:
+    """``_prefix_that_fits`` over a size that grows by a length prefix's varint as well
+    as by each byte, as a record's does (a byte more costs two where the length crosses
+    64): the longest prefix within the limit, found by trying every length."""
+    data = bytes(range(256)) * 2
+
+    def size_of(prefix: bytes) -> int:
+        length = base + len(prefix)
+        return length + _zigzag_varint_bytes(length)
+
+    limit = size_of(b"") + room
+    fitting = [n for n in range(length + 1) if size_of(data[:n]) <= limit]
+    expected = data[: max(fitting)] if fitting else b""
+    assert _prefix_that_fits(data[:length], size_of, limit) == expected
