@@ -16,13 +16,20 @@ from hypothesis import strategies as st
 
 from service.contract.records import (
     ERROR_HEADERS,
+    OWN_HEADERS,
     TRUNCATABLE_PARTS,
     dead_letter_headers,
     original_sizes,
     parse_dead_letter_headers,
     truncation_headers,
 )
-from service.sinks.fit import _prefix_that_fits, fit_letter, letter_size, split_headers
+from service.sinks.fit import (
+    FittedLetter,
+    _prefix_that_fits,
+    fit_letter,
+    letter_size,
+    split_headers,
+)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 ORIGIN = ("consumer-events", "11", "987654321")
@@ -124,6 +131,35 @@ def _check_fitted(
         if len(kept_key) < len(key or b""):
             one_more = (key or b"")[: len(kept_key) + 1]
             assert letter_size(one_more, fitted.value, fitted.headers) > limit
+    if "headers" in fitted.cut:
+        _check_headers_cut_only_as_needed(fitted, key, value, headers, limit)
+
+
+def _check_headers_cut_only_as_needed(
+    fitted: FittedLetter,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]],
+    limit: int,
+) -> None:
+    """Original headers go only when the letter did not fit with them all, and each one
+    dropped would not have fitted where it stood (they are kept in order while they fit)."""
+    originals, own = split_headers(headers)
+    sizes = original_sizes(key, value, originals)
+    before = [part for part in fitted.cut if part != "headers"]
+    without_cutting = originals + own + truncation_headers(before, *sizes)
+    assert letter_size(fitted.key, fitted.value, without_cutting) > limit
+    marks = truncation_headers(fitted.cut, *sizes)
+    kept = [(n, v) for n, v in fitted.headers if n not in OWN_HEADERS]
+    position = 0
+    so_far: list[tuple[str, bytes]] = []
+    for header in originals:
+        if position < len(kept) and kept[position] == header:
+            so_far.append(header)
+            position += 1
+            continue
+        assert letter_size(fitted.key, fitted.value, [*so_far, header, *own, *marks]) > limit
+    assert position == len(kept)
 
 
 @settings(max_examples=300, deadline=None)
@@ -225,3 +261,19 @@ def test_the_prefix_kept_is_the_longest_that_fits(length: int, base: int, room: 
     fitting = [n for n in range(length + 1) if size_of(data[:n]) <= limit]
     expected = data[: max(fitting)] if fitting else b""
     assert _prefix_that_fits(data[:length], size_of, limit) == expected
+
+
+def test_original_headers_are_kept_in_order_while_they_fit_to_the_byte() -> None:
+    """The value and the key gone, the original headers are kept in order as long as
+    the letter stays within the limit, the last one kept to the very byte."""
+    small, big, last = ("a", b"1" * 100), ("b", b"2" * 5000), ("c", b"3" * 10)
+    key, value = b"k" * 10, b"v" * 10
+    headers = _headers([small, big, last], "too large")
+    _, own = split_headers(headers)
+    sizes = original_sizes(key, value, [small, big, last])
+    marks = truncation_headers(TRUNCATABLE_PARTS, *sizes)
+    limit = letter_size(b"", b"", [small, last, *own, *marks])
+    fitted = fit_letter(key, value, headers, limit)
+    assert fitted.cut == TRUNCATABLE_PARTS
+    assert [(n, v) for n, v in fitted.headers if n not in OWN_HEADERS] == [small, last]
+    _check_fitted(key, value, headers, limit)
