@@ -245,6 +245,7 @@ def _zigzag_varint_bytes(n: int) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(length=st.integers(0, 300), base=st.integers(0, 100), room=st.integers(-5, 320))
+@example(length=10, base=0, room=1)  # room for exactly one byte
 @example(length=10, base=63, room=1)  # the first byte crosses 64: it costs two
 @example(length=10, base=62, room=2)  # the second byte does
 def test_the_prefix_kept_is_the_longest_that_fits(length: int, base: int, room: int) -> None:
