@@ -30,6 +30,7 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
+from service.daemon.ports import DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
@@ -52,6 +53,8 @@ class Daemon:
         settings: Settings,
         engine: AsyncEngine,
         metrics: DaemonMetrics | None = None,
+        *,
+        edges: DaemonEdges | None = None,
     ) -> None:
         install_retry_hooks()
         self.settings = settings
@@ -65,17 +68,12 @@ class Daemon:
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
-        self.consumer = self._make_consumer()
-
-        self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
-        self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
-        # Outcome records go to the outcomes topic (observers) and, for an event that
-        # asked, to its requester's reply partition: either needs the sink.
-        self.outcomes = (
-            KafkaOutcomeSink(settings.outcomes_topic, self.producer, settings.reply_topic)
-            if settings.outcomes_topic is not None or settings.reply_topic is not None
-            else None
-        )
+        edges = edges or self._kafka_edges()
+        self._new_consumer = edges.make_consumer
+        self.consumer = self._new_consumer()
+        self.producer = edges.producer
+        self.dead_letters = edges.dead_letters
+        self.outcomes = edges.outcomes
         self.pauses = Pauses(lambda: self.consumer)
         self.commits = CommitCoalescer(
             lambda offsets: self.consumer.commit(offsets),
@@ -84,7 +82,7 @@ class Daemon:
         )
         self.host = DaemonWorkerHost(
             config=WorkerConfig.from_settings(settings),
-            applier=Applier(SqlUnitOfWorkFactory(engine), settings),
+            applier=edges.applier,
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
             commits=self.commits,
@@ -122,6 +120,24 @@ class Daemon:
             broker_lost=self.outage.lost,
         )
 
+    def _kafka_edges(self) -> DaemonEdges:
+        """The real edges: Kafka clients and sinks, the SQL applier on ``engine``."""
+        settings = self.settings
+        producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
+        return DaemonEdges(
+            make_consumer=self._make_consumer,
+            producer=producer,
+            dead_letters=KafkaDeadLetterSink(settings, producer),
+            # Outcome records go to the outcomes topic (observers) and, for an event that
+            # asked, to its requester's reply partition: either needs the sink.
+            outcomes=(
+                KafkaOutcomeSink(settings.outcomes_topic, producer, settings.reply_topic)
+                if settings.outcomes_topic is not None or settings.reply_topic is not None
+                else None
+            ),
+            applier=Applier(SqlUnitOfWorkFactory(self.engine), settings),
+        )
+
     def _make_consumer(self) -> AIOKafkaConsumer:
         settings = self.settings
         return AIOKafkaConsumer(
@@ -140,7 +156,7 @@ class Daemon:
         )
 
     def _renew_consumer(self) -> None:
-        self.consumer = self._make_consumer()
+        self.consumer = self._new_consumer()
 
     async def _start_clients(self, when: str) -> None:
         await start_clients(
