@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from service.daemon.retries import install_retry_hooks
@@ -43,6 +43,16 @@ from service.testing.model import event_doc
 from service.testing.polling import poll
 
 WITHIN = 20.0
+#: A property test's example handles a few dozen records in well under a second; a
+#: broken daemon that stalls fails it after this long instead (times many examples).
+WITHIN_EXAMPLE = 10.0
+#: No shrinking: a failing example is reported as drawn, at once (mutation testing runs
+#: these tests against many broken daemons; each stalled example costs WITHIN_EXAMPLE).
+PROPERTY = settings(
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 # -- set-up --------------------------------------------------------------------------
@@ -162,11 +172,7 @@ class Script:
             raise self._error()
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(PROPERTY, max_examples=25)
 @given(
     batch_max=st.integers(1, 4),
     arrivals=st.lists(
@@ -218,11 +224,11 @@ def test_no_record_is_skipped_or_applied_twice_at_any_batch_boundary(
         broker.on_commit = audited_commit
         config = fake_settings(database, batch_max_events=batch_max)
         async with daemon_over_fakes(config, fakes):
-            await poll(assigned_everything(fakes), WITHIN, "partitions assigned", every=0.005)
+            await poll(assigned_everything(fakes), WITHIN_EXAMPLE, "assigned", every=0.005)
             for partition, count, pause in arrivals:
                 produce_events(broker, partition, count)
                 await turns(pause)
-            await poll(all_committed(fakes), WITHIN, "everything committed", every=0.005)
+            await poll(all_committed(fakes), WITHIN_EXAMPLE, "all committed", every=0.005)
         for tp in broker.partitions:
             end = broker.end(tp)
             assert applied(fakes, tp) == list(range(end)), f"applied {tp}"
@@ -374,11 +380,7 @@ async def test_from_one_fetch_a_revoked_partitions_records_are_dropped_and_the_o
 
 
 # -- 4. outcome records of a partition leave in offset order ---------------------------
-@settings(
-    max_examples=12,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(PROPERTY, max_examples=12)
 @given(
     batch_max=st.integers(1, 4),
     attempts=st.lists(st.integers(1, 12), min_size=1, max_size=20),
@@ -406,7 +408,7 @@ def test_outcome_records_of_one_partition_leave_in_offset_order(
 
         fakes = fake_edges(broker, FakeApplier(attempts=tries))
         async with daemon_over_fakes(fake_settings(database, batch_max_events=batch_max), fakes):
-            await poll(assigned_everything(fakes), WITHIN, "partitions assigned", every=0.005)
+            await poll(assigned_everything(fakes), WITHIN_EXAMPLE, "assigned", every=0.005)
             moments = sorted(rebalances)
             for n in range(30):
                 produce_events(broker, n % 2, 1)
@@ -416,7 +418,7 @@ def test_outcome_records_of_one_partition_leave_in_offset_order(
                     moments.pop(0)
                     await broker.rebalance()
                 await turns(n % 4)
-            await poll(all_committed(fakes), WITHIN, "everything committed", every=0.005)
+            await poll(all_committed(fakes), WITHIN_EXAMPLE, "all committed", every=0.005)
         for tp in broker.partitions:
             written = outcomes_of(fakes, tp)
             assert first_occurrences(written) == list(range(broker.end(tp))), tp
