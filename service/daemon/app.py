@@ -34,6 +34,7 @@ from service.daemon.ports import DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
+from service.daemon.stalls import StallWatch
 from service.daemon.startup import start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
@@ -107,7 +108,9 @@ class Daemon:
             reconnect=lambda: self._start_clients("after an outage"),
             subscribe=self._subscribe,
             stop=self._stop,
+            fatal=self.fatal,
         )
+        self.stalls = StallWatch(settings.stall_seconds)
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -118,6 +121,7 @@ class Daemon:
             metrics=self.metrics,
             online=self.outage.online.is_set,
             broker_lost=self.outage.lost,
+            stalls=self.stalls,
         )
 
     def _kafka_edges(self) -> DaemonEdges:
@@ -253,6 +257,7 @@ class Daemon:
                 stop=self._stop,
                 fatal=self.fatal,
                 online=self.outage.online,
+                stalls=self.stalls,
             )
         finally:
             if watcher is not None:
