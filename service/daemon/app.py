@@ -257,6 +257,7 @@ class Daemon:
                 stop=self._stop,
                 fatal=self.fatal,
                 online=self.outage.online,
+                parked=self.outage.parked,
                 stalls=self.stalls,
             )
         finally:

@@ -63,6 +63,9 @@ class BrokerOutage:
         self._fatal = fatal
         #: Set while the consumer is started and subscribed (fetching may go on).
         self.online = asyncio.Event()
+        #: Set from the moment the broker is found gone until ``online`` is set again: a
+        #: fetch in flight on the old consumer gives up (``service.daemon.fetch``).
+        self.parked = asyncio.Event()
         self._parking: asyncio.Task[None] | None = None
         #: Old consumers still stopping in the background (kept referenced).
         self._closing: set[asyncio.Future[None]] = set()
@@ -71,6 +74,7 @@ class BrokerOutage:
         """The probe found the broker gone: park, unless already parked."""
         if self._parking is None or self._parking.done():
             self.online.clear()
+            self.parked.set()
             self._parking = asyncio.create_task(self._park(), name="broker-outage")
             self._parking.add_done_callback(self._parked)
 
@@ -115,6 +119,7 @@ class BrokerOutage:
         if self._stop.is_set():
             return
         self._subscribe()
+        self.parked.clear()
         self.online.set()
         log.info("broker back: consumer rejoining the group")
 

@@ -178,7 +178,7 @@ def fake_settings(database_url: str, **extra: Any) -> Settings:
         "request_timeout_seconds": 1.0,
         "shutdown_grace_seconds": 1.0,
         "health_port": 0,
-        "read_api_port": None,
+        "read_api_port": 0,
     }
     values.update(extra)
     return load_settings(**values)
