@@ -1,5 +1,5 @@
-"""The whole daemon without a broker: a fake broker, its consumers and the sinks'
-producer (the sinks and the applier over it: ``service.testing.fake_edges``).
+"""The whole daemon without a broker: a fake broker and its consumers (the producer,
+sinks and applier over it: ``service.testing.fake_edges``).
 
 ``fake_edges(broker)`` gives a ``service.daemon.ports.DaemonEdges``; ``Daemon(settings,
 engine, edges=...)`` then runs its real fetch loop, membership, pauses, outage handling
@@ -31,8 +31,6 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
-
-from service.kafka.clients import BrokerUnavailable
 
 Hook = Callable[..., Awaitable[None]]
 
@@ -337,26 +335,3 @@ class FakeConsumer:
         if self.listener is not None:
             await self.listener.on_partitions_assigned(set(tps))
         self.broker._data().set()
-
-
-class FakeProducer:
-    """The sinks' producer: starts only while the broker is up."""
-
-    def __init__(self, broker: FakeBroker) -> None:
-        self.broker = broker
-        self.starts = 0
-        self.abandoned = 0
-
-    async def start(self) -> None:
-        if not self.broker.up:
-            raise BrokerUnavailable("fake broker is down")
-        self.starts += 1
-
-    async def stop(self) -> None:
-        return None
-
-    async def stop_quietly(self) -> None:
-        return None
-
-    async def abandon(self) -> None:
-        self.abandoned += 1
