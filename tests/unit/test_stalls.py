@@ -61,10 +61,12 @@ def test_a_paused_or_idle_partition_is_never_stalled() -> None:
     watch = StallWatch(BOUND)
     for now in (0.0, BOUND * 5, BOUND * 50):
         assert watch.stalled_partitions(now, {TP: view(5, 9, paused=True)}) == []
-    other = TopicPartition("events", 1)
+    idle = TopicPartition("events", 1)
     for now in (0.0, BOUND * 5, BOUND * 50):
-        assert watch.stalled_partitions(now, {other: view(7, 7)}) == []
-        assert watch.stalled_partitions(now, {other: view(None, 7)}) == []
+        assert watch.stalled_partitions(now, {idle: view(7, 7)}) == []
+    unknown = TopicPartition("events", 2)  # the committed offset not known yet
+    for now in (0.0, BOUND * 5, BOUND * 50):
+        assert watch.stalled_partitions(now, {unknown: view(None, 7)}) == []
 
 
 def test_a_fetch_loop_that_does_not_poll_is_stalled_unless_the_broker_is_away() -> None:
