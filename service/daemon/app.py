@@ -37,7 +37,7 @@ from service.daemon.retries import install_retry_hooks
 from service.daemon.stalls import StallWatch
 from service.daemon.startup import start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
-from service.kafka.clients import consumer_options
+from service.kafka.clients import close_quietly, consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.engine import create_engine, describe_database
@@ -278,7 +278,9 @@ class Daemon:
         # Everything durable is committed by now; nothing else is left to lose.
         bound = self.settings.request_timeout_seconds
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.consumer.stop(), bound)
+            # close_quietly: aiokafka's stop may end cancelled by itself while the
+            # broker is gone (aio-libs/aiokafka#647); that must not end the shutdown.
+            await asyncio.wait_for(close_quietly(self.consumer), bound)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), bound)
         if self.health is not None:
