@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.applier import Applier
 from service.config import Settings
+from service.daemon import listeners
 from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
 from service.daemon.health import HealthServer, Readiness
@@ -33,9 +34,10 @@ from service.daemon.pauses import Pauses
 from service.daemon.ports import DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
+from service.daemon.read_tokens import ReadApiTokens
 from service.daemon.retries import install_retry_hooks
 from service.daemon.stalls import StallWatch
-from service.daemon.startup import start_clients, wait_for_schema
+from service.daemon.startup import check_schema_once, start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import close_quietly, consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
@@ -82,7 +84,7 @@ class Daemon:
             committed=self._committed,
         )
         self.host = DaemonWorkerHost(
-            config=WorkerConfig.from_settings(settings),
+            config=WorkerConfig.from_settings(settings, self.metrics.replies_refused.inc),
             applier=edges.applier,
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
@@ -133,12 +135,8 @@ class Daemon:
             producer=producer,
             dead_letters=KafkaDeadLetterSink(settings, producer),
             # Outcome records go to the outcomes topic (observers) and, for an event that
-            # asked, to its requester's reply partition: either needs the sink.
-            outcomes=(
-                KafkaOutcomeSink(settings.outcomes_topic, producer, settings.reply_topic)
-                if settings.outcomes_topic is not None or settings.reply_topic is not None
-                else None
-            ),
+            # asked, to its requester's reply partition (there is always a reply topic).
+            outcomes=KafkaOutcomeSink(settings.outcomes_topic, producer),
             applier=Applier(SqlUnitOfWorkFactory(self.engine), settings),
         )
 
@@ -193,8 +191,18 @@ class Daemon:
         self.readiness.stopping = True
 
     async def run(self, health: bool = True) -> None:
-        """Start, consume until ``request_stop``, then stop gracefully."""
+        """Start, consume until ``request_stop``, then stop gracefully.
+
+        The order is DESIGN.md's "a setting that cannot work ... before anything
+        starts": the configuration (an exposed read API needs a token; its token file
+        must be readable), then one schema and durability check (a refusal stops here),
+        then every listener binds (a taken port stops here: ``ListenerError``), and only
+        then the daemon waits for a database that is down, with its probes up."""
         settings = self.settings
+        tokens = None
+        if health:
+            listeners.check_exposure(settings)
+            tokens = ReadApiTokens.from_settings(settings)
         log.info(
             "daemon starting",
             database=describe_database(settings.database_url),
@@ -202,41 +210,24 @@ class Daemon:
             topic=settings.topic,
             group=settings.group_id,
         )
-        if health:
-            self.health = HealthServer(
-                settings.health_host, settings.health_port, self.readiness, self.metrics
-            )
-            self.health.start()
-            log.info(
-                "health endpoints up",
-                address=f"http://{settings.health_host}:{self.health.port}",
-                paths="/livez /readyz /metrics",
-            )
-            if settings.read_api_port is not None:
-                # Its own server, and an engine of its own built on that server's loop.
-                self.read_api = read_api_server(
-                    settings.read_api_host,
-                    settings.read_api_port,
-                    lambda: create_engine(settings),
-                    settings.read_api_token,
-                )
-                self.read_api.start()
-                log.info(
-                    "read api up",
-                    address=f"http://{settings.read_api_host}:{self.read_api.port}",
-                )
         beats = asyncio.create_task(
             heartbeat(self.readiness, beat_interval(settings)), name="liveness-heartbeat"
         )
         watcher: asyncio.Task[None] | None = None
         try:
-            await wait_for_schema(
-                settings,
-                self.engine,
-                readiness=self.readiness,
-                metrics=self.metrics,
-                stop=self._stop,
+            current = await check_schema_once(
+                settings, self.engine, readiness=self.readiness, metrics=self.metrics
             )
+            if tokens is not None:
+                self._listen(tokens)
+            if not current:
+                await wait_for_schema(
+                    settings,
+                    self.engine,
+                    readiness=self.readiness,
+                    metrics=self.metrics,
+                    stop=self._stop,
+                )
             if self._stop.is_set():
                 return
             await self._start_clients("at start")
@@ -270,6 +261,34 @@ class Daemon:
             finally:
                 beats.cancel()
                 await asyncio.gather(beats, return_exceptions=True)
+
+    def _listen(self, tokens: ReadApiTokens) -> None:
+        """Bind the health server, then the read API (each on its own thread and loop)."""
+        settings = self.settings
+        health = HealthServer(
+            settings.health_host, settings.health_port, self.readiness, self.metrics
+        )
+        listeners.start(health, listeners.health_listener(settings))
+        self.health = health
+        log.info(
+            "health endpoints up",
+            address=f"http://{settings.health_host}:{health.port}",
+            paths="/livez /readyz /metrics",
+        )
+        where = listeners.read_api_listener(settings)
+        if where is None:
+            return
+        # Its own server, and an engine of its own built on that server's loop.
+        read_api = read_api_server(
+            settings.read_api_host, where.port, lambda: create_engine(settings), tokens
+        )
+        listeners.start(read_api, where)
+        self.read_api = read_api
+        log.info(
+            "read api up",
+            address=f"http://{settings.read_api_host}:{read_api.port}",
+            tokens_required=tokens.required,
+        )
 
     async def _shutdown(self) -> None:
         self.readiness.stopping = True
