@@ -108,6 +108,8 @@ BOUNDS: dict[str, tuple[float, float, float | None, float | None]] = {
     "heartbeat_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "max_poll_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "liveness_stale_seconds": (TINY, 0, None, None),
+    # Below the poll-interval limit (300 s by default), else it could never be seen.
+    "stall_seconds": (TINY, 0, math.nextafter(300.0, 0), 300.0),
     "fetch_max_wait_ms": (0, -1, 60_000, 60_001),
     "producer_linger_ms": (0, -1, 60_000, 60_001),
     "health_port": (0, -1, 65_535, 65_536),
@@ -124,8 +126,14 @@ def test_every_numeric_setting_has_its_edges_tested() -> None:
     assert numeric == set(BOUNDS)
 
 
+#: Settings bound by another's value, set with it: the stall bound stays below the
+#: poll-interval limit, so the limit's lowest edge (1 ms) is tried with a lower one.
+COMPANIONS: dict[str, dict[str, str]] = {"max_poll_interval_ms": {"stall_seconds": "0.0005"}}
+
+
 def _load(name: str, value: float) -> Settings:
-    with mock.patch.dict(os.environ, {env_name(name): repr(value)}):
+    extra = {env_name(other): text for other, text in COMPANIONS.get(name, {}).items()}
+    with mock.patch.dict(os.environ, {env_name(name): repr(value), **extra}):
         return load_settings()
 
 
