@@ -277,9 +277,14 @@ class FakeAIOKafkaConsumer:
             remaining = deadline - loop.time()
             if found or remaining <= 0:
                 return found
+            # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # arrives as the wait ends (the reader's task would never stop).
+            waiter = asyncio.ensure_future(self.cluster.data().wait())
             try:
-                await asyncio.wait_for(self.cluster.data().wait(), remaining)
-            except TimeoutError:
+                done, _ = await asyncio.wait([waiter], timeout=remaining)
+            finally:
+                waiter.cancel()
+            if not done:
                 return {}
 
     def _take(self, tp: TopicPartition) -> list[ConsumerRecord]:
