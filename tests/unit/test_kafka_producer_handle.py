@@ -32,6 +32,8 @@ class Admin:
 
     fail_start = False
     closed = 0
+    #: What its close does: nothing, raise this, or (None) never end.
+    close_fails: BaseException | bool | None = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -42,6 +44,10 @@ class Admin:
 
     async def close(self) -> None:
         Admin.closed += 1
+        if Admin.close_fails is None:
+            await asyncio.Event().wait()
+        if isinstance(Admin.close_fails, BaseException):
+            raise Admin.close_fails
 
 
 @pytest.fixture
@@ -51,6 +57,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
     monkeypatch.setattr(kafka_producer, "AIOKafkaAdminClient", Admin)
     Admin.fail_start = False
     Admin.closed = 0
+    Admin.close_fails = False
     return found
 
 
@@ -60,7 +67,7 @@ def limits(monkeypatch: pytest.MonkeyPatch, *answers: int | Exception | None) ->
     pending = list(answers)
 
     async def read(admin: Admin, topic: str, settings: Any) -> int | None:
-        assert isinstance(admin, Admin)
+        assert isinstance(admin, Admin) and settings.dlq_topic == topic
         asked.append(topic)
         answer = pending.pop(0)
         if isinstance(answer, Exception):
@@ -98,8 +105,9 @@ async def test_while_the_probe_finds_the_broker_away_nothing_is_started(
     cluster: FakeCluster,
 ) -> None:
     handle = KafkaProducerHandle(SETTINGS, lambda: False)
-    with pytest.raises(SinkUnavailable, match="broker unreachable") as raised:
+    with pytest.raises(SinkUnavailable) as raised:
         await handle.ready()
+    assert str(raised.value) == "broker unreachable; not writing until it is back"
     assert raised.value.kind == "broker"
     assert cluster.producers == []
 
@@ -272,3 +280,36 @@ async def test_failing_a_retried_batch_raises_nothing_in_callbacks() -> None:
     assert errors == []
     assert accumulator._pending_batches == set()
     await asyncio.wait_for(producer.stop(), 5)
+
+
+@pytest.mark.parametrize(
+    "close", [KafkaError("close"), OSError("close"), TimeoutError(), None], ids=repr
+)
+async def test_an_admin_client_that_cannot_close_does_not_fail_the_start(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch, close: BaseException | None
+) -> None:
+    """A close that fails or never ends (bounded by the request timeout) loses nothing:
+    the limit was read."""
+    limits(monkeypatch, 5000)
+    Admin.close_fails = close
+    handle = KafkaProducerHandle(SETTINGS)
+    await asyncio.wait_for(handle.start(), 5)
+    assert handle.dlq_topic_limit == 5000
+
+
+async def test_a_stop_that_never_ends_is_given_up_at_twice_the_bound(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits(monkeypatch, None)
+    handle = KafkaProducerHandle(SETTINGS)
+    producer = await handle.ready()
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(producer, "stop", hangs)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(handle.stop(), 5)
+    assert loop.time() - began < 4  # its own bound (0.4 s) ended it, not this test's

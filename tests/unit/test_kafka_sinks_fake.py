@@ -18,7 +18,7 @@ from service.contract.replies import CORRELATION_HEADER, ReplyRoute
 from service.domain.outcomes import EventSource
 from service.kafka.partitioning import partition_for
 from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
-from service.sinks.fit import letter_size
+from service.sinks.fit import bare_letter, letter_size
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.testing.fake_aiokafka import FakeCluster, Written, producer_class
@@ -385,3 +385,98 @@ async def test_a_refused_alone_letter_failing_otherwise_is_raised(cluster: FakeC
     cluster.refuse = refuse
     with pytest.raises(SinkUnavailable):
         await KafkaDeadLetterSink(SETTINGS, handle()).write_dead_letters([letter(1)])
+
+
+# --- what the fresh mutation run showed unheld -----------------------------------------
+
+
+async def test_the_unavailability_names_the_error_in_one_line_or_by_its_class(
+    cluster: FakeCluster,
+) -> None:
+    for error, text in (
+        (ConnectionResetError(), "ConnectionResetError: ConnectionResetError"),
+        (ConnectionResetError("peer  went\naway"), "ConnectionResetError: peer went away"),
+    ):
+        cluster.refuse = lambda _, error=error: error  # type: ignore[misc]
+        with pytest.raises(SinkUnavailable) as raised:
+            await KafkaOutcomeSink("out", handle()).write_outcomes([outcome(1)])
+        assert str(raised.value) == f"outcome records not written: {text}"
+
+
+async def test_batches_started_anew_keep_keys_and_reply_headers(cluster: FakeCluster) -> None:
+    cluster.batch_size = 256
+    messages = [outcome(n, reply=ReplyRoute("replies", 0, b"c%d" % n)) for n in range(12)]
+    await KafkaOutcomeSink("out", handle()).write_outcomes(messages)
+    assert [(w.key, w.headers) for w in cluster.log("replies", 0)] == [
+        (m.key, [(CORRELATION_HEADER, b"c%d" % n)]) for n, m in enumerate(messages)
+    ]
+    assert all(w.key == b"event-%d" % int((w.value or b"")[5:-1]) for w in cluster.written("out"))
+
+
+async def test_refusal_logs_name_the_original_s_coordinates(
+    cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    sinks = handle()
+    sinks.dlq_topic_limit = 300
+    cluster.refuse = lambda w: None if w.value == b"ok" else MessageSizeTooLargeError("no")
+    big = DeadLetter(
+        b"k", b"x" * 1000, [("error.reason", b"r")], EventSource("ev", 5, 9), "r", True
+    )
+    await KafkaDeadLetterSink(SETTINGS, sinks).write_dead_letters([big])
+    logs = [e for e in logged(caplog) if "origin_offset" in e]
+    assert len(logs) == 4  # cut, refused, refused bare, given up
+    for event in logs:
+        assert (event["origin_topic"], event["origin_partition"], event["origin_offset"]) == (
+            "ev",
+            5,
+            9,
+        )
+    assert logs[0]["cut"] == "value"
+
+
+async def test_the_bare_letter_records_the_original_sizes(cluster: FakeCluster) -> None:
+    cluster.refuse = lambda w: (
+        None if w.value is None or w.value == b"" else (MessageSizeTooLargeError("no"))
+    )
+    original = letter(1, b"x" * 50)
+    await KafkaDeadLetterSink(SETTINGS, handle()).write_dead_letters([original])
+    [bare] = cluster.written("dlq")
+    expected = bare_letter(original.headers, original.key, original.value)
+    assert bare.headers == expected.headers
+
+
+async def test_a_refused_letter_alone_is_redone_not_its_acknowledged_neighbours(
+    cluster: FakeCluster,
+) -> None:
+    """Letters on other partitions were acknowledged: only the refused one is redone."""
+    cluster.topics["dlq"] = 2
+    letters = [letter(n, b"x" * 500 if n == 3 else b"v") for n in range(8)]
+    cluster.refuse = refuse_over(100)
+    await KafkaDeadLetterSink(SETTINGS, handle()).write_dead_letters(letters)
+    keys = [w.key for w in cluster.written("dlq")]
+    refused_partition = partition_for(b"k3", [0, 1])
+    redone = [d.key for d in letters if partition_for(d.key or b"", [0, 1]) == refused_partition]
+    kept = [d.key for d in letters if d.key not in redone]
+    assert sorted(k or b"" for k in keys if k) == sorted(
+        k or b"" for k in kept + redone if k != b"k3"
+    )
+    assert len(keys) == len(letters)  # each once (the refused one bare, keyless)
+
+
+async def test_a_batch_failing_for_the_broker_is_raised_not_redone_letter_by_letter(
+    cluster: FakeCluster,
+) -> None:
+    failures = [KafkaConnectionError("once")]
+    cluster.refuse = lambda _: failures.pop() if failures else None
+    with pytest.raises(SinkUnavailable, match="once"):
+        await KafkaDeadLetterSink(SETTINGS, handle()).write_dead_letters([letter(0)])
+    assert cluster.written("dlq") == []  # the daemon retries the batch, paced
+
+
+async def test_of_several_failures_the_first_letter_s_is_raised(cluster: FakeCluster) -> None:
+    cluster.topics["dlq"] = 2
+    letters = [letter(n) for n in range(6)]
+    first = partition_for(b"k0", [0, 1])
+    cluster.refuse = lambda w: RuntimeError(f"partition {w.partition}")
+    with pytest.raises(RuntimeError, match=f"partition {first}"):
+        await KafkaDeadLetterSink(SETTINGS, handle()).write_dead_letters(letters)
