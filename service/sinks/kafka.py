@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.config import Settings
-from service.contract.replies import CORRELATION_HEADER
+from service.contract.replies import CORRELATION_HEADER, partition_of_topic
 from service.failures import broker_unavailable, record_refused
 from service.kafka.partitioning import partition_for
 from service.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES
@@ -204,14 +204,14 @@ async def _send_replies(
     """Each reply to the partition its request named, with its correlation id; a reply
     to a partition the topic does not have is dropped (logged): the request was wrong,
     and retrying it would block the partition for ever."""
-    partitions = set(await producer.partitions_for(topic))
+    partitions = len(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
     futures: list[asyncio.Future[object]] = []
     dropped = 0
     for message in messages:
         route = message.reply
         assert route is not None
-        if route.partition not in partitions:
+        if not partition_of_topic(route.partition, partitions):
             dropped += 1
             continue
         headers = [(CORRELATION_HEADER, route.correlation)]
@@ -238,7 +238,7 @@ async def _send_replies(
             "replies dropped: their requests named a partition the reply topic lacks",
             reply_topic=topic,
             dropped=dropped,
-            partitions=len(partitions),
+            partitions=partitions,
         )
     await asyncio.gather(*futures)
 
