@@ -112,7 +112,7 @@ class Daemon:
             stop=self._stop,
             fatal=self.fatal,
         )
-        self.stalls = StallWatch(settings.stall_seconds)
+        self.stalls = StallWatch(settings.stall_bound)
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
