@@ -31,13 +31,15 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
+from service.daemon.ports import DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.read_tokens import ReadApiTokens
 from service.daemon.retries import install_retry_hooks
+from service.daemon.stalls import StallWatch
 from service.daemon.startup import check_schema_once, start_clients, wait_for_schema
 from service.daemon.worker import PartitionWorker, WorkerConfig
-from service.kafka.clients import consumer_options
+from service.kafka.clients import close_quietly, consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.engine import create_engine, describe_database
@@ -54,6 +56,8 @@ class Daemon:
         settings: Settings,
         engine: AsyncEngine,
         metrics: DaemonMetrics | None = None,
+        *,
+        edges: DaemonEdges | None = None,
     ) -> None:
         install_retry_hooks()
         self.settings = settings
@@ -67,13 +71,12 @@ class Daemon:
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
-        self.consumer = self._make_consumer()
-
-        self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
-        self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
-        # Outcome records go to the outcomes topic (observers) and, for an event that
-        # asked, to its requester's reply partition (there is always a reply topic).
-        self.outcomes = KafkaOutcomeSink(settings.outcomes_topic, self.producer)
+        edges = edges or self._kafka_edges()
+        self._new_consumer = edges.make_consumer
+        self.consumer = self._new_consumer()
+        self.producer = edges.producer
+        self.dead_letters = edges.dead_letters
+        self.outcomes = edges.outcomes
         self.pauses = Pauses(lambda: self.consumer)
         self.commits = CommitCoalescer(
             lambda offsets: self.consumer.commit(offsets),
@@ -82,7 +85,7 @@ class Daemon:
         )
         self.host = DaemonWorkerHost(
             config=WorkerConfig.from_settings(settings, self.metrics.replies_refused.inc),
-            applier=Applier(SqlUnitOfWorkFactory(engine), settings),
+            applier=edges.applier,
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
             commits=self.commits,
@@ -107,7 +110,9 @@ class Daemon:
             reconnect=lambda: self._start_clients("after an outage"),
             subscribe=self._subscribe,
             stop=self._stop,
+            fatal=self.fatal,
         )
+        self.stalls = StallWatch(settings.stall_bound)
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -118,6 +123,21 @@ class Daemon:
             metrics=self.metrics,
             online=self.outage.online.is_set,
             broker_lost=self.outage.lost,
+            stalls=self.stalls,
+        )
+
+    def _kafka_edges(self) -> DaemonEdges:
+        """The real edges: Kafka clients and sinks, the SQL applier on ``engine``."""
+        settings = self.settings
+        producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
+        return DaemonEdges(
+            make_consumer=self._make_consumer,
+            producer=producer,
+            dead_letters=KafkaDeadLetterSink(settings, producer),
+            # Outcome records go to the outcomes topic (observers) and, for an event that
+            # asked, to its requester's reply partition (there is always a reply topic).
+            outcomes=KafkaOutcomeSink(settings.outcomes_topic, producer),
+            applier=Applier(SqlUnitOfWorkFactory(self.engine), settings),
         )
 
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -138,7 +158,7 @@ class Daemon:
         )
 
     def _renew_consumer(self) -> None:
-        self.consumer = self._make_consumer()
+        self.consumer = self._new_consumer()
 
     async def _start_clients(self, when: str) -> None:
         await start_clients(
@@ -228,6 +248,8 @@ class Daemon:
                 stop=self._stop,
                 fatal=self.fatal,
                 online=self.outage.online,
+                parked=self.outage.parked,
+                stalls=self.stalls,
             )
         finally:
             if watcher is not None:
@@ -275,7 +297,9 @@ class Daemon:
         # Everything durable is committed by now; nothing else is left to lose.
         bound = self.settings.request_timeout_seconds
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.consumer.stop(), bound)
+            # close_quietly: aiokafka's stop may end cancelled by itself while the
+            # broker is gone (aio-libs/aiokafka#647); that must not end the shutdown.
+            await asyncio.wait_for(close_quietly(self.consumer), bound)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), bound)
         if self.health is not None:

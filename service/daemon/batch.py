@@ -109,8 +109,10 @@ def outcome_messages(
     """One outcome record per event, keyed by event id (no key when it was unreadable),
     with the reply route its record asked for on a topic ``replies`` allows (invalid
     records too, when their headers could be read).  Without an outcomes topic
-    (``replies.every_outcome`` false) only the events that get a reply have one."""
-    messages = []
+    (``replies.every_outcome`` false) only the events that get a reply have one.  In
+    offset order: a partition's outcome records leave in the order of its events,
+    invalid ones included."""
+    messages: list[tuple[int, OutcomeMessage]] = []
     every = replies is None or replies.every_outcome
     for record, outcome in settled:
         route = None if replies is None else replies.route(record.headers)
@@ -129,7 +131,9 @@ def outcome_messages(
             processed_at=now,
             state_after=outcome.state_after,
         )
-        messages.append(OutcomeMessage(outcome_key(outcome.event_id), value, route))
+        messages.append(
+            (record.offset, OutcomeMessage(outcome_key(outcome.event_id), value, route))
+        )
     for record, error in invalid:
         route = None if replies is None else replies.route(record.headers)
         if route is None and not every:
@@ -146,8 +150,9 @@ def outcome_messages(
             processed_at=now,
             message=error.message,
         )
-        messages.append(OutcomeMessage(None, value, route))
-    return messages
+        messages.append((record.offset, OutcomeMessage(None, value, route)))
+    messages.sort(key=lambda pair: pair[0])
+    return [message for _, message in messages]
 
 
 #: A dead letter's value is read for its ``event_id`` only up to this size.

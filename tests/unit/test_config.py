@@ -108,6 +108,8 @@ BOUNDS: dict[str, tuple[float, float, float | None, float | None]] = {
     "heartbeat_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "max_poll_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "liveness_stale_seconds": (TINY, 0, None, None),
+    # below the poll-interval limit (CONSUMERGEN_MAX_POLL_INTERVAL_MS, 300 s by default)
+    "stall_seconds": (TINY, 0, math.nextafter(300.0, 0.0), 300.0),
     "fetch_max_wait_ms": (0, -1, 60_000, 60_001),
     "producer_linger_ms": (0, -1, 60_000, 60_001),
     "health_port": (0, -1, 65_535, 65_536),
