@@ -166,6 +166,14 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(
         5, ge=0, le=60_000, description="How long producers wait to fill a request."
     )
+    timeline_file: Path | None = Field(
+        None,
+        description="Benchmarks: write wall-clock stamps of sampled events at each "
+        "boundary here when the daemon stops (service/daemon/timeline.py); off when unset.",
+    )
+    timeline_every: int = Field(
+        1, ge=1, description="With CONSUMERGEN_TIMELINE_FILE: stamp one event in N (by offset)."
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio", description="uvloop needs the 'fast' extra (service/event_loop.py)."
     )

@@ -34,6 +34,7 @@ from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
 from service.daemon.startup import start_clients, wait_for_schema
+from service.daemon.timeline import Timeline
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
@@ -59,6 +60,8 @@ class Daemon:
         self.metrics = metrics or DaemonMetrics()
         self.readiness = Readiness(stale_after=settings.liveness_stale_seconds)
         self.metrics.bind_readiness(lambda: self.readiness.verdict()[0])
+        if settings.timeline_file is not None:
+            self.metrics.stages.timeline = Timeline(settings.timeline_file, settings.timeline_every)
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
         self.read_api: HttpServer | None = None
@@ -263,6 +266,10 @@ class Daemon:
             self.health.stop()
         if self.read_api is not None:
             self.read_api.stop()
+        timeline = self.metrics.stages.timeline
+        if timeline is not None:
+            timeline.write()
+            log.info("timeline written", stamps=timeline.rows)
         log.info("daemon stopped")
 
     def _committed(self, tp: TopicPartition, offset: int) -> None:

@@ -11,11 +11,10 @@ The batches of a partition go through a pipeline two deep (``PartitionWorker._lo
 while one batch waits for its acknowledgements and its offset commit, the next one is
 decoded and applied.  Each batch's time per stage is counted (``service.daemon.stages``).
 
-Failures are sorted positively by ``service.failures``: only what is recognised as the
-infrastructure's (a broker or a database that cannot serve now, a sink's
-``SinkUnavailable``) is retried; a record refusal is handled inside the sink that
-writes it (``service.sinks.base``); anything else is a bug and stops the daemon
-(``WorkerHost.fatal``), with nothing committed past the failing batch.
+Failures are sorted positively by ``service.failures``: only the infrastructure's (a
+broker or a database that cannot serve now, a sink's ``SinkUnavailable``) is retried; a
+record refusal is handled inside the sink that writes it (``service.sinks.base``);
+anything else is a bug and stops the daemon (``WorkerHost.fatal``).
 
 The worker knows the rest of the daemon only through ``WorkerHost``: the applier, the
 sinks, the commit, flow control and reporting.  Tests drive it with in-memory sinks.
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-#: The ports live in ``service.daemon.ports``; importable from here as before.
 __all__ = ["Applies", "PartitionWorker", "WorkerConfig", "WorkerHost"]
 
 
@@ -86,11 +83,11 @@ class PartitionWorker:
         #: (``consumergen_batches_in_progress``: up to two with the pipeline).
         self._open: set[int] = set()
 
-    # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"partition-{self._label}")
 
     def feed(self, records: list[ConsumerRecord]) -> None:
+        self.host.metrics.stages.stamp("fetched", records)
         for record in records:
             self.queue.put_nowait(record)
 
@@ -239,7 +236,6 @@ class PartitionWorker:
             batch.append(self.queue.get_nowait())
         return batch
 
-    # -- one batch ----------------------------------------------------------------------
     async def _settle(self, batch: list[ConsumerRecord]) -> _Settled:
         """Decode, apply and encode one batch: everything up to its writes to the sinks."""
         began = time.perf_counter()
@@ -248,6 +244,7 @@ class PartitionWorker:
         self._opened(batch)
         with clock.sync("admit"):
             admitted = admit_batch(batch, host.config.max_event_bytes)
+        clock.stamp("admitted", batch)
         outcomes: list[Outcome] = []
         if admitted.valid:
             outcomes = await clock.timed(
@@ -256,6 +253,7 @@ class PartitionWorker:
                     "database", lambda: host.applier.apply_batch(admitted.valid)
                 ),
             )
+        clock.stamp("committed", batch)
         with clock.sync("encode"):
             settled = list(zip(admitted.records, outcomes, strict=True))
             now = datetime.now(UTC)
@@ -290,6 +288,7 @@ class PartitionWorker:
                 "send",
                 self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages)),
             )
+        clock.stamp("acknowledged", settled.batch)
         next_offset = settled.batch[-1].offset + 1
         committed = await clock.timed(
             "commit",
@@ -298,6 +297,7 @@ class PartitionWorker:
         if committed:
             self.committed = next_offset
             host.metrics.observe_committed(settled.occurred)
+            clock.stamp("offset", settled.batch)
         with clock.sync("account"):
             host.record_batch(
                 self.tp,
