@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.applier import Applier
+from service.apply.group import GroupCommit
 from service.config import Settings
 from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
@@ -39,6 +40,7 @@ from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.dialects import dialect_for
 from service.store.engine import create_engine, describe_database
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 
@@ -85,9 +87,17 @@ class Daemon:
             timeout=settings.request_timeout_seconds,
             committed=self._committed,
         )
+        units = SqlUnitOfWorkFactory(engine)
+        applier = Applier(units, settings)
+        # A single-writer store commits the batches ready on several partitions together.
+        self.group_writer = dialect_for(engine.dialect.name).group_writer(settings)
         self.host = DaemonWorkerHost(
             config=WorkerConfig.from_settings(settings),
-            applier=Applier(SqlUnitOfWorkFactory(engine), settings),
+            applier=(
+                applier
+                if self.group_writer is None
+                else GroupCommit(applier, self.group_writer, units.write_turn)
+            ),
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
             commits=self.commits,
@@ -262,6 +272,8 @@ class Daemon:
             await asyncio.wait_for(self.consumer.stop(), bound)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), bound)
+        if self.group_writer is not None:
+            await self.group_writer.close()
         if self.health is not None:
             self.health.stop()
         if self.read_api is not None:
