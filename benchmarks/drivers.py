@@ -7,7 +7,8 @@
   belongs to one application, so a consumer's events reach Kafka in the order the
   workload made them (the independent model still holds).
 * ``batching``: one producer that hands over everything due every few milliseconds
-  without awaiting each send and lets the client batch (``linger_ms``): a bulk loader.
+  without awaiting each send, so the client batches what is handed over while a request
+  is in flight (``linger_ms`` 0 unless asked): a bulk loader.
 
 Both report each sent event through ``on_sent(sequence, partition, offset, produced,
 acked)``
@@ -64,7 +65,7 @@ async def drive(
     seconds: float,
     on_sent: OnSent,
     headers: Headers = _no_headers,
-    batching_linger_ms: int = 5,
+    batching_linger_ms: int = 0,
 ) -> Offered:
     """Offer ``rate`` events/s of ``records`` to ``topic`` for ``seconds``."""
     if mode == "per-request":

@@ -372,7 +372,7 @@ The floor, measured in the same run (ms, {args.floor_samples} samples each):
 Per step, p50 / p99 in ms, every event of each run (idle: `EventProducer.send_and_wait`,
 one event at a time, {args.idle_gap * 1000:g} ms apart; per-request: applications sending
 one record per request, linger 0, one send awaited at a time; batching: one producer,
-linger 5 ms, sends not awaited one by one):
+linger 0, sends not awaited one by one, batched by the client while a request is in flight):
 
 | step | {header} |
 | --- | {" | ".join("---" for _ in runs)} |
