@@ -214,6 +214,7 @@ async def one_load(
     )
     try:
         await daemon.wait_assigned()
+        cpu_before = daemon.cpu_seconds()
         began = time.monotonic()
         if rate is None:
             sent = await _idle(settings, workload, events, args)
@@ -251,6 +252,7 @@ async def one_load(
             if time.monotonic() > deadline:
                 raise RuntimeError("the daemon did not commit every offset")
             await asyncio.sleep(0.1)
+        cpu = daemon.cpu_seconds() - cpu_before
     finally:
         await daemon.terminate()
     verified = await verify(url, workload.belief)
@@ -268,6 +270,7 @@ async def one_load(
         "achieved": sent / elapsed if elapsed else 0.0,
         "events": sent,
         "replies": len(events.replies),
+        "cpu_us_per_event": cpu / sent * 1e6 if sent else float("nan"),
         "verified": verified,
         "steps": steps,
         "load_average": os.getloadavg()[0],
@@ -330,7 +333,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def _print_run(result: dict[str, Any]) -> None:
     say(
         f"[{result['db']} {result['load']} {result['mode']}] {result['events']} events at "
-        f"{result['achieved']:,.0f}/s, {result['replies']} replies, model "
+        f"{result['achieved']:,.0f}/s, {result['replies']} replies, daemon CPU "
+        f"{result['cpu_us_per_event']:.0f} µs/event, model "
         f"{'==' if result['verified'] else '!='} database"
     )
     for name, spread in result["steps"].items():
@@ -352,6 +356,7 @@ def section(results: dict[str, Any], args: argparse.Namespace) -> str:
     )
     achieved = " | ".join(f"{r['achieved']:,.0f}" for r in runs)
     verified = " | ".join("yes" if r["verified"] else "**no**" for r in runs)
+    cpu = " | ".join(f"{r['cpu_us_per_event']:.0f}" for r in runs)
     command = "python -m benchmarks timeline " + " ".join(
         [f"--db {args.db}", *(f"--rate {r:g}" for r in (args.rate or [1000, 5000]))]
         + [f"--seconds {args.seconds:g}", f"--mode {args.mode}"]
@@ -378,5 +383,6 @@ linger 0, sends not awaited one by one, batched by the client while a request is
 | --- | {" | ".join("---" for _ in runs)} |
 {rows}
 | achieved events/s | {achieved} |
+| daemon CPU µs/event (whole run, idle included) | {cpu} |
 | database == model | {verified} |
 """
