@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -54,14 +54,20 @@ class GroupCommit:
     """``Applies`` over a ``GroupWriter``; ``applier`` plans each part (see above)."""
 
     def __init__(
-        self, applier: Applier, writer: GroupWriter, turn: asyncio.Lock | None = None
+        self,
+        applier: Applier,
+        writer: GroupWriter,
+        turn: asyncio.Lock | None = None,
+        on_group: Callable[[int], None] | None = None,
     ) -> None:
         """``turn``: the lock the applier's own transactions take on the same store
         (``SqlUnitOfWorkFactory.write_turn``), so that a raced part's transactions and
-        the groups never wait for each other inside the database."""
+        the groups never wait for each other inside the database; ``on_group`` is told
+        how many batches each committed transaction carried (the daemon's metric)."""
         self.applier = applier
         self.writer = writer
         self._turn = turn
+        self._on_group = on_group
         self._waiting: list[_Part] = []
         self._leader: asyncio.Task[None] | None = None
         #: Raced parts being re-planned on their own (referenced until done).
@@ -103,6 +109,8 @@ class GroupCommit:
                 continue
             self.groups += 1
             self.parts += len(parts)
+            if self._on_group is not None:
+                self._on_group(len(parts))
             for part, result in zip(parts, results, strict=True):
                 if result is RACED:
                     task = asyncio.create_task(self._alone(part), name="group-commit-raced")

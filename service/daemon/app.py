@@ -96,7 +96,12 @@ class Daemon:
             applier=(
                 applier
                 if self.group_writer is None
-                else GroupCommit(applier, self.group_writer, units.write_turn)
+                else GroupCommit(
+                    applier,
+                    self.group_writer,
+                    units.write_turn,
+                    on_group=self.metrics.group_commit_batches.observe,
+                )
             ),
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
