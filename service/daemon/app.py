@@ -31,6 +31,7 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
+from service.daemon.ports import Applies, DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
@@ -42,7 +43,7 @@ from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.dialects import dialect_for
 from service.store.engine import create_engine, describe_database
-from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.store.unit_of_work import GroupWriter, SqlUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,8 @@ class Daemon:
         settings: Settings,
         engine: AsyncEngine,
         metrics: DaemonMetrics | None = None,
+        *,
+        edges: DaemonEdges | None = None,
     ) -> None:
         install_retry_hooks()
         self.settings = settings
@@ -70,39 +73,23 @@ class Daemon:
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
-        self.consumer = self._make_consumer()
-
-        self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
-        self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
-        # Outcome records go to the outcomes topic (observers) and, for an event that
-        # asked, to its requester's reply partition: either needs the sink.
-        self.outcomes = (
-            KafkaOutcomeSink(settings.outcomes_topic, self.producer, settings.reply_topic)
-            if settings.outcomes_topic is not None or settings.reply_topic is not None
-            else None
-        )
+        #: SQLite's writer for group commit (None: another database, or fake edges).
+        self.group_writer: GroupWriter | None = None
+        edges = edges or self._kafka_edges()
+        self._new_consumer = edges.make_consumer
+        self.consumer = self._new_consumer()
+        self.producer = edges.producer
+        self.dead_letters = edges.dead_letters
+        self.outcomes = edges.outcomes
         self.pauses = Pauses(lambda: self.consumer)
         self.commits = CommitCoalescer(
             lambda offsets: self.consumer.commit(offsets),
             timeout=settings.request_timeout_seconds,
             committed=self._committed,
         )
-        units = SqlUnitOfWorkFactory(engine)
-        applier = Applier(units, settings)
-        # A single-writer store commits the batches ready on several partitions together.
-        self.group_writer = dialect_for(engine.dialect.name).group_writer(settings)
         self.host = DaemonWorkerHost(
             config=WorkerConfig.from_settings(settings),
-            applier=(
-                applier
-                if self.group_writer is None
-                else GroupCommit(
-                    applier,
-                    self.group_writer,
-                    units.write_turn,
-                    on_group=self.metrics.group_commit_batches.observe,
-                )
-            ),
+            applier=edges.applier,
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
             commits=self.commits,
@@ -140,6 +127,37 @@ class Daemon:
             broker_lost=self.outage.lost,
         )
 
+    def _kafka_edges(self) -> DaemonEdges:
+        """The real edges: Kafka clients and sinks, the SQL applier on ``engine`` (on a
+        single-writer store, under group commit: the batches ready on several partitions
+        share one transaction, ``service.apply.group``)."""
+        settings = self.settings
+        producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
+        units = SqlUnitOfWorkFactory(self.engine)
+        plain = Applier(units, settings)
+        applier: Applies = plain
+        self.group_writer = dialect_for(self.engine.dialect.name).group_writer(settings)
+        if self.group_writer is not None:
+            applier = GroupCommit(
+                plain,
+                self.group_writer,
+                units.write_turn,
+                on_group=self.metrics.group_commit_batches.observe,
+            )
+        return DaemonEdges(
+            make_consumer=self._make_consumer,
+            producer=producer,
+            dead_letters=KafkaDeadLetterSink(settings, producer),
+            # Outcome records go to the outcomes topic (observers) and, for an event that
+            # asked, to its requester's reply partition: either needs the sink.
+            outcomes=(
+                KafkaOutcomeSink(settings.outcomes_topic, producer, settings.reply_topic)
+                if settings.outcomes_topic is not None or settings.reply_topic is not None
+                else None
+            ),
+            applier=applier,
+        )
+
     def _make_consumer(self) -> AIOKafkaConsumer:
         settings = self.settings
         return AIOKafkaConsumer(
@@ -158,7 +176,7 @@ class Daemon:
         )
 
     def _renew_consumer(self) -> None:
-        self.consumer = self._make_consumer()
+        self.consumer = self._new_consumer()
 
     async def _start_clients(self, when: str) -> None:
         await start_clients(
