@@ -35,6 +35,7 @@ from service.daemon.ports import Applies, DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
+from service.daemon.stalls import StallWatch
 from service.daemon.startup import start_clients, wait_for_schema
 from service.daemon.timeline import Timeline
 from service.daemon.worker import PartitionWorker, WorkerConfig
@@ -114,7 +115,9 @@ class Daemon:
             reconnect=lambda: self._start_clients("after an outage"),
             subscribe=self._subscribe,
             stop=self._stop,
+            fatal=self.fatal,
         )
+        self.stalls = StallWatch(settings.stall_seconds)
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -125,6 +128,7 @@ class Daemon:
             metrics=self.metrics,
             online=self.outage.online.is_set,
             broker_lost=self.outage.lost,
+            stalls=self.stalls,
         )
 
     def _kafka_edges(self) -> DaemonEdges:
@@ -273,6 +277,7 @@ class Daemon:
                 stop=self._stop,
                 fatal=self.fatal,
                 online=self.outage.online,
+                stalls=self.stalls,
             )
         finally:
             if watcher is not None:

@@ -15,6 +15,7 @@ past records it has not processed yet.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -28,6 +29,7 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
 from service.daemon.retries import retry_scope, retry_until_stopped
+from service.daemon.stalls import StallWatch
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +47,23 @@ async def fetch_loop(
     stop: asyncio.Event,
     fatal: Callable[[BaseException], None],
     online: asyncio.Event,
+    stalls: StallWatch | None = None,
 ) -> None:
     """Fetch and hand out until ``stop``; a fetch error that is not the infrastructure's
     (records aiokafka cannot decode arrive as ``UndecodableRecord`` values, so what is
     still raised is the broker's "not now" or a bug) stops the daemon (``fatal``).
-    Fetching waits while ``online`` is clear (``service.daemon.outage``)."""
+    Fetching waits while ``online`` is clear (``service.daemon.outage``).  Each poll is
+    told to ``stalls`` (a fetch loop that stops polling is a stall: ``daemon.stalls``)."""
+
+    def polled() -> None:
+        if stalls is not None:
+            stalls.polled(time.monotonic())
 
     async def fetch() -> tuple[int, Fetched]:
         await online.wait()  # the clients are parked while the broker is gone
         current = consumer()
         changes = membership.changes
+        polled()
         try:
             batches: Fetched = await metrics.stages.timed(
                 "fetch",
@@ -64,6 +73,7 @@ async def fetch_loop(
             if current is not consumer():
                 return changes, {}  # parked during the fetch: nothing was handed out
             raise
+        polled()
         return changes, batches
 
     def retrying(details: RetryDetails) -> None:

@@ -186,6 +186,18 @@ class DaemonMetrics:
         self.assigned_partitions = Gauge(
             "consumergen_assigned_partitions", "Partitions assigned to this daemon.", registry=r
         )
+        self.stalled_partitions = Gauge(
+            "consumergen_stalled_partitions",
+            "Assigned, unpaused partitions with lag that have not committed for longer than "
+            "CONSUMERGEN_STALL_SECONDS (service.daemon.stalls); /livez fails meanwhile.",
+            registry=r,
+        )
+        self.fetch_loop_stalled = Gauge(
+            "consumergen_fetch_loop_stalled",
+            "1 while the fetch loop has not polled for longer than CONSUMERGEN_STALL_SECONDS "
+            "(the broker not being away); /livez fails meanwhile.",
+            registry=r,
+        )
         self.batches_in_progress = Gauge(
             "consumergen_batches_in_progress",
             "Batches taken from a partition and not yet committed (or abandoned).",

@@ -186,10 +186,21 @@ async def start_bounded(client: Any, settings: Settings, what: str) -> None:
 
 
 async def close_quietly(client: Any) -> None:
-    """Producers and consumers ``stop()``, the admin client ``close()``s."""
+    """Producers and consumers ``stop()``, the admin client ``close()``s.
+
+    aiokafka's consumer ``stop`` may itself end with ``CancelledError`` while nobody
+    cancelled the caller (its fetcher awaits a request task it cancelled, when the
+    broker is gone: aio-libs/aiokafka#647); the client is closed all the same, and that
+    cancellation is not the caller's, so it stops here.  A cancellation of the caller
+    still propagates."""
     closer = getattr(client, "stop", None) or client.close
     try:
         await closer()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("kafka_client_close_cancelled_itself")
     except Exception as exc:  # closing a half-started client: nothing more to do
         log.debug("kafka_client_close_failed", error=type(exc).__name__)
 

@@ -177,19 +177,25 @@ def fake_settings(database_url: str, **extra: Any) -> Settings:
         "probe_interval_seconds": 0.02,
         "request_timeout_seconds": 1.0,
         "shutdown_grace_seconds": 1.0,
+        "health_port": 0,
+        "read_api_port": None,
     }
     values.update(extra)
     return load_settings(**values)
 
 
 @asynccontextmanager
-async def daemon_over_fakes(settings: Settings, fakes: FakeEdges) -> AsyncIterator[Daemon]:
+async def daemon_over_fakes(
+    settings: Settings, fakes: FakeEdges, *, health: bool = False
+) -> AsyncIterator[Daemon]:
     """A ``Daemon`` over ``fakes`` as a task of this loop (its database's schema must be
-    current: ``service.store.migrate.upgrade``); stopped and awaited on exit, and a
-    daemon that stopped on its own (a bug: ``Daemon.fatal``) fails the exit."""
+    current: ``service.store.migrate.upgrade``); with ``health``, its /livez, /readyz
+    and /metrics on ``settings.health_port`` (0: any free port, ``daemon.health.port``);
+    stopped and awaited on exit, and a daemon that stopped on its own (a bug:
+    ``Daemon.fatal``) fails the exit."""
     engine = create_engine(settings)
     daemon = Daemon(settings, engine, edges=fakes.edges)
-    task = asyncio.create_task(daemon.run(health=False), name="daemon-over-fakes")
+    task = asyncio.create_task(daemon.run(health=health), name="daemon-over-fakes")
     try:
         yield daemon
     finally:

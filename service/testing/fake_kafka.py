@@ -171,6 +171,7 @@ class FakeConsumer:
         self.listener: ConsumerRebalanceListener | None = None
         self._assigned: dict[TopicPartition, int] = {}  # partition -> position
         self._paused: set[TopicPartition] = set()
+        self._fetched: set[TopicPartition] = set()
         #: Fetches made while the broker was down.
         self.fetches_while_down = 0
         broker.consumers.append(self)
@@ -181,11 +182,17 @@ class FakeConsumer:
         self.started = True
 
     async def stop(self) -> None:
+        """Leave the group.  While the broker is down it ends with ``CancelledError``
+        although nobody cancelled the caller, as aiokafka's does when its fetcher still
+        had a request pending (aio-libs/aiokafka#647): the consumer is closed all the
+        same."""
         self.stopped = True
         if self.in_group:
             self.in_group = False
             self.broker._leave(self)
         self._assigned.clear()
+        if not self.broker.up and self.started:
+            raise asyncio.CancelledError()
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
         assert topics == [self.broker.topic], topics
@@ -250,8 +257,17 @@ class FakeConsumer:
         self._assigned_or_fail(tp)
         return self._assigned[tp]
 
-    def highwater(self, tp: TopicPartition) -> int:
-        return self.broker.end(tp)
+    def position_of(self, tp: TopicPartition) -> int | None:
+        """The next offset a fetch of ``tp`` reads (None: not assigned); for tests."""
+        return self._assigned.get(tp)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """As aiokafka's: known once a fetch of ``tp`` has returned (None before)."""
+        return self.broker.end(tp) if tp in self._fetched else None
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.broker._reachable()
+        return {tp: self.broker.end(tp) for tp in tps}
 
     async def committed(self, tp: TopicPartition) -> int | None:
         self.broker._reachable()
@@ -267,6 +283,7 @@ class FakeConsumer:
             if tp in self._paused or room <= 0:
                 continue
             records = self.broker.logs[tp][position : position + room]
+            self._fetched.add(tp)
             if records:
                 fetched[tp] = records
                 self._assigned[tp] = position + len(records)

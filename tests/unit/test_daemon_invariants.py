@@ -379,6 +379,46 @@ async def test_from_one_fetch_a_revoked_partitions_records_are_dropped_and_the_o
     assert first_occurrences(applied(fakes, tp1)) == list(range(7))
 
 
+async def test_records_fetched_before_a_rebalance_are_not_applied_ahead_of_earlier_ones(
+    database: str,
+) -> None:
+    """Offsets 0 and 1 are taken and not yet committed (the transaction hangs); a fetch
+    brings 2 and 3, and while it is in flight the group rebalances: the partition is
+    revoked and assigned to the same daemon again, which reads it from its committed
+    offset, 0.  The fetched 2 and 3 are stale: applied first, their commit would move
+    past 0 and 1.  Every commit comes after what it covers, in offset order."""
+    broker = FakeBroker("events", 1)
+    (tp,) = broker.partitions
+    gate = asyncio.Event()
+
+    async def before_apply(items: Any) -> None:
+        await gate.wait()
+
+    fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
+    audit = CommitAudit(fakes)
+    broker.on_commit = audit
+    rebalanced: list[list[int]] = []
+
+    async def on_fetch(consumer: FakeConsumer, fetched: dict[TopicPartition, Any]) -> None:
+        offsets = [r.offset for r in fetched.get(tp, [])]
+        if not rebalanced and offsets and offsets[0] >= 2:
+            rebalanced.append(offsets)
+            await broker.rebalance()
+            gate.set()
+
+    async with daemon_over_fakes(fake_settings(database, batch_max_events=1), fakes):
+        await poll(assigned_everything(fakes), WITHIN, "assigned")
+        produce_events(broker, 0, 2)
+        await poll(lambda: daemon_consumer(fakes).position_of(tp) == 2, WITHIN, "0, 1 fetched")
+        broker.on_fetch = on_fetch
+        produce_events(broker, 0, 2)
+        await poll(lambda: bool(rebalanced), WITHIN, "a rebalance during a fetch of 2, 3")
+        await poll(all_committed(fakes), WITHIN, "everything committed")
+    assert audit.violations == []
+    assert first_occurrences(applied(fakes, tp)) == [0, 1, 2, 3]
+    assert first_occurrences(outcomes_of(fakes, tp)) == [0, 1, 2, 3]
+
+
 # -- 4. outcome records of a partition leave in offset order ---------------------------
 @settings(PROPERTY, max_examples=12)
 @given(
