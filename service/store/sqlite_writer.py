@@ -255,8 +255,9 @@ class SqliteUnit:
             values = dict(zip(INBOX_COLUMNS, inbox_values(row, stamp), strict=True))
             values["b_event_id"] = values.pop("event_id")
             values["b_payload_hash"] = values.pop("payload_hash")
-            sql, order = _replace_failed()
-            cursor = connection.execute(sql, [values[name] for name in order])
+            sql, order, literals = _replace_failed()
+            bound = literals | values
+            cursor = connection.execute(sql, [bound[name] for name in order])
             if cursor.rowcount != 1:
                 raise StoreRace(RaceKind.INBOX)
 
@@ -300,7 +301,9 @@ _INBOX_INSERT: Final = insert_sql(processed_events, "event_id", INBOX_COLUMNS)
 
 
 @cache
-def _replace_failed() -> tuple[str, tuple[str, ...]]:
-    """``store.writes.REPLACE_FAILED`` as qmark SQL and the names of its parameters."""
+def _replace_failed() -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """``store.writes.REPLACE_FAILED`` as qmark SQL, the names of its parameters in
+    order, and the values the statement itself binds (its ``outcome = 'failed'``)."""
     compiled = REPLACE_FAILED.compile(dialect=_DIALECT)
-    return str(compiled), tuple(compiled.positiontup or ())
+    literals = {name: value for name, value in compiled.params.items() if value is not None}
+    return str(compiled), tuple(compiled.positiontup or ()), literals

@@ -166,3 +166,27 @@ async def test_a_part_that_raises_is_undone_alone(group: GroupCommit, settings: 
     with sqlite3.connect(writer.path) as connection:
         names = {row[0] for row in connection.execute("SELECT external_id FROM projects")}
     assert names == {"kept-1", "kept-2"}
+
+
+async def test_a_failed_row_is_replaced_by_the_writer_when_the_event_applies(
+    group: GroupCommit, settings: Settings
+) -> None:
+    """An event recorded ``failed`` (CAS retries exhausted) and delivered again applies
+    now: the writer replaces its inbox row in the group's own transaction (the
+    statement binds ``outcome = 'failed'`` itself; its parameter must go along)."""
+    writer = group.writer
+    assert isinstance(writer, SqliteGroupWriter)
+    doc = event_doc("00000000-0000-4000-8000-000000000003", project="p", user="u")
+    event = decode_event(json.dumps(doc).encode(), max_bytes=65_536)
+    with sqlite3.connect(writer.path) as connection:
+        connection.execute(
+            "INSERT INTO processed_events (event_id, consumer_uuid, event_type, payload_hash,"
+            " outcome, reason, generation_after, attempts, source_topic, source_partition,"
+            " source_offset, processed_at) VALUES (?, ?, ?, ?, 'failed',"
+            " 'cas_retries_exhausted', NULL, 3, 'events', 0, 0, '2026-01-01 00:00:00.000000')",
+            (event.event_id, event.consumer_uuid, event.type.value, event.payload_hash()),
+        )
+    (outcome,) = await group.apply_batch([(event, EventSource("events", 0, 1))])
+    assert (outcome.kind.value, outcome.generation_after) == ("applied", 1)
+    assert (await inbox(settings.database_url))[event.event_id] == ("applied", None)
+    assert group.applier.stats.batch_fallbacks == 0  # the group's writer did it, no fallback
