@@ -307,7 +307,7 @@ class PartitionWorker:
             dead = admitted.dead + failed_letters(settled, now)
             messages = None
             if host.outcomes is not None:
-                messages = outcome_messages(settled, admitted.invalid, now, host.config.reply_topic)
+                messages = outcome_messages(settled, admitted.invalid, now, host.config.replies)
         occurred = [event.occurred_at for event, _ in admitted.valid]
         return _Settled(batch, outcomes, dead, messages, began, occurred)
 
