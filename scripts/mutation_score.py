@@ -8,12 +8,17 @@ killed includes timeouts (a mutant that hangs the tests is caught by them).
 
 ``--survivors`` lists the surviving mutant names too; ``--retest`` prints only the
 names of the mutants to test again after tests were added (survived, no tests, not
-checked), one per line, for ``scripts/mutation --retest``.  Exit code 0 always: the
-score is a figure to read, not a gate (mutation testing is not in CI).
+checked), one per line, for ``scripts/mutation --retest``.  ``--group NAME`` (repeatable)
+reads the results of that group's work folder (``.mutation/NAME``,
+``scripts/mutation_groups.py``) instead of the tree's own ``mutants/``, one table per
+group (``NAME-slow``: the ``--slow`` run, which counts only the mutants it checked, the
+fast run's survivors: its "killed" are those only the broker tests kill).  Exit code 0
+always: the score is a figure to read, not a gate (mutation testing is not in CI).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import sys
@@ -35,24 +40,49 @@ def equivalent_mutants() -> set[str]:
     return set(re.findall(r"`(service\.[^`\s]+__mutmut_\d+)`", section))
 
 
-def modules() -> list[str]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return list(config["tool"]["mutmut"]["only_mutate"])
+def modules(base: Path) -> list[str]:
+    """The mutated modules of the run in ``base``: its ``only_mutate`` (paths or globs),
+    as the files mutmut wrote results for (a glob names every file it matches)."""
+    config = tomllib.loads((base / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = list(config["tool"]["mutmut"]["only_mutate"])
+    results = sorted(
+        p.relative_to(base / "mutants").as_posix().removesuffix(".meta")
+        for p in (base / "mutants").rglob("*.py.meta")
+    )
+    found = [p for pattern in patterns for p in results if fnmatch.fnmatchcase(p, pattern)]
+    return list(dict.fromkeys(found))
 
 
 def main(argv: list[str]) -> int:
+    groups = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--group"]
+    if not groups:
+        return report(ROOT, argv)
+    for group in groups:
+        if "--retest" not in argv:
+            print(f"\ngroup {group}:")
+        report(ROOT / ".mutation" / group, argv)
+    return 0
+
+
+def report(base: Path, argv: list[str]) -> int:
+    """The table (or the names ``--retest`` asks for) of the run in ``base``."""
     equivalent = equivalent_mutants()
     total: Counter[str] = Counter()
     survivors: list[str] = []
     retest: list[str] = []
     rows = []
-    for path in modules():
-        meta = ROOT / "mutants" / f"{path}.meta"
+    if not (base / "pyproject.toml").exists():
+        print(f"mutation: no results in {base} (run scripts/mutation first)")
+        return 0
+    for path in modules(base):
+        meta = base / "mutants" / f"{path}.meta"
         if not meta.exists():
             continue
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         counts: Counter[str] = Counter()
         for name, code in sorted(codes.items()):
+            if code is None and base.name.endswith("-slow"):
+                continue  # a --slow run checks the fast run's survivors only
             status = "not checked" if code is None else STATUS.get(code, "other")
             if name in equivalent:
                 status = "equivalent"
@@ -70,12 +100,13 @@ def main(argv: list[str]) -> int:
         print("mutation: no results in mutants/ (run scripts/mutation first)")
         return 0
     rows.append(("total", total))
-    print(f"{'module':34} {'score':>7} " + " ".join(f"{c:>10}" for c in COLUMNS))
+    width = max(34, *(len(path) for path, _ in rows))
+    print(f"{'module':{width}} {'score':>7} " + " ".join(f"{c:>10}" for c in COLUMNS))
     for path, counts in rows:
         caught = counts["killed"] + counts["timeout"]
         counted = sum(counts.values()) - counts["equivalent"]
         score = f"{100 * caught / counted:6.1f}%" if counted else "    -  "
-        print(f"{path:34} {score:>7} " + " ".join(f"{counts[c]:>10}" for c in COLUMNS))
+        print(f"{path:{width}} {score:>7} " + " ".join(f"{counts[c]:>10}" for c in COLUMNS))
     if "--survivors" in argv:
         print("\nsurvivors (mutmut show NAME prints the change):")
         for name in survivors:

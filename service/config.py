@@ -24,6 +24,11 @@ TEST_PREFIX = f"{ENV_PREFIX}TEST_"
 #: ``database+driver://``: the service needs an asyncio driver, so the URL must name one.
 _URL_WITH_DRIVER = re.compile(r"^[a-z][a-z0-9_]*\+[a-z][a-z0-9_]*://")
 
+#: Kafka's protocol carries these settings in signed 32-bit (and 16-bit) fields: a value
+#: beyond them would fail at the first request instead of at start.
+INT32_MAX = 2_147_483_647
+INT16_MAX = 32_767
+
 #: Placement's placeholder owner for consumers created without project/user.
 INCOMPLETE_OWNER = "00000000-0000-0000-0000-000000000000"
 
@@ -72,13 +77,22 @@ class Settings(BaseSettings):
         None, description="Static membership id (group.instance.id) of this daemon."
     )
     client_id: str = Field("consumergen", min_length=1)
-    topic_partitions: int = Field(6, ge=1, description="Partitions when creating topics.")
-    topic_replication_factor: int = Field(1, ge=1)
+    topic_partitions: int = Field(
+        6, ge=1, le=INT32_MAX, description="Partitions when creating topics."
+    )
+    topic_replication_factor: int = Field(1, ge=1, le=INT16_MAX)
     max_event_bytes: int = Field(
-        1_048_576, ge=1024, description="Events larger than this are dead-lettered as too_large."
+        1_048_576,
+        ge=1024,
+        # The daemon fetches up to twice this per partition, in a 32-bit field.
+        le=INT32_MAX // 2,
+        description="Events larger than this are dead-lettered as too_large.",
     )
     request_timeout_seconds: float = Field(
-        30.0, gt=0, description="Bound on any single broker request, so nothing hangs."
+        30.0,
+        gt=0,
+        le=INT32_MAX // 1000,
+        description="Bound on any single broker request, so nothing hangs.",
     )
 
     # --- Broker security ----------------------------------------------------------
@@ -151,11 +165,19 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often readiness re-checks the broker and the database."
     )
     session_timeout_ms: int = Field(
-        10_000, ge=1, description="Group session timeout: a silent daemon is dropped after it."
+        10_000,
+        ge=1,
+        le=INT32_MAX,
+        description="Group session timeout: a silent daemon is dropped after it.",
     )
-    heartbeat_interval_ms: int = Field(3_000, ge=1, description="Group heartbeat interval.")
+    heartbeat_interval_ms: int = Field(
+        3_000, ge=1, le=INT32_MAX, description="Group heartbeat interval."
+    )
     max_poll_interval_ms: int = Field(
-        300_000, ge=1, description="Longest a daemon may go between fetches and stay a member."
+        300_000,
+        ge=1,
+        le=INT32_MAX,
+        description="Longest a daemon may go between fetches and stay a member.",
     )
     stall_seconds: float = Field(
         120.0,

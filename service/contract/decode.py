@@ -69,14 +69,18 @@ def undecodable(exc: Exception) -> InvalidEvent:
     return InvalidEvent(Reason.UNDECODABLE, f"{name} while decoding the record", exception=name)
 
 
+def check_size(size: int, max_bytes: int) -> None:
+    """The one size rule of an event, for the daemon and every producer alike: at most
+    ``max_bytes`` bytes (``CONSUMERGEN_MAX_EVENT_BYTES``), the limit itself included."""
+    if size > max_bytes:
+        raise InvalidEvent(Reason.TOO_LARGE, f"{size} bytes, more than the limit of {max_bytes}")
+
+
 def decode_event(value: bytes | None, *, max_bytes: int) -> ConsumerEvent:
     """Decode a Kafka record value. The size is checked before any parsing."""
     if value is None:
         raise InvalidEvent(Reason.NOT_JSON, "the record has no value (a tombstone)")
-    if len(value) > max_bytes:
-        raise InvalidEvent(
-            Reason.TOO_LARGE, f"{len(value)} bytes, more than the limit of {max_bytes}"
-        )
+    check_size(len(value), max_bytes)
     event = fast_path.event_from_bytes(value)
     if event is not None:
         return event

@@ -126,6 +126,15 @@ class ReplyPolicy:
         return route
 
 
+def partition_of_topic(partition: int, partitions: int) -> bool:
+    """Whether ``partition`` is one of a topic's ``partitions`` (numbered 0 to count - 1).
+
+    The one rule both sides of request-reply follow: a producer refuses to listen on a
+    reply partition outside the topic (no outcome would ever reach it), and the daemon
+    drops a reply whose request named one (retrying could never deliver it)."""
+    return 0 <= partition < partitions
+
+
 def correlation_of(headers: Iterable[tuple[str, bytes]] | None) -> bytes | None:
     """The correlation id of a reply record."""
     for name, value in headers or ():

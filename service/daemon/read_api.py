@@ -15,7 +15,9 @@ at once do not queue a ``/readyz`` behind them.  Answers:
 * 401 when tokens are configured and the request lacks a bearer token that is one
   of them (``service.daemon.read_tokens``: several at once for rotation, kept hashed,
   compared in constant time, never logged);
-* 503 when the database cannot answer now (the client may retry).
+* 503 when the database cannot answer now (the client may retry): recognised by what
+  the error is (``service.failures.database_unavailable``, the store's dialects);
+* 500 for anything else, which is a bug (logged with its traceback).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from service.contract.records import utc_timestamp
 from service.contract.state import state_document
 from service.daemon.http_server import HttpServer
 from service.daemon.read_tokens import ReadApiTokens
+from service.failures import database_unavailable
 from service.logging.redaction import canonical_uuid
-from service.store.errors import describe, is_transient
+from service.store.errors import describe
 from service.store.reads import get_consumer
 
 log = structlog.get_logger(__name__)
@@ -82,9 +85,9 @@ class ReadApi:
             return web.json_response({"error": "not a UUID"}, status=400)
         try:
             state = await get_consumer(request.app[_ENGINE], uuid)
-        except Exception as exc:  # sorted: the store's transient errors, or a bug
-            if not is_transient(exc):
-                raise
+        except Exception as exc:  # sorted: the database not answering now (503), or a bug
+            if not database_unavailable(exc):
+                raise  # aiohttp answers 500 and logs it: a bug, not the client's to retry
             log.warning("read api: database unavailable", error=describe(exc))
             return web.json_response({"error": "the database cannot answer now"}, status=503)
         if state is None:

@@ -30,19 +30,18 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from service.config import Settings
-from service.contract.decode import InvalidEvent, decode_event
+from service.contract.decode import InvalidEvent
 from service.contract.records import CONTENT_TYPE_HEADER, EVENT_CONTENT_TYPE
 from service.contract.replies import request_headers
 from service.domain.errors import InfrastructureUnavailable
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
-from service.domain.outcomes import Reason
 from service.kafka.clients import (
     BrokerUnavailable,
     describe_servers,
     producer_options,
     start_bounded,
 )
-from service.producer.events import encode, event_from_document, new_event
+from service.producer.events import new_event, wire_value
 from service.producer.reads import ConsumerReader
 from service.producer.replies import (
     EventOutcome,
@@ -383,18 +382,7 @@ class EventProducer:
 
     def _prepare(self, event: EventInput) -> tuple[ConsumerEvent, bytes]:
         """Round trip through ``decode_event``: exactly the daemon's rules, size included."""
-        if isinstance(event, ConsumerEvent):
-            first = encode(event)
-        else:
-            first = encode(event_from_document(event, max_bytes=self._max_bytes))
-        checked = decode_event(first, max_bytes=2**62)
-        value = checked.to_json_bytes()
-        if len(value) > self._max_bytes:
-            raise InvalidEvent(
-                Reason.TOO_LARGE,
-                f"{len(value)} bytes, more than the limit of {self._max_bytes}",
-            )
-        return checked, value
+        return wire_value(event, max_bytes=self._max_bytes)
 
     def _settle(
         self, done: asyncio.Future[Any], result: asyncio.Future[SendResult], event_id: str

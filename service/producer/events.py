@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from service.contract.decode import InvalidEvent, decode_document, decode_event, load_json
+from service.contract.decode import (
+    InvalidEvent,
+    check_size,
+    decode_document,
+    decode_event,
+    load_json,
+)
 from service.domain.events import UNCONDITIONAL, ConsumerEvent, EventType, Precondition
 from service.domain.outcomes import Reason
 
@@ -82,10 +88,7 @@ def event_from_line(line: bytes, *, max_bytes: int, producer: str | None = None)
 
     Give ``event_id`` in the file to make re-sending the file idempotent.
     """
-    if len(line) > max_bytes:
-        raise InvalidEvent(
-            Reason.TOO_LARGE, f"{len(line)} bytes, more than the limit of {max_bytes}"
-        )
+    check_size(len(line), max_bytes)
     doc = load_json(line)
     if isinstance(doc, dict):
         doc.setdefault("schema_version", 1)
@@ -94,3 +97,19 @@ def event_from_line(line: bytes, *, max_bytes: int, producer: str | None = None)
         if producer is not None:
             doc.setdefault("producer", producer)
     return checked(decode_document(doc), max_bytes=max_bytes)
+
+
+def wire_value(
+    event: ConsumerEvent | Mapping[str, Any] | bytes, *, max_bytes: int
+) -> tuple[ConsumerEvent, bytes]:
+    """The event as it is sent (its canonical bytes) and as the daemon will read them:
+    round-tripped through ``decode_event`` and held to the daemon's own size rule on
+    exactly those bytes (``check_size``: ``max_bytes`` accepted, one more refused)."""
+    if isinstance(event, ConsumerEvent):
+        first = encode(event)
+    else:
+        first = encode(event_from_document(event, max_bytes=max_bytes))
+    checked = decode_event(first, max_bytes=2**62)
+    value = checked.to_json_bytes()
+    check_size(len(value), max_bytes)
+    return checked, value

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 
 from service.config import ConfigError, Settings
 from service.contract.records import parse_outcome_record
-from service.contract.replies import correlation_of
+from service.contract.replies import correlation_of, partition_of_topic
 from service.contract.state import state_from_document
 from service.domain.consumer import ConsumerState
 from service.domain.errors import InfrastructureUnavailable
@@ -102,6 +102,20 @@ class ReplyCounts:
     foreign: int = 0
 
 
+def choose_reply_partition(requested: int | None, topic: str, partitions: int) -> int:
+    """The partition to listen on: ``requested``, or one at random when None; a
+    partition the topic lacks is a ``ConfigError`` (no reply would ever reach it)."""
+    if partitions == 0:
+        raise ConfigError(f"CONSUMERGEN_REPLY_TOPIC: no such topic: {topic}")
+    if requested is None:
+        return secrets.randbelow(partitions)
+    if not partition_of_topic(requested, partitions):
+        raise ConfigError(
+            f"reply partition {requested}: {topic} has partitions 0 to {partitions - 1}"
+        )
+    return requested
+
+
 @dataclass
 class ReplyListener:
     """Reads one reply partition and settles the futures of the requests sent with it."""
@@ -132,15 +146,8 @@ class ReplyListener:
         try:
             # The consumer's own metadata is filled in lazily; ask the cluster now.
             cluster = await consumer._client.fetch_all_metadata()
-            partitions = sorted(cluster.partitions_for_topic(self.topic) or ())
-            if not partitions:
-                raise ConfigError(f"CONSUMERGEN_REPLY_TOPIC: no such topic: {self.topic}")
-            if self.partition is None:
-                self.partition = partitions[secrets.randbelow(len(partitions))]
-            elif self.partition not in partitions:
-                raise ConfigError(
-                    f"reply partition {self.partition}: {self.topic} has {len(partitions)}"
-                )
+            count = len(cluster.partitions_for_topic(self.topic) or ())
+            self.partition = choose_reply_partition(self.partition, self.topic, count)
             tp = TopicPartition(self.topic, self.partition)
             consumer.assign([tp])
             await consumer.seek_to_end(tp)

@@ -5,7 +5,8 @@ per-partition offset order into a *scratch* database (a temporary SQLite file un
 another URL is given) through the same ``Applier`` the daemon uses, under the current
 settings.  Then both ``consumers`` tables are read in UUID order, as streams, and
 merged: a consumer only in the rebuild is *missing*, only in the live database
-*extra*, in both with another generation, owner, type or tombstone state *different*.
+*extra*, in both with another generation, owner, type, tombstone state or last event
+*different* (every field of the state but the write times: ``FIELDS``).
 
 Pruning (``consumergen db prune``) is part of normal operation and is treated so:
 
@@ -26,22 +27,30 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
+from service.domain.consumer import ConsumerState
 from service.replay.runner import Mode, Progress, ReplayReport, replay
 from service.replay.sources import Source, SourceError
 from service.store import reads
 from service.store.engine import create_engine
 from service.store.migrate import upgrade_engine
 
-#: (generation, deleted, project_id, user_id, consumer_type)
-Row = tuple[int, bool, str, str, str | None]
-_FIELDS = ("generation", "deleted", "project_id", "user_id", "consumer_type")
+#: What ``verify`` does not compare of a consumer's state: its key, and the times the
+#: store stamps when it writes (a rebuild writes later than the live database did).
+NOT_COMPARED: Final = frozenset({"uuid", "created_at", "updated_at", "deleted_at"})
+#: Every other field of ``ConsumerState``: a field added to it is compared unless it is
+#: named above (``tests/replay/test_verify_fields.py`` holds the two lists together).
+FIELDS: Final = tuple(f.name for f in fields(ConsumerState) if f.name not in NOT_COMPARED)
+_GENERATION: Final = FIELDS.index("generation")
+_DELETED: Final = FIELDS.index("deleted")
+#: A consumer's compared fields, in ``FIELDS`` order.
+Row = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +106,10 @@ class VerifyReport:
 
 async def _stream(engine: AsyncEngine) -> AsyncGenerator[tuple[str, Row], None]:
     async for c in reads.consumers_by_uuid(engine):
-        yield c.uuid, (c.generation, c.deleted, c.project_id, c.user_id, c.consumer_type)
+        yield c.uuid, tuple(getattr(c, name) for name in FIELDS)
 
 
-_END = ("\uffff", (0, False, "", "", None))
+_END: tuple[str, Row] = ("\uffff", ())
 
 
 async def diff(expected: AsyncEngine, live: AsyncEngine, report: VerifyReport) -> None:
@@ -129,7 +138,7 @@ async def _merge(
     b = await _next(right)
     while a is not _END or b is not _END:
         if b is _END or (a is not _END and a[0] < b[0]):
-            if a[1][1]:
+            if a[1][_DELETED]:
                 report.pruned_tombstones += 1
                 report.differences.append(Difference(a[0], "pruned_tombstone", {}))
             else:
@@ -141,11 +150,11 @@ async def _merge(
             report.compared += 1
             b = await _next(right)
         else:
-            fields = {
-                name: (x, y) for name, x, y in zip(_FIELDS, a[1], b[1], strict=True) if x != y
+            changed = {
+                name: (x, y) for name, x, y in zip(FIELDS, a[1], b[1], strict=True) if x != y
             }
-            if fields:
-                report.differences.append(Difference(a[0], "different", fields))
+            if changed:
+                report.differences.append(Difference(a[0], "different", changed))
             report.compared += 1
             a = await _next(left)
             b = await _next(right)
@@ -154,7 +163,7 @@ async def _merge(
 def _all(expected: Row | None, live: Row | None) -> dict[str, tuple[Any, Any]]:
     return {
         name: (None if expected is None else expected[i], None if live is None else live[i])
-        for i, name in enumerate(_FIELDS)
+        for i, name in enumerate(FIELDS)
     }
 
 
@@ -163,11 +172,12 @@ async def check_inbox(live: AsyncEngine, report: VerifyReport) -> None:
     counts = await reads.applied_counts(live)
     async for uuid, row in _stream(live):
         applied = counts.get(uuid, 0)
-        if applied > row[0]:
+        generation = row[_GENERATION]
+        if applied > generation:
             report.differences.append(
-                Difference(uuid, "inbox", {"applied_inbox_rows": (row[0], applied)})
+                Difference(uuid, "inbox", {"applied_inbox_rows": (generation, applied)})
             )
-        elif applied < row[0]:
+        elif applied < generation:
             report.inbox_pruned += 1
 
 

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from service.config import Settings
-from service.contract.replies import CORRELATION_HEADER
+from service.contract.replies import CORRELATION_HEADER, partition_of_topic
 from service.failures import broker_unavailable, record_refused
 from service.kafka.partitioning import partition_for
 from service.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES
@@ -218,13 +218,13 @@ async def _replies(
     messages: Sequence[OutcomeMessage],
     futures: list[asyncio.Future[object]],
 ) -> None:
-    partitions = set(await producer.partitions_for(topic))
+    partitions = len(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
     dropped = 0
     for message in messages:
         route = message.reply
         assert route is not None
-        if route.partition not in partitions:
+        if not partition_of_topic(route.partition, partitions):
             dropped += 1
             continue
         headers = [(CORRELATION_HEADER, route.correlation)]
@@ -251,7 +251,7 @@ async def _replies(
             "replies dropped: their requests named a partition the reply topic lacks",
             reply_topic=topic,
             dropped=dropped,
-            partitions=len(partitions),
+            partitions=partitions,
         )
     await asyncio.gather(*futures)
 

@@ -18,10 +18,12 @@ import aiohttp
 import pytest
 import yaml
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from service.daemon.app import Daemon
 from service.daemon.read_api import read_api_server
 from service.domain.events import EventType
+from service.embedded.process import free_port
 from service.logging.redaction import find_clear_uuid
 from service.store.engine import create_engine
 from service.testing.daemon import Topics, assert_matches_model, daemon_settings, running_daemon
@@ -29,7 +31,7 @@ from service.testing.database import consumer_state, inbox
 from service.testing.kafka_io import produce_docs, wait_all_committed
 from service.testing.polling import poll
 from service.testing.workload import expected_state, mixed_stream
-from tests.apply.helpers import Db, event
+from tests.apply.helpers import Db, event, migrated, settings_for
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -266,3 +268,41 @@ async def serving_daemon(
     async with running_daemon(settings, health=True) as daemon:
         await poll(lambda: daemon.readiness.verdict()[0], 60, "the daemon ready")
         yield daemon, topics
+
+
+async def test_status_per_failure_class(tmp_path: Path) -> None:
+    """The read API's answer says whose fault it is: 404 the consumer's absence, 400 the
+    caller's path, 503 a database that cannot answer now (the client may retry: the
+    issue-21 survivor answered 500), 500 a bug (here a schema the code does not match)."""
+    consumer = str(uuid.uuid4())
+    healthy = f"sqlite+aiosqlite:///{tmp_path / 'healthy.db'}"
+    broken = f"sqlite+aiosqlite:///{tmp_path / 'broken.db'}"
+    for url in (healthy, broken):
+        async with migrated(url) as db:
+            await db.applier.apply(event(consumer, EventType.UPSERT, None))
+            if url == broken:
+                async with db.engine.begin() as connection:
+                    await connection.execute(
+                        text("ALTER TABLE consumers RENAME COLUMN generation TO gen")
+                    )
+    # Nothing listens on a free port: the connection is refused, as during an outage.
+    down = f"postgresql+asyncpg://consumergen@127.0.0.1:{free_port()}/consumergen"
+
+    async def status(url: str, path: str) -> int:
+        settings = settings_for(url)
+        server = read_api_server("127.0.0.1", 0, lambda: create_engine(settings), None)
+        server.start()
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{server.port}/v1/consumers/{path}") as response,
+            ):
+                return response.status
+        finally:
+            server.stop()
+
+    assert await status(healthy, consumer) == 200
+    assert await status(healthy, str(uuid.uuid4())) == 404
+    assert await status(healthy, "not-a-uuid") == 400
+    assert await status(down, consumer) == 503
+    assert await status(broken, consumer) == 500

@@ -3,11 +3,13 @@ event always conditional: pure functions, no broker."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import uuid
 
 import pytest
 
+from service.config import ConfigError
 from service.contract.replies import (
     CORRELATION_HEADER,
     REPLY_PARTITION_HEADER,
@@ -15,14 +17,20 @@ from service.contract.replies import (
     ReplyPolicy,
     ReplyRoute,
     correlation_of,
+    partition_of_topic,
     reply_route,
     request_headers,
 )
 from service.domain.consumer import ConsumerState
 from service.domain.events import UNCONDITIONAL, EventType
+from service.producer.replies import choose_reply_partition
 from service.producer.update import Change, conditional_event
+from service.sinks.base import OutcomeMessage
+from service.sinks.kafka import KafkaOutcomeSink
 
 TOPIC = "consumer-events.replies"
+#: The reply topic's partitions in the bound tests.
+COUNT = 4
 
 
 def test_round_trip() -> None:
@@ -100,3 +108,85 @@ def test_the_loop_never_sends_an_unconditional_event(
     event = conditional_event(str(uuid.uuid4()), state, change)
     assert event.type is type_ and event.expected_generation is not UNCONDITIONAL
     assert event.expected_generation == expected
+
+
+@pytest.mark.parametrize(
+    ("partition", "exists"), [(-1, False), (0, True), (COUNT - 1, True), (COUNT, False)]
+)
+def test_a_reply_partition_is_one_of_the_topics(partition: int, exists: bool) -> None:
+    """The topic's partitions are 0 to count - 1: outside them no outcome ever arrives."""
+    assert partition_of_topic(partition, COUNT) is exists
+
+
+@pytest.mark.parametrize("partition", [0, COUNT - 1])
+def test_the_producer_listens_on_a_partition_of_the_reply_topic(partition: int) -> None:
+    assert choose_reply_partition(partition, TOPIC, COUNT) == partition
+    assert {choose_reply_partition(None, TOPIC, COUNT) for _ in range(200)} == set(range(COUNT))
+
+
+@pytest.mark.parametrize("partition", [-1, COUNT, 2**31 - 1])
+def test_the_producer_refuses_a_partition_outside_the_reply_topic(partition: int) -> None:
+    """Refused at start, naming the partition and the topic's range, instead of waiting
+    for outcomes that can never come."""
+    with pytest.raises(ConfigError) as refused:
+        choose_reply_partition(partition, TOPIC, COUNT)
+    assert f"reply partition {partition}: {TOPIC} has partitions 0 to {COUNT - 1}" in str(
+        refused.value
+    )
+    with pytest.raises(ConfigError, match="no such topic"):
+        choose_reply_partition(None, TOPIC, 0)
+
+
+class Batch:
+    """The part of aiokafka's ``BatchBuilder`` the sink uses: ``append`` (never full)."""
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: None, headers: object) -> int:
+        self.values.append(value)
+        return len(self.values)
+
+
+class RecordingProducer:
+    """The part of ``AIOKafkaProducer`` the outcome sink uses, keeping what it sent."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, list[bytes]] = {}
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(COUNT))
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        assert topic == TOPIC
+        self.sent.setdefault(partition, []).extend(batch.values)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class Handle:
+    def __init__(self) -> None:
+        self.producer = RecordingProducer()
+
+    async def ready(self) -> RecordingProducer:
+        return self.producer
+
+    async def stop_quietly(self) -> None:
+        """Called after a failed write only: the test then fails on what raised."""
+
+
+async def test_the_daemon_replies_inside_the_reply_topic_and_drops_the_rest() -> None:
+    """Replies to partitions 0 and count - 1 are written there; a request naming -1 or
+    count is dropped (it can never be delivered), the rest of the batch still goes."""
+    handle = Handle()
+    sink = KafkaOutcomeSink(None, handle)  # type: ignore[arg-type]
+    messages = [
+        OutcomeMessage(b"e", f"to {p}".encode(), ReplyRoute(TOPIC, p, b"c"))
+        for p in (-1, 0, COUNT - 1, COUNT)
+    ]
+    await sink.write_outcomes(messages)
+    assert handle.producer.sent == {0: [b"to 0"], COUNT - 1: [f"to {COUNT - 1}".encode()]}
