@@ -109,6 +109,8 @@ BOUNDS: dict[str, tuple[float, float, float | None, float | None]] = {
     "heartbeat_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "max_poll_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "liveness_stale_seconds": (TINY, 0, None, None),
+    # its upper edge is CONSUMERGEN_MAX_POLL_INTERVAL_MS, a bound of its own (issue 21)
+    "stall_seconds": (TINY, 0, None, None),
     "fetch_max_wait_ms": (0, -1, 60_000, 60_001),
     "producer_linger_ms": (0, -1, 60_000, 60_001),
     "health_port": (0, -1, 65_535, 65_536),
