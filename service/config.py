@@ -200,7 +200,20 @@ class Settings(BaseSettings):
         description="Longest the broker holds a fetch for data (bounds an idle partition's delay).",
     )
     producer_linger_ms: int = Field(
-        5, ge=0, le=60_000, description="How long producers wait to fill a request."
+        0,
+        ge=0,
+        le=60_000,
+        description="How long producers wait to fill a request.  0: a lone record goes "
+        "at once (a request-reply loop pays any linger twice); records handed over while a "
+        "request is in flight still share the next one.",
+    )
+    timeline_file: Path | None = Field(
+        None,
+        description="Benchmarks: write wall-clock stamps of sampled events at each "
+        "boundary here when the daemon stops (service/daemon/timeline.py); off when unset.",
+    )
+    timeline_every: int = Field(
+        1, ge=1, description="With CONSUMERGEN_TIMELINE_FILE: stamp one event in N (by offset)."
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio", description="uvloop needs the 'fast' extra (service/event_loop.py)."

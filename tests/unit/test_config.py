@@ -100,6 +100,7 @@ BOUNDS: dict[str, tuple[float, float, float | None, float | None]] = {
     "cas_retry_wait_initial_seconds": (0, -TINY, None, None),
     "cas_retry_wait_max_seconds": (TINY, 0, None, None),
     "batch_max_events": (1, 0, None, None),
+    "timeline_every": (1, 0, None, None),
     "shutdown_grace_seconds": (0, -TINY, None, None),
     "infra_retry_wait_initial_seconds": (TINY, 0, None, None),
     "infra_retry_wait_max_seconds": (TINY, 0, None, None),
