@@ -9,7 +9,7 @@ from typing import Any
 import click
 import structlog
 
-from service.cli._common import EXIT_USAGE, settings_from
+from service.cli._common import EXIT_USAGE, settings_from, start_tracing
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -55,6 +55,7 @@ def command(
     from service.logging import configure_logging
 
     configure_logging(settings)  # again: the options above may have changed the settings
+    start_tracing(ctx, settings)
     if local:
         raise SystemExit(_run_local(settings))
     raise SystemExit(_on_loop(settings, _run(settings)))
