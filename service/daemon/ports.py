@@ -32,6 +32,8 @@ class WorkerConfig:
     retry_wait_max: float
     #: The one topic the outcomes sink may send replies to (``contract.replies``).
     reply_topic: str | None = None
+    #: The consumer group, as the batch spans name it (``service.tracing.daemon``).
+    group_id: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -41,6 +43,7 @@ class WorkerConfig:
             retry_wait_initial=settings.infra_retry_wait_initial_seconds,
             retry_wait_max=settings.infra_retry_wait_max_seconds,
             reply_topic=settings.reply_topic,
+            group_id=settings.group_id,
         )
 
 

@@ -30,7 +30,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aiokafka.structs import ConsumerRecord
+
     from service.config import Settings
+    from service.tracing.daemon import BatchTrace
     from service.tracing.sdk import Tracing
 
 
@@ -41,6 +46,19 @@ class _State:
 def active() -> Tracing | None:
     """The configured tracing, or None: the one check callers make."""
     return _State.active
+
+
+def batch_trace(
+    topic: str, partition: int, batch: Sequence[ConsumerRecord], group: str | None
+) -> BatchTrace | None:
+    """The spans of one batch the daemon takes (``service.tracing.daemon``), or None
+    when tracing is off: the worker's one check per batch."""
+    tracing = _State.active
+    if tracing is None:
+        return None
+    from service.tracing.daemon import BatchTrace
+
+    return BatchTrace(tracing, topic, partition, batch, group)
 
 
 def install(tracing: Tracing | None) -> Tracing | None:
@@ -89,4 +107,11 @@ def shutdown_tracing() -> None:
         tracing.shutdown()
 
 
-__all__ = ["active", "configure_tracing", "extra_installed", "install", "shutdown_tracing"]
+__all__ = [
+    "active",
+    "batch_trace",
+    "configure_tracing",
+    "extra_installed",
+    "install",
+    "shutdown_tracing",
+]
