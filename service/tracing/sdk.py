@@ -13,9 +13,10 @@ by the SDK's configurator functions (``opentelemetry.sdk._configuration``, the c
 pyproject.toml and the tests of the selection).  Only the traces signal is set up:
 the daemon's metrics stay Prometheus, its logs stay structlog.
 
-Like ``opentelemetry-distro``, which gives its defaults with ``os.environ.setdefault``,
-the OTLP protocol defaults to ``http/protobuf`` (the specification's default; the
-Python SDK alone would pick gRPC, which the ``traces`` extra does not ship).
+The OTLP protocol defaults to ``http/protobuf`` (the specification's default; the
+Python SDK alone would pick gRPC, which the ``traces`` extra does not ship): like
+``opentelemetry-distro``, which sets its defaults in ``os.environ``, but only while the
+SDK reads it, so the process's environment is left as it was.
 
 The tracer provider is the service's own, not OpenTelemetry's global one: the global
 can be set once per process, and the service's producer, daemon and tests each need
@@ -25,7 +26,8 @@ theirs.  Every exporter is wrapped in ``RedactingSpanExporter``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Final
 
 from opentelemetry import trace
@@ -119,14 +121,10 @@ def _resource() -> Resource:
 def exporter_classes() -> list[type[SpanExporter]]:
     """The exporters ``OTEL_TRACES_EXPORTER`` names, as the SDK's configurator selects
     them; a name or protocol it cannot serve is a ``ConfigError`` naming the variable."""
-    if not (
-        os.environ.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
-        or os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL)
-    ):
-        os.environ.setdefault(OTEL_EXPORTER_OTLP_PROTOCOL, DEFAULT_OTLP_PROTOCOL)
     try:
-        names = _get_exporter_names("traces")
-        classes, _, _ = _import_exporters(names, [], [])
+        with _protocol_default():
+            names = _get_exporter_names("traces")
+            classes, _, _ = _import_exporters(names, [], [])
     except RuntimeError as exc:
         raise ConfigError(
             f"{OTEL_TRACES_EXPORTER}={os.environ.get(OTEL_TRACES_EXPORTER, '')!r} "
@@ -135,6 +133,22 @@ def exporter_classes() -> list[type[SpanExporter]]:
             "extra ships the OTLP/HTTP exporter (otlp with http/protobuf) and console"
         ) from None
     return list(classes.values())
+
+
+@contextmanager
+def _protocol_default() -> Iterator[None]:
+    """``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` while the SDK reads it, when neither
+    protocol variable is set (the distro's ``setdefault``, without leaving it set)."""
+    if os.environ.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) or os.environ.get(
+        OTEL_EXPORTER_OTLP_PROTOCOL
+    ):
+        yield
+        return
+    os.environ[OTEL_EXPORTER_OTLP_PROTOCOL] = DEFAULT_OTLP_PROTOCOL
+    try:
+        yield
+    finally:
+        os.environ.pop(OTEL_EXPORTER_OTLP_PROTOCOL, None)
 
 
 def from_environment(key: bytes) -> Tracing | None:

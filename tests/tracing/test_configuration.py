@@ -40,8 +40,7 @@ OTEL_VARIABLES = (
 
 @pytest.fixture(autouse=True)
 def clean_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every OTEL_* variable unset, and put back as it was after the test (the set-up
-    gives OTEL_EXPORTER_OTLP_PROTOCOL its default with os.environ.setdefault)."""
+    """Every OTEL_* variable unset, and put back as it was after the test."""
     for name in OTEL_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
@@ -59,6 +58,7 @@ def test_none_means_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_otlp_is_otlp_over_http_protobuf_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     assert exporter_classes() == [OTLPSpanExporter]
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" not in os.environ  # the default was not left set
 
 
 def test_several_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
