@@ -1,0 +1,189 @@
+"""``python -m benchmarks tracing``: the daemon's CPU per event with tracing off, at 100%
+and at 1% sampling (issue 23).
+
+One backlog of the seeded mix is produced before any daemon starts; then, interleaved
+(off, 100%, 1%, off, ... so that the shared machine's load falls on every mode alike),
+one daemon (``python -m service run``, outcomes topic on, SQLite, default settings) works
+through the whole backlog in a fresh group and database, and its process CPU from the
+partitions' assignment to the last commit is divided by the events.  Tracing is set by
+the standard variables only: ``OTEL_TRACES_EXPORTER=otlp`` to an OTLP/HTTP receiver in
+this process (so the export, protobuf encoding and HTTP included, is paid by the daemon
+as with a real collector), ``OTEL_TRACES_SAMPLER=parentbased_always_on`` or
+``parentbased_traceidratio`` with ``0.01``.  The backlog's producer does not trace, so
+each batch span is a root and the ratio applies to it, its event spans following.
+Every run is checked against the independent model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from benchmarks import report
+from benchmarks.backlog import _backlog
+from benchmarks.infra import Infra, machine_description
+from benchmarks.measure import daemon_run, write_json
+
+MODES: dict[str, dict[str, str]] = {
+    "off": {},
+    "100%": {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+    "1%": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--consumers", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
+    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Receiver:
+    """An OTLP/HTTP endpoint that counts what it is sent (as a collector would take it)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bytes = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", self._traces)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        self.bytes += len(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    infra = Infra().start(postgres=False)
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        return await _run(args, infra, receiver)
+    finally:
+        await receiver.stop()
+        await infra.close_admin()
+        infra.stop()
+
+
+async def _run(args: argparse.Namespace, infra: Infra, receiver: Receiver) -> dict[str, Any]:
+    began = time.monotonic()
+    load_before = os.getloadavg()
+    topic, model, rate = await _backlog(infra, args.events, args.consumers, args.seed)
+    say(f"backlog of {args.events:,} events produced at {rate:,.0f} events/s")
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for repeat in range(args.repeat):
+        for mode, variables in MODES.items():
+            env = {}
+            if variables:
+                env = {
+                    "OTEL_TRACES_EXPORTER": "otlp",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                    **variables,
+                }
+            requests_before, bytes_before = receiver.requests, receiver.bytes
+            saved = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)
+            try:
+                done = await daemon_run(
+                    infra, topic, "sqlite", args.events, model, outcomes=True, label="tracing"
+                )
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+            if not done.verified:
+                raise SystemExit("the daemon's database does not match the model")
+            entry = {
+                "cpu_us_per_event": done.cpu_us_per_event(args.events),
+                "rate": done.rate,
+                "export_requests": receiver.requests - requests_before,
+                "export_kib": (receiver.bytes - bytes_before) / 1024,
+            }
+            runs[mode].append(entry)
+            say(
+                f"[{repeat + 1}/{args.repeat} {mode}] {entry['cpu_us_per_event']:.0f} µs/event, "
+                f"{done.rate:,.0f} events/s, {entry['export_requests']} OTLP requests "
+                f"({entry['export_kib']:,.0f} KiB)"
+            )
+    results = {
+        "machine": machine_description(False),
+        "events": args.events,
+        "repeat": args.repeat,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "runs": runs,
+        "seconds": time.monotonic() - began,
+    }
+    write_json(args.json, results)
+    say(table(results))
+    if not args.no_docs:
+        write_docs(results, args)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| tracing | CPU µs/event (median) | runs | events/s (median) | OTLP export per run |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for mode, entries in results["runs"].items():
+        cpu = [e["cpu_us_per_event"] for e in entries]
+        rate = [e["rate"] for e in entries]
+        kib = statistics.median(e["export_kib"] for e in entries)
+        lines.append(
+            f"| {mode} | **{statistics.median(cpu):.0f}** | "
+            f"{', '.join(f'{c:.0f}' for c in cpu)} | {statistics.median(rate):,.0f} | "
+            f"{kib:,.0f} KiB |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(results: dict[str, Any], args: argparse.Namespace) -> None:
+    machine = results["machine"]
+    before = ", ".join(f"{v:.2f}" for v in results["load_before"])
+    after = ", ".join(f"{v:.2f}" for v in results["load_after"])
+    command = f"python -m benchmarks tracing --events {args.events} --repeat {args.repeat}"
+    body = f"""## Tracing cost (`{command}`)
+
+Run of {machine["date"]}: a backlog of {results["events"]:,} events (seeded mix) worked
+through by one daemon (SQLite, outcomes topic on, default settings) per run, {args.repeat}
+runs per mode, interleaved; tracing by the standard variables only, exported over OTLP/HTTP
+to a receiver in the benchmark's process (`benchmarks/tracing_cost.py` says how).  CPU is
+the daemon process's, all threads, from the assignment to the last commit, per event.
+Load average (1, 5, 15 min) before {before}, after {after}: the machine is shared, so
+compare the modes within this run.
+
+{table(results)}
+
+Machine:
+
+{report.machine_table(machine)}
+"""
+    report.update_section("tracing", body)
