@@ -11,7 +11,10 @@ the replies and the dead letters carry the ``traceparent`` of their event's span
 producer waiting for the reply closes the trace its send opened.
 
 The worker makes one ``BatchTrace`` per batch when ``service.tracing.active()`` says
-so, and none otherwise: with tracing off there is no work per event at all.
+so, and none otherwise: with tracing off there is no work per event at all.  A record
+that carried no context in a batch whose span is not sampled gets no span and no
+headers either (nothing would be recorded or followed); a record that carried one gets
+its span even unsampled, so that its context reaches the reply.
 """
 
 from __future__ import annotations
@@ -85,8 +88,11 @@ class BatchTrace:
         )
         self._context = trace.set_span_in_context(self._batch)
         batch_link = [Link(self._batch.get_span_context())]
+        recording = self._batch.is_recording()
         self._events: dict[int, Span] = {}
         for record, context, parent in zip(batch, contexts, carried, strict=True):
+            if not parent.is_valid and not recording:
+                continue  # no trace to follow or to record: no span, no headers
             event = messaging("apply", "process", topic) | common
             event[OFFSET] = record.offset
             self._events[record.offset] = tracer.start_span(
@@ -111,8 +117,8 @@ class BatchTrace:
         """Each event's outcome on its span (ids and keys as pseudonyms)."""
         pseudonym = self._tracing.pseudonym
         for record, outcome in settled:
-            span = self._events[record.offset]
-            if not span.is_recording():
+            span = self._events.get(record.offset)
+            if span is None or not span.is_recording():
                 continue
             span.set_attribute(MESSAGE_ID, pseudonym(outcome.event_id))
             span.set_attribute(MESSAGE_KEY, pseudonym(outcome.consumer_uuid))
@@ -124,7 +130,9 @@ class BatchTrace:
             if outcome.kind is OutcomeKind.FAILED:
                 span.set_status(StatusCode.ERROR, "cas_retries_exhausted")
         for record, error in invalid:
-            span = self._events[record.offset]
+            span = self._events.get(record.offset)
+            if span is None or not span.is_recording():
+                continue
             span.set_attribute(OUTCOME, OutcomeKind.INVALID.value)
             span.set_attribute(REASON, error.reason.value)
             span.set_status(StatusCode.ERROR, error.reason.value)
@@ -139,6 +147,8 @@ class BatchTrace:
         """The batch is decided: outcomes on the event spans, and the dead letters and
         outcome messages with their event span's trace context (the one call the
         worker makes between applying a batch and writing its sinks)."""
+        if not self._events:
+            return list(dead), None if messages is None else list(messages)
         self.decided(settled, invalid)
         stamped = None if messages is None else self.outcome_messages(messages, settled, invalid)
         return self.dead_letters(dead), stamped
@@ -158,10 +168,13 @@ class BatchTrace:
         """``messages`` (``batch.outcome_messages``' order: the settled events, then the
         invalid records) with the trace context of each one's event span."""
         records = [record for record, _ in settled] + [record for record, _ in invalid]
+        events = self._events
         return [
             dataclasses.replace(
                 message, headers=self._headers(record.offset, message.headers or ())
             )
+            if record.offset in events
+            else message
             for message, record in zip(messages, records, strict=True)
         ]
 

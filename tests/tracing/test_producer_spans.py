@@ -111,9 +111,7 @@ async def test_a_republished_record_is_a_new_send_linked_to_the_context_it_carri
     [original] = await read_all(kafka_bootstrap, source)
     original_context = _carried(original.headers)
     headers = (*original.headers, ("tracestate", b"vendor=old"), ("x-app", b"kept"))
-    record = SourceRecord(
-        source, 0, original.offset, None, original.key, original.value, headers
-    )
+    record = SourceRecord(source, 0, original.offset, None, original.key, original.value, headers)
     kafka = AIOKafkaProducer(**producer_options(settings))
     await start_bounded(kafka, settings, "test republisher")
     try:
