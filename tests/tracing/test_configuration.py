@@ -12,9 +12,7 @@ import sys
 import uuid
 
 import pytest
-from aiohttp import web
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
@@ -23,6 +21,7 @@ from service.config import ConfigError, Settings
 from service.logging import find_clear_uuid, pseudonym
 from service.tracing import active, configure_tracing, install, shutdown_tracing
 from service.tracing.sdk import exporter_classes, from_environment
+from tests.tracing.conftest import OtlpReceiver
 
 OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",
@@ -165,53 +164,24 @@ def test_without_the_extra_tracing_is_off_and_logging_works() -> None:
 
 
 async def test_export_over_otlp_http_to_a_receiver_in_the_test(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver
 ) -> None:
     """As a user's collector would receive it: POST /v1/traces, protobuf, decoded here."""
-    received: list[ExportTraceServiceRequest] = []
-    content_types: list[str] = []
-
-    async def traces(request: web.Request) -> web.Response:
-        content_types.append(request.content_type)
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(await request.read())
-        received.append(message)
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("OTEL_SERVICE_NAME", "consumergen-otlp-test")
-        consumer = str(uuid.uuid4())
-        tracing = from_environment(b"otlp-key")
-        assert tracing is not None
-        with (
-            tracing.tracer.start_as_current_span(
-                "process events", kind=SpanKind.CONSUMER
-            ) as parent,
-            tracing.tracer.start_as_current_span(f"apply {consumer}") as child,
-        ):
-            child.set_attribute("consumer", consumer)
-        # The exporter is synchronous (its own thread): flush off the loop that serves it.
-        await asyncio.to_thread(tracing.shutdown)
-    finally:
-        await runner.cleanup()
-    assert content_types == ["application/x-protobuf"]
-    spans = [
-        (span, resource_spans.resource)
-        for message in received
-        for resource_spans in message.resource_spans
-        for scope in resource_spans.scope_spans
-        for span in scope.spans
-    ]
-    by_name = {span.name: (span, resource) for span, resource in spans}
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "consumergen-otlp-test")
+    consumer = str(uuid.uuid4())
+    tracing = from_environment(b"otlp-key")
+    assert tracing is not None
+    with (
+        tracing.tracer.start_as_current_span("process events", kind=SpanKind.CONSUMER) as parent,
+        tracing.tracer.start_as_current_span(f"apply {consumer}") as child,
+    ):
+        child.set_attribute("consumer", consumer)
+    # The exporter is synchronous (its own thread): flush off the loop that serves it.
+    await asyncio.to_thread(tracing.shutdown)
+    assert otlp_receiver.content_types == ["application/x-protobuf"]
+    by_name = {span.name: (span, resource) for span, resource in otlp_receiver.spans()}
     mine = pseudonym(consumer, b"otlp-key")
     assert set(by_name) == {"process events", f"apply {mine}"}
     child_span, resource = by_name[f"apply {mine}"]
@@ -221,6 +191,5 @@ async def test_export_over_otlp_http_to_a_receiver_in_the_test(
     assert child_span.span_id == child.get_span_context().span_id.to_bytes(8, "big")
     assert {a.key: a.value.string_value for a in child_span.attributes} == {"consumer": mine}
     assert parent_span.kind == parent_span.SPAN_KIND_CONSUMER
-    resource_attributes = {a.key: a.value.string_value for a in resource.attributes}
-    assert resource_attributes["service.name"] == "consumergen-otlp-test"
-    assert find_clear_uuid(str(received)) is None
+    assert resource["service.name"] == "consumergen-otlp-test"
+    assert find_clear_uuid(str(otlp_receiver.requests)) is None
