@@ -127,8 +127,6 @@ def reply_received(
     offset: int,
     headers: Headers | None,
     sent: SpanContext | None,
-    outcome: str | None = None,
-    reason: str | None = None,
 ) -> None:
     """The ``receive`` span of an outcome record: a child of the reply's trace context
     (the daemon's event span), linked to the send it answers; without a context in the
@@ -143,10 +141,6 @@ def reply_received(
     attributes = messaging("receive", "receive", topic)
     attributes[PARTITION] = str(partition)
     attributes[OFFSET] = offset
-    if outcome is not None:
-        attributes[OUTCOME] = outcome
-    if reason is not None:
-        attributes[REASON] = reason
     span = tracing.tracer.start_span(
         f"receive {topic}",
         context=parent,
