@@ -109,9 +109,7 @@ async def _run(args: argparse.Namespace, infra: Infra, receiver: Receiver) -> di
             saved = {name: os.environ.get(name) for name in env}
             os.environ.update(env)
             try:
-                done = await daemon_run(
-                    infra, topic, "sqlite", args.events, model, outcomes=True, label="tracing"
-                )
+                done = await _daemon_run(infra, topic, args.events, model)
             finally:
                 for name, value in saved.items():
                     if value is None:
@@ -146,6 +144,21 @@ async def _run(args: argparse.Namespace, infra: Infra, receiver: Receiver) -> di
     if not args.no_docs:
         write_docs(results, args)
     return results
+
+
+async def _daemon_run(infra: Infra, topic: str, events: int, model: Any) -> Any:
+    """One run; again once if the daemon could not bind a port (DaemonProcess picks its
+    two ports free but does not hold them, so another process may take one first)."""
+    for attempt in (1, 2):
+        try:
+            return await daemon_run(
+                infra, topic, "sqlite", events, model, outcomes=True, label="tracing"
+            )
+        except RuntimeError as exc:
+            if attempt == 2 or "address already in use" not in str(exc):
+                raise
+            say("the daemon could not bind its port (taken meanwhile): run again")
+    raise AssertionError("unreachable")
 
 
 def table(results: dict[str, Any]) -> str:
