@@ -25,6 +25,9 @@ from opentelemetry.util.types import Attributes
 
 from service.logging.redaction import Redactor
 
+#: The shortest text a UUID form can be (32 hex digits).
+_SHORTEST = 32
+
 
 class RedactingSpanExporter(SpanExporter):
     """Wraps ``inner``: every span it is given is redacted before ``inner`` sees it."""
@@ -32,6 +35,8 @@ class RedactingSpanExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, redactor: Redactor) -> None:
         self.inner = inner
         self._redactor = redactor
+        #: The last resource seen and its redacted copy (one per provider, in practice).
+        self._resource: tuple[Resource, Resource] | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return self.inner.export(self.redact(spans))
@@ -46,39 +51,53 @@ class RedactingSpanExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.inner.force_flush(timeout_millis)
 
+    def _text(self, text: str) -> str:
+        # Every UUID form is at least 32 characters: most names and values are shorter.
+        return text if len(text) < _SHORTEST else self._redactor.redact_text(text)
+
     def _span(self, span: ReadableSpan) -> ReadableSpan:
-        text = self._redactor.redact_text
         status = span.status
-        description = status.description
+        if status.description is not None:
+            status = Status(status.status_code, self._text(status.description))
         return ReadableSpan(
-            name=text(span.name),
+            name=self._text(span.name),
             context=span.context,
             parent=span.parent,
-            resource=self._resource(span.resource),
+            resource=self._resource_of(span.resource),
             attributes=self._attributes(span.attributes),
             events=[
-                Event(text(event.name), self._attributes(event.attributes), event.timestamp)
+                Event(self._text(event.name), self._attributes(event.attributes), event.timestamp)
                 for event in span.events
             ],
-            links=[Link(link.context, self._attributes(link.attributes)) for link in span.links],
+            links=[
+                link
+                if not link.attributes
+                else Link(link.context, self._attributes(link.attributes))
+                for link in span.links
+            ],
             kind=span.kind,
-            status=Status(status.status_code, None if description is None else text(description)),
+            status=status,
             start_time=span.start_time,
             end_time=span.end_time,
             instrumentation_scope=span.instrumentation_scope,
         )
 
-    def _resource(self, resource: Resource) -> Resource:
-        return Resource(self._attributes(resource.attributes) or {}, resource.schema_url)
+    def _resource_of(self, resource: Resource) -> Resource:
+        cached = self._resource
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        redacted = Resource(self._attributes(resource.attributes) or {}, resource.schema_url)
+        self._resource = (resource, redacted)
+        return redacted
 
     def _attributes(self, attributes: Attributes) -> dict[str, Any] | None:
         if attributes is None:
             return None
-        return {self._redactor.redact_text(k): self._value(v) for k, v in attributes.items()}
+        return {self._text(k): self._value(v) for k, v in attributes.items()}
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self._redactor.redact_text(value)
+            return self._text(value)
         if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
             return tuple(self._value(item) for item in value)
         return value
