@@ -10,30 +10,40 @@ the standard variables only: ``OTEL_TRACES_EXPORTER=otlp`` to an OTLP/HTTP recei
 this process (so the export, protobuf encoding and HTTP included, is paid by the daemon
 as with a real collector), ``OTEL_TRACES_SAMPLER=parentbased_always_on`` or
 ``parentbased_traceidratio`` with ``0.01``.  The backlog's producer does not trace, so
-each batch span is a root and the ratio applies to it, its event spans following.
-Every run is checked against the independent model.
+each batch span is a root and the ratio applies to it, its event spans following; in the
+last mode every record carries a ``traceparent`` (random ids, sampled one time in a
+hundred, as from producers tracing at 1%), so the daemon extracts each one, makes a span
+for each (recording 1%) and puts its context on each outcome record.  Every run is
+checked against the independent model.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import random
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 from benchmarks import report
 from benchmarks.backlog import _backlog
 from benchmarks.infra import Infra, machine_description
-from benchmarks.measure import daemon_run, write_json
+from benchmarks.measure import PARTITIONS, daemon_run, write_json
+from benchmarks.workload import Workload, encode
 
-MODES: dict[str, dict[str, str]] = {
-    "off": {},
-    "100%": {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
-    "1%": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+RATIO_1 = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+#: mode -> (the daemon's sampling variables, whether the backlog's records carry a context)
+MODES: dict[str, tuple[dict[str, str], bool]] = {
+    "off": ({}, False),
+    "100%": ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, False),
+    "1%": (RATIO_1, False),
+    "1%, producers tracing at 1%": (RATIO_1, True),
 }
 
 
@@ -95,9 +105,10 @@ async def _run(args: argparse.Namespace, infra: Infra, receiver: Receiver) -> di
     load_before = os.getloadavg()
     topic, model, rate = await _backlog(infra, args.events, args.consumers, args.seed)
     say(f"backlog of {args.events:,} events produced at {rate:,.0f} events/s")
+    traced_topic = await _traced_backlog(infra, args.events, args.consumers, args.seed)
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     for repeat in range(args.repeat):
-        for mode, variables in MODES.items():
+        for mode, (variables, carried) in MODES.items():
             env = {}
             if variables:
                 env = {
@@ -109,7 +120,8 @@ async def _run(args: argparse.Namespace, infra: Infra, receiver: Receiver) -> di
             saved = {name: os.environ.get(name) for name in env}
             os.environ.update(env)
             try:
-                done = await _daemon_run(infra, topic, args.events, model)
+                source = traced_topic if carried else topic
+                done = await _daemon_run(infra, source, args.events, model)
             finally:
                 for name, value in saved.items():
                     if value is None:
@@ -144,6 +156,31 @@ async def _run(args: argparse.Namespace, infra: Infra, receiver: Receiver) -> di
     if not args.no_docs:
         write_docs(results, args)
     return results
+
+
+async def _traced_backlog(infra: Infra, size: int, consumers: int, seed: int) -> str:
+    """The same backlog (same seed: the same events and model), each record with a
+    ``traceparent`` of random ids, sampled one time in a hundred."""
+    topic = await infra.new_topic(f"traced-{size}", PARTITIONS)
+    workload = Workload(consumers=consumers, seed=seed)
+    draw = random.Random(seed)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=infra.bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        for start in range(0, size, 5_000):
+            futures = []
+            for _ in range(min(5_000, size - start)):
+                key, value = encode(workload.next())
+                flags = "01" if draw.random() < 0.01 else "00"
+                parent = f"00-{draw.getrandbits(128):032x}-{draw.getrandbits(64):016x}-{flags}"
+                headers = [("traceparent", parent.encode())]
+                futures.append(await producer.send(topic, key=key, value=value, headers=headers))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return topic
 
 
 async def _daemon_run(infra: Infra, topic: str, events: int, model: Any) -> Any:
