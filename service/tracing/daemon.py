@@ -13,8 +13,9 @@ producer waiting for the reply closes the trace its send opened.
 The worker makes one ``BatchTrace`` per batch when ``service.tracing.active()`` says
 so, and none otherwise: with tracing off there is no work per event at all.  A record
 that carried no context in a batch whose span is not sampled gets no span and no
-headers either (nothing would be recorded or followed); a record that carried one gets
-its span even unsampled, so that its context reaches the reply.
+headers either (nothing would be recorded or followed); under a parent-based sampler (the
+default), a record whose context is not sampled gets no span of its own and its context
+is passed on as it came, so that the trace still reaches the reply.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
 
 from service.domain.outcomes import Outcome, OutcomeKind
 from service.sinks.base import DeadLetter, OutcomeMessage
@@ -89,10 +90,16 @@ class BatchTrace:
         self._context = trace.set_span_in_context(self._batch)
         batch_link = [Link(self._batch.get_span_context())]
         recording = self._batch.is_recording()
+        skip_unsampled = tracing.parent_based
         self._events: dict[int, Span] = {}
         for record, context, parent in zip(batch, contexts, carried, strict=True):
             if not parent.is_valid and not recording:
                 continue  # no trace to follow or to record: no span, no headers
+            if skip_unsampled and parent.is_valid and not parent.trace_flags.sampled:
+                # Nothing under it would be recorded: no span; its context goes on as it
+                # came (to the outcome record, the reply, the dead letter).
+                self._events[record.offset] = NonRecordingSpan(parent)
+                continue
             event = messaging("apply", "process", topic) | common
             event[OFFSET] = record.offset
             self._events[record.offset] = tracer.start_span(

@@ -44,7 +44,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler
 
 from service import __version__
 from service.config import ConfigError
@@ -63,12 +63,15 @@ DEFAULT_OTLP_PROTOCOL: Final = "http/protobuf"
 class Tracing:
     """The service's tracer, its provider, and the redactor for the pseudonyms it sets."""
 
-    __slots__ = ("provider", "redactor", "tracer")
+    __slots__ = ("parent_based", "provider", "redactor", "tracer")
 
     def __init__(self, provider: TracerProvider, redactor: Redactor) -> None:
         self.provider = provider
         self.redactor = redactor
         self.tracer: trace.Tracer = provider.get_tracer(SCOPE, __version__)
+        #: The sampler follows the parent's decision (``parentbased_*``, the default): a
+        #: child of an unsampled context is never recorded, so need not be made.
+        self.parent_based = isinstance(provider.sampler, ParentBased)
 
     def pseudonym(self, text: str) -> str:
         """``text`` (a UUID, or text holding one) with its UUIDs as the logs' pseudonyms."""
