@@ -1,5 +1,5 @@
-"""``python -m benchmarks e2e | latency | scaling | soak | hot-path | outcome-wait |
-backlog | tracing`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | latency | timeline | scaling | soak | hot-path |
+outcome-wait | backlog | tracing`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from benchmarks import (
     outcome_wait,
     scaling,
     soak,
+    timeline,
     tracing_cost,
 )
 
@@ -23,6 +24,9 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     e2e.add_arguments(commands.add_parser("e2e", help="throughput, ratios, latency, RSS"))
     latency.add_arguments(commands.add_parser("latency", help="latency alone at offered loads"))
+    timeline.add_arguments(
+        commands.add_parser("timeline", help="per-event boundary times next to the floor")
+    )
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
     hot_path.add_arguments(commands.add_parser("hot-path", help="CPU per event, stage by stage"))
@@ -39,6 +43,7 @@ def main() -> None:
     module = {
         "e2e": e2e,
         "latency": latency,
+        "timeline": timeline,
         "scaling": scaling,
         "soak": soak,
         "hot-path": hot_path,

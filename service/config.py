@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.domain.errors import ConfigurationError
@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(
         300_000, ge=1, description="Longest a daemon may go between fetches and stay a member."
     )
+    stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="/livez fails when the fetch loop has not polled, or an assigned, "
+        "unpaused partition with lag has not committed, for longer than this (a stall; "
+        "below the poll-interval limit, at which the consumer would leave its group).",
+    )
     liveness_stale_seconds: float = Field(
         30.0,
         gt=0,
@@ -164,7 +171,20 @@ class Settings(BaseSettings):
         description="Longest the broker holds a fetch for data (bounds an idle partition's delay).",
     )
     producer_linger_ms: int = Field(
-        5, ge=0, le=60_000, description="How long producers wait to fill a request."
+        0,
+        ge=0,
+        le=60_000,
+        description="How long producers wait to fill a request.  0: a lone record goes "
+        "at once (a request-reply loop pays any linger twice); records handed over while a "
+        "request is in flight still share the next one.",
+    )
+    timeline_file: Path | None = Field(
+        None,
+        description="Benchmarks: write wall-clock stamps of sampled events at each "
+        "boundary here when the daemon stops (service/daemon/timeline.py); off when unset.",
+    )
+    timeline_every: int = Field(
+        1, ge=1, description="With CONSUMERGEN_TIMELINE_FILE: stamp one event in N (by offset)."
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio", description="uvloop needs the 'fast' extra (service/event_loop.py)."
@@ -193,6 +213,19 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("stall_seconds")
+    @classmethod
+    def _stall_before_poll_limit(cls, value: float, info: ValidationInfo) -> float:
+        # A stall must be seen before aiokafka's own poll-interval limit makes the
+        # consumer leave its group (issue 21: a partition stood still until then).
+        limit = info.data.get("max_poll_interval_ms")
+        if limit is not None and value >= limit / 1000:
+            raise ValueError(
+                f"must be below {env_name('max_poll_interval_ms')} ({limit / 1000:g} s), "
+                "or the consumer leaves its group before a stall is seen"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.applier import Applier
+from service.apply.group import GroupCommit
 from service.config import Settings
 from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
@@ -30,16 +31,20 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
+from service.daemon.ports import Applies, DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.retries import install_retry_hooks
+from service.daemon.stalls import StallWatch
 from service.daemon.startup import start_clients, wait_for_schema
+from service.daemon.timeline import Timeline
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.dialects import dialect_for
 from service.store.engine import create_engine, describe_database
-from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.store.unit_of_work import GroupWriter, SqlUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +57,8 @@ class Daemon:
         settings: Settings,
         engine: AsyncEngine,
         metrics: DaemonMetrics | None = None,
+        *,
+        edges: DaemonEdges | None = None,
     ) -> None:
         install_retry_hooks()
         self.settings = settings
@@ -59,23 +66,22 @@ class Daemon:
         self.metrics = metrics or DaemonMetrics()
         self.readiness = Readiness(stale_after=settings.liveness_stale_seconds)
         self.metrics.bind_readiness(lambda: self.readiness.verdict()[0])
+        if settings.timeline_file is not None:
+            self.metrics.stages.timeline = Timeline(settings.timeline_file, settings.timeline_every)
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
         self.read_api: HttpServer | None = None
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
-        self.consumer = self._make_consumer()
-
-        self.producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
-        self.dead_letters = KafkaDeadLetterSink(settings, self.producer)
-        # Outcome records go to the outcomes topic (observers) and, for an event that
-        # asked, to its requester's reply partition: either needs the sink.
-        self.outcomes = (
-            KafkaOutcomeSink(settings.outcomes_topic, self.producer, settings.reply_topic)
-            if settings.outcomes_topic is not None or settings.reply_topic is not None
-            else None
-        )
+        #: SQLite's writer for group commit (None: another database, or fake edges).
+        self.group_writer: GroupWriter | None = None
+        edges = edges or self._kafka_edges()
+        self._new_consumer = edges.make_consumer
+        self.consumer = self._new_consumer()
+        self.producer = edges.producer
+        self.dead_letters = edges.dead_letters
+        self.outcomes = edges.outcomes
         self.pauses = Pauses(lambda: self.consumer)
         self.commits = CommitCoalescer(
             lambda offsets: self.consumer.commit(offsets),
@@ -84,7 +90,7 @@ class Daemon:
         )
         self.host = DaemonWorkerHost(
             config=WorkerConfig.from_settings(settings),
-            applier=Applier(SqlUnitOfWorkFactory(engine), settings),
+            applier=edges.applier,
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
             commits=self.commits,
@@ -109,7 +115,9 @@ class Daemon:
             reconnect=lambda: self._start_clients("after an outage"),
             subscribe=self._subscribe,
             stop=self._stop,
+            fatal=self.fatal,
         )
+        self.stalls = StallWatch(settings.stall_seconds)
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -120,6 +128,38 @@ class Daemon:
             metrics=self.metrics,
             online=self.outage.online.is_set,
             broker_lost=self.outage.lost,
+            stalls=self.stalls,
+        )
+
+    def _kafka_edges(self) -> DaemonEdges:
+        """The real edges: Kafka clients and sinks, the SQL applier on ``engine`` (on a
+        single-writer store, under group commit: the batches ready on several partitions
+        share one transaction, ``service.apply.group``)."""
+        settings = self.settings
+        producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
+        units = SqlUnitOfWorkFactory(self.engine)
+        plain = Applier(units, settings)
+        applier: Applies = plain
+        self.group_writer = dialect_for(self.engine.dialect.name).group_writer(settings)
+        if self.group_writer is not None:
+            applier = GroupCommit(
+                plain,
+                self.group_writer,
+                units.write_turn,
+                on_group=self.metrics.group_commit_batches.observe,
+            )
+        return DaemonEdges(
+            make_consumer=self._make_consumer,
+            producer=producer,
+            dead_letters=KafkaDeadLetterSink(settings, producer),
+            # Outcome records go to the outcomes topic (observers) and, for an event that
+            # asked, to its requester's reply partition: either needs the sink.
+            outcomes=(
+                KafkaOutcomeSink(settings.outcomes_topic, producer, settings.reply_topic)
+                if settings.outcomes_topic is not None or settings.reply_topic is not None
+                else None
+            ),
+            applier=applier,
         )
 
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -140,7 +180,7 @@ class Daemon:
         )
 
     def _renew_consumer(self) -> None:
-        self.consumer = self._make_consumer()
+        self.consumer = self._new_consumer()
 
     async def _start_clients(self, when: str) -> None:
         await start_clients(
@@ -237,6 +277,7 @@ class Daemon:
                 stop=self._stop,
                 fatal=self.fatal,
                 online=self.outage.online,
+                stalls=self.stalls,
             )
         finally:
             if watcher is not None:
@@ -259,10 +300,16 @@ class Daemon:
             await asyncio.wait_for(self.consumer.stop(), bound)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), bound)
+        if self.group_writer is not None:
+            await self.group_writer.close()
         if self.health is not None:
             self.health.stop()
         if self.read_api is not None:
             self.read_api.stop()
+        timeline = self.metrics.stages.timeline
+        if timeline is not None:
+            timeline.write()
+            log.info("timeline written", stamps=timeline.rows)
         log.info("daemon stopped")
 
     def _committed(self, tp: TopicPartition, offset: int) -> None:

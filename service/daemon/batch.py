@@ -108,8 +108,9 @@ def outcome_messages(
 ) -> list[OutcomeMessage]:
     """One outcome record per event, keyed by event id (no key when it was unreadable),
     with the reply route its record asked for on ``reply_topic`` (invalid records too,
-    when their headers could be read)."""
-    messages = []
+    when their headers could be read), in offset order: a partition's outcome records
+    leave in the order of its events, invalid ones included."""
+    messages: list[tuple[int, OutcomeMessage]] = []
     for record, outcome in settled:
         value = outcome_record(
             event_id=outcome.event_id,
@@ -125,7 +126,9 @@ def outcome_messages(
             state_after=outcome.state_after,
         )
         route = reply_route(record.headers, reply_topic)
-        messages.append(OutcomeMessage(outcome_key(outcome.event_id), value, route))
+        messages.append(
+            (record.offset, OutcomeMessage(outcome_key(outcome.event_id), value, route))
+        )
     for record, error in invalid:
         value = outcome_record(
             event_id=None,
@@ -139,8 +142,10 @@ def outcome_messages(
             processed_at=now,
             message=error.message,
         )
-        messages.append(OutcomeMessage(None, value, reply_route(record.headers, reply_topic)))
-    return messages
+        route = reply_route(record.headers, reply_topic)
+        messages.append((record.offset, OutcomeMessage(None, value, route)))
+    messages.sort(key=lambda pair: pair[0])
+    return [message for _, message in messages]
 
 
 #: A dead letter's value is read for its ``event_id`` only up to this size.

@@ -4,16 +4,23 @@ Fetching happens in one loop; each assigned partition has its own worker, so
 partitions progress concurrently while each stays strictly in offset order.  A
 partition whose worker has too much queued is paused at the consumer (backpressure),
 so that memory stays bounded and nothing is fetched in vain.
+
+Records of a fetch during which the group changed are handed out only where they are
+still current (``_still_current``): a partition revoked meanwhile is another member's
+now, and one revoked *and assigned again* was rewound to its committed offset, so
+its records come again; handing out the stale copy first would let its worker commit
+past records it has not processed yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from stamina.instrumentation import RetryDetails
 
@@ -22,6 +29,7 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
 from service.daemon.retries import retry_scope, retry_until_stopped
+from service.daemon.stalls import StallWatch
 
 log = structlog.get_logger(__name__)
 
@@ -39,15 +47,23 @@ async def fetch_loop(
     stop: asyncio.Event,
     fatal: Callable[[BaseException], None],
     online: asyncio.Event,
+    stalls: StallWatch | None = None,
 ) -> None:
     """Fetch and hand out until ``stop``; a fetch error that is not the infrastructure's
     (records aiokafka cannot decode arrive as ``UndecodableRecord`` values, so what is
     still raised is the broker's "not now" or a bug) stops the daemon (``fatal``).
-    Fetching waits while ``online`` is clear (``service.daemon.outage``)."""
+    Fetching waits while ``online`` is clear (``service.daemon.outage``).  Each poll is
+    told to ``stalls`` (a fetch loop that stops polling is a stall: ``daemon.stalls``)."""
 
-    async def fetch() -> Fetched:
+    def polled() -> None:
+        if stalls is not None:
+            stalls.polled(time.monotonic())
+
+    async def fetch() -> tuple[int, Fetched]:
         await online.wait()  # the clients are parked while the broker is gone
         current = consumer()
+        changes = membership.changes
+        polled()
         try:
             batches: Fetched = await metrics.stages.timed(
                 "fetch",
@@ -55,9 +71,10 @@ async def fetch_loop(
             )
         except ConsumerStoppedError:
             if current is not consumer():
-                return {}  # parked during the fetch: nothing was handed out
+                return changes, {}  # parked during the fetch: nothing was handed out
             raise
-        return batches
+        polled()
+        return changes, batches
 
     def retrying(details: RetryDetails) -> None:
         error = details.caused_by
@@ -73,7 +90,7 @@ async def fetch_loop(
     while not stop.is_set():
         try:
             with retry_scope(metrics, "fetch", retrying):
-                fetched, batches = await retry_until_stopped(
+                fetched, result = await retry_until_stopped(
                     fetch,
                     stop=stop,
                     wait_initial=settings.infra_retry_wait_initial_seconds,
@@ -88,12 +105,35 @@ async def fetch_loop(
             )
             fatal(exc)
             return
-        if not fetched or batches is None:
+        if not fetched or result is None:
             return
+        changes, batches = result
+        changed = changes != membership.changes
         for tp, records in batches.items():
             worker = membership.workers.get(tp)
             if worker is None:  # revoked while the fetch was in flight
                 continue
+            if changed and not await _still_current(consumer(), tp, records, settings):
+                continue  # assigned again while the fetch was in flight: read again
             worker.feed(records)
             if worker.backlog >= high_water:
                 pauses.pause(tp, "backpressure")
+
+
+async def _still_current(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    records: list[ConsumerRecord],
+    settings: Settings,
+) -> bool:
+    """Are ``records`` from the consumer's current assignment of ``tp``, its position
+    past them?  Not when ``tp`` was assigned again meanwhile: its position went back to
+    the committed offset, at or before these records, which come again from there (the
+    position is valid at once, or still being reset: then this waits at most the
+    request timeout); nor when ``tp`` is no longer assigned.  (Past, not right after:
+    under ``read_committed`` a transaction marker may follow the last record.)"""
+    try:
+        position = await asyncio.wait_for(consumer.position(tp), settings.request_timeout_seconds)
+    except (IllegalStateError, KafkaError, TimeoutError):
+        return False
+    return bool(position > records[-1].offset)

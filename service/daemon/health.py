@@ -44,6 +44,9 @@ class Readiness:
     last_beat: float | None = None
     #: How old that heartbeat may be before /livez fails (the loop is wedged).
     stale_after: float = 30.0
+    #: What stands still for longer than the stall bound (``daemon.stalls``): "fetch
+    #: loop" and partition labels; /livez fails while any does.
+    stalled: tuple[str, ...] = ()
 
     @property
     def paused(self) -> set[str]:
@@ -76,17 +79,23 @@ class Readiness:
         }
 
     def live_verdict(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
-        """Alive while the event loop's heartbeat is fresh (read off the loop)."""
+        """Alive while the event loop's heartbeat is fresh (read off the loop) and
+        nothing stands still (``stalled``, written by the loop's probes)."""
+        stalled = list(self.stalled)  # one consistent copy (the loop may be writing)
         beat = self.last_beat
+        detail: dict[str, Any]
         if beat is None:
-            return True, {"alive": True, "heartbeat_age_seconds": None}
-        age = (time.monotonic() if now is None else now) - beat
-        alive = age <= self.stale_after
-        return alive, {
-            "alive": alive,
-            "heartbeat_age_seconds": round(age, 3),
-            "stale_after_seconds": self.stale_after,
-        }
+            detail = {"alive": not stalled, "heartbeat_age_seconds": None}
+        else:
+            age = (time.monotonic() if now is None else now) - beat
+            detail = {
+                "alive": age <= self.stale_after and not stalled,
+                "heartbeat_age_seconds": round(age, 3),
+                "stale_after_seconds": self.stale_after,
+            }
+        if stalled:
+            detail["stalled"] = stalled
+        return bool(detail["alive"]), detail
 
 
 class HealthServer(HttpServer):

@@ -36,11 +36,15 @@ class Membership:
         self._metrics = metrics
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = revoke_grace
+        #: Bumped at every assignment and revocation: a fetch that saw it change while in
+        #: flight checks its records are still current (``service.daemon.fetch``).
+        self.changes = 0
 
     def listener(self) -> ConsumerRebalanceListener:
         return _Rebalance(self)
 
     def adopt(self, assigned: list[TopicPartition]) -> None:
+        self.changes += 1
         for tp in assigned:
             if tp not in self.workers:
                 worker = PartitionWorker(self.host, tp)
@@ -53,6 +57,7 @@ class Membership:
         """Finish (or abandon, after ``grace``: ``revoke_grace`` unless given) the in-flight
         batch of each revoked partition; each batch commits its own offset when durable,
         so what is done is committed before the partitions go."""
+        self.changes += 1
         workers = [self.workers.pop(tp) for tp in revoked if tp in self.workers]
         wait = self.revoke_grace if grace is None else min(grace, self.revoke_grace)
         clean = await asyncio.gather(*(w.stop(wait) for w in workers))

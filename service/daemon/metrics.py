@@ -150,6 +150,13 @@ class DaemonMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
+        self.group_commit_batches = Histogram(
+            "consumergen_group_commit_batches",
+            "Batches (of as many partitions) per group-commit transaction, on a "
+            "single-writer store (service.apply.group).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "consumergen_batch_duration_seconds",
             "Time from taking a batch to committing its offset.",
@@ -178,6 +185,18 @@ class DaemonMetrics:
         )
         self.assigned_partitions = Gauge(
             "consumergen_assigned_partitions", "Partitions assigned to this daemon.", registry=r
+        )
+        self.stalled_partitions = Gauge(
+            "consumergen_stalled_partitions",
+            "Assigned, unpaused partitions with lag that have not committed for longer than "
+            "CONSUMERGEN_STALL_SECONDS (service.daemon.stalls); /livez fails meanwhile.",
+            registry=r,
+        )
+        self.fetch_loop_stalled = Gauge(
+            "consumergen_fetch_loop_stalled",
+            "1 while the fetch loop has not polled for longer than CONSUMERGEN_STALL_SECONDS "
+            "(the broker not being away); /livez fails meanwhile.",
+            registry=r,
         )
         self.batches_in_progress = Gauge(
             "consumergen_batches_in_progress",

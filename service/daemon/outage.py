@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer
 
 from service.config import Settings
 from service.daemon.membership import Membership
+from service.kafka.clients import close_quietly
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,7 @@ class BrokerOutage:
         reconnect: Callable[[], Awaitable[None]],
         subscribe: Callable[[], None],
         stop: asyncio.Event,
+        fatal: Callable[[BaseException], None],
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -58,15 +60,33 @@ class BrokerOutage:
         self._reconnect = reconnect
         self._subscribe = subscribe
         self._stop = stop
+        self._fatal = fatal
         #: Set while the consumer is started and subscribed (fetching may go on).
         self.online = asyncio.Event()
         self._parking: asyncio.Task[None] | None = None
+        #: Old consumers still stopping in the background (kept referenced).
+        self._closing: set[asyncio.Future[None]] = set()
 
     def lost(self) -> None:
         """The probe found the broker gone: park, unless already parked."""
         if self._parking is None or self._parking.done():
             self.online.clear()
             self._parking = asyncio.create_task(self._park(), name="broker-outage")
+            self._parking.add_done_callback(self._parked)
+
+    def _parked(self, parking: asyncio.Task[None]) -> None:
+        """A parking that ended otherwise than by returning or by ``close`` would leave
+        the clients parked for good, the fetch loop waiting on ``online``: a bug, which
+        stops the daemon loudly rather than leave it standing still."""
+        if self._stop.is_set():
+            return
+        if parking.cancelled():
+            self._fatal(RuntimeError("the broker outage's parking was cancelled"))
+        elif parking.exception() is not None:
+            exc = parking.exception()
+            assert exc is not None
+            log.error("parking the Kafka clients failed", error_class=type(exc).__name__)
+            self._fatal(exc)
 
     async def _park(self) -> None:
         bound = self.settings.request_timeout_seconds
@@ -79,8 +99,17 @@ class BrokerOutage:
         await self._drop_producer()
         old = self._consumer()
         self._renew_consumer()
-        with contextlib.suppress(Exception):  # leaving the group cannot reach anyone
-            await asyncio.wait_for(old.stop(), bound)
+        # Leaving the group cannot reach anyone.  The stop is shielded: cut short, it
+        # would leave the old consumer's heartbeat and fetch tasks running, a member
+        # of the group that never fetches; it goes on in the background instead (its
+        # requests are bounded by aiokafka's own timeout).  ``close_quietly``: aiokafka's
+        # stop may end cancelled by itself, which must not end this parking (issue 21:
+        # the clients were then never reconnected).
+        stopping = asyncio.ensure_future(close_quietly(old))
+        self._closing.add(stopping)
+        stopping.add_done_callback(self._closing.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(stopping), bound)
         log.warning("broker gone: Kafka clients parked, reconnecting with backoff")
         await self._reconnect()
         if self._stop.is_set():
@@ -90,7 +119,10 @@ class BrokerOutage:
         log.info("broker back: consumer rejoining the group")
 
     async def close(self) -> None:
-        """At shutdown: end a parking in progress (its reconnect returns on the stop)."""
+        """At shutdown: end a parking in progress (its reconnect returns on the stop),
+        and let old consumers still stopping finish within the request timeout."""
         if self._parking is not None:
             self._parking.cancel()
             await asyncio.gather(self._parking, return_exceptions=True)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=self.settings.request_timeout_seconds)

@@ -34,6 +34,10 @@ class Pauses:
         if not reasons and tp in consumer.assignment():
             consumer.resume(tp)
 
+    def is_paused(self, tp: TopicPartition) -> bool:
+        """Held by any reason (a paused partition is not a stall: ``daemon.stalls``)."""
+        return bool(self._reasons.get(tp))
+
     def forget(self, tp: TopicPartition) -> None:
         """The partition was revoked: its reasons go with it."""
         self._reasons.pop(tp, None)

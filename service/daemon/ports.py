@@ -6,11 +6,11 @@ tests can implement the protocol without the worker's machinery.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.config import Settings
 from service.daemon.metrics import DaemonMetrics
@@ -92,3 +92,37 @@ class WorkerHost(Protocol):
     def fatal(self, exc: BaseException) -> None:
         """A bug: stop the whole daemon."""
         ...
+
+
+class ProducerLifecycle(Protocol):
+    """The sinks' producer as the daemon drives it (``KafkaProducerHandle``)."""
+
+    async def start(self) -> None:
+        """Connect; raise ``service.kafka.clients.BrokerUnavailable`` when it cannot."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def stop_quietly(self) -> None: ...
+
+    async def abandon(self) -> None:
+        """The broker is gone: drop the producer without flushing (``daemon.outage``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonEdges:
+    """Everything the daemon talks to besides its database's schema and probe: the
+    consumer (a fresh one per call: a stopped aiokafka consumer cannot start again), the
+    sinks' producer, the sinks and the applier.
+
+    ``Daemon`` builds the real ones (Kafka, the SQL applier) unless given these; the fast
+    tests give fakes (``service.testing.fake_kafka``) and so run the whole daemon, fetch
+    loop, membership, pauses, outages and commits included, without a broker.
+    """
+
+    make_consumer: Callable[[], AIOKafkaConsumer]
+    producer: ProducerLifecycle
+    dead_letters: DeadLetterSink
+    outcomes: OutcomeSink | None
+    applier: Applies

@@ -1,14 +1,16 @@
-"""Probes: can the broker and the database be reached at all, and how far behind is
-each partition.  Readiness must drop even when no event is flowing."""
+"""Probes: can the broker and the database be reached at all, how far behind is each
+partition, and does anything stand still (``service.daemon.stalls``).  Readiness must
+drop even when no event is flowing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +20,7 @@ from service.daemon.health import Readiness
 from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
+from service.daemon.stalls import PartitionView, StallWatch
 from service.store.engine import read_only
 from service.store.errors import describe, is_transient
 
@@ -37,6 +40,7 @@ class Probes:
         metrics: DaemonMetrics,
         online: Callable[[], bool],
         broker_lost: Callable[[], None],
+        stalls: StallWatch,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -47,6 +51,7 @@ class Probes:
         self._metrics = metrics
         self._online = online
         self._broker_lost = broker_lost
+        self._stalls = stalls
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Every ``probe_interval_seconds`` until ``stop``: the broker, the database, the lag."""
@@ -59,6 +64,7 @@ class Probes:
             await self.probe_database()
             if self._online():
                 await self.refresh_lag()
+            await self.check_stalls()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -120,3 +126,48 @@ class Probes:
                 self._metrics.lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, high - worker.committed)
                 )
+
+    async def check_stalls(self) -> None:
+        """Publish what stands still (``service.daemon.stalls``): /livez, the gauges, a
+        log line when a stall begins."""
+        online = self._online()
+        views = await self._partition_views() if online else {}
+        now = time.monotonic()
+        fetch_stalled = self._stalls.fetch_loop_stalled(now, online=online)
+        partitions = self._stalls.stalled_partitions(now, views)
+        stalled = (("fetch loop",) if fetch_stalled else ()) + tuple(
+            f"{tp.topic}/{tp.partition}" for tp in partitions
+        )
+        for what in sorted(set(stalled) - set(self._readiness.stalled)):
+            log.error(
+                "stalled: failing /livez so that the process is restarted",
+                stalled=what,
+                bound_seconds=self._stalls.bound,
+            )
+        self._readiness.stalled = stalled
+        self._metrics.stalled_partitions.set(len(partitions))
+        self._metrics.fetch_loop_stalled.set(1 if fetch_stalled else 0)
+
+    async def _partition_views(self) -> dict[TopicPartition, PartitionView]:
+        """Each assigned partition's committed offset (the worker's), end offset (the
+        consumer's high watermark; asked of the broker for a partition not fetched yet,
+        which is what a stalled one may be) and whether it is paused."""
+        consumer = self._consumer()
+        workers = dict(self._membership.workers)
+        ends = {tp: consumer.highwater(tp) for tp in workers}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:
+            with contextlib.suppress(KafkaError, TimeoutError, OSError):
+                asked = await asyncio.wait_for(
+                    consumer.end_offsets(unknown), self.settings.request_timeout_seconds
+                )
+                ends.update(asked)
+        return {
+            tp: PartitionView(
+                owner=worker,
+                committed=worker.committed,
+                end=ends.get(tp),
+                paused=self._pauses.is_paused(tp),
+            )
+            for tp, worker in workers.items()
+        }

@@ -22,6 +22,7 @@ from stamina.instrumentation import RetryDetails
 from service.config import Settings
 from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
+from service.daemon.ports import ProducerLifecycle
 from service.daemon.retries import retry_scope, retry_until_stopped
 from service.kafka import tls
 from service.kafka.clients import (
@@ -30,7 +31,6 @@ from service.kafka.clients import (
     close_quietly,
     start_bounded,
 )
-from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.durability import check_durability
 from service.store.errors import describe, is_transient
 from service.store.migrate import ensure_schema_current
@@ -89,7 +89,7 @@ async def wait_for_schema(
 async def start_clients(
     settings: Settings,
     *,
-    producer: KafkaProducerHandle,
+    producer: ProducerLifecycle,
     consumer: Callable[[], AIOKafkaConsumer],
     renew_consumer: Callable[[], None],
     readiness: Readiness,

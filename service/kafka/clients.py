@@ -142,8 +142,10 @@ def producer_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
     ``acks="all"`` with idempotence: a write is acknowledged only once every in-sync
     replica has it, and a retried send can neither be lost nor written twice by the
-    producer itself.  A short linger (``CONSUMERGEN_PRODUCER_LINGER_MS``) lets concurrent
-    sends share a request.
+    producer itself.  No linger by default (``CONSUMERGEN_PRODUCER_LINGER_MS`` 0): an
+    event's loop crosses two producers (the application's, the daemon's outcome
+    records), so a linger is paid twice on the critical path, while under load the
+    records handed over during a request in flight are batched into the next anyway.
     """
     options = client_options(settings)
     options.update(
@@ -184,10 +186,21 @@ async def start_bounded(client: Any, settings: Settings, what: str) -> None:
 
 
 async def close_quietly(client: Any) -> None:
-    """Producers and consumers ``stop()``, the admin client ``close()``s."""
+    """Producers and consumers ``stop()``, the admin client ``close()``s.
+
+    aiokafka's consumer ``stop`` may itself end with ``CancelledError`` while nobody
+    cancelled the caller (its fetcher awaits a request task it cancelled, when the
+    broker is gone: aio-libs/aiokafka#647); the client is closed all the same, and that
+    cancellation is not the caller's, so it stops here.  A cancellation of the caller
+    still propagates."""
     closer = getattr(client, "stop", None) or client.close
     try:
         await closer()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("kafka_client_close_cancelled_itself")
     except Exception as exc:  # closing a half-started client: nothing more to do
         log.debug("kafka_client_close_failed", error=type(exc).__name__)
 

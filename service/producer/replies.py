@@ -130,8 +130,15 @@ class ReplyListener:
 
     async def start(self) -> None:
         """Assign the partition and fix the position at its end (before any request)."""
+        # A reply is never held: the broker answers a fetch as soon as one byte is there
+        # (``fetch_min_bytes``), and with one partition assigned the next fetch goes out
+        # the moment a reply is handed over, so ``fetch_max_wait_ms`` only bounds an idle
+        # long poll (aiokafka holds back a partition only while another of the same
+        # broker's fetches is in flight, and this reader has one partition).
         consumer = AIOKafkaConsumer(
-            **consumer_options(self.settings, group_id=None, enable_auto_commit=False)
+            **consumer_options(
+                self.settings, group_id=None, enable_auto_commit=False, fetch_min_bytes=1
+            )
         )
         await start_bounded(consumer, self.settings, "reply consumer")
         try:

@@ -11,6 +11,8 @@ For this project's tests and benchmarks and for anyone testing code around the s
   the model checks; ``polling``: wait for a condition with a deadline.
 - ``daemon_process``: the daemon as a real OS process (signals, health port, logs, RSS).
 - ``processes``: who is alive, whose children are whose (Linux /proc).
+- ``fake_kafka``, ``fake_edges``: the whole daemon over a fake broker, memory sinks and a
+  fake applier, no broker (the fast invariant tests: tests/unit/test_daemon_invariants.py).
 
 Nothing here imports pytest, and the service itself never imports this package
 (tests/unit/test_architecture.py checks both).  A free TCP port:

@@ -1,4 +1,5 @@
-"""/livez follows the event loop: a wedged loop fails it, a released one recovers.
+"""/livez follows the event loop: a wedged loop fails it, a released one recovers; and a
+wedged fetch loop fails it too (a stall: ``service.daemon.stalls``).
 
 A real daemon process, its loop stalled by the test hook (SIGUSR1 with
 ``CONSUMERGEN_TEST_STALL_LOOP_SECONDS`` set makes the loop ``time.sleep``); the probe is
@@ -12,12 +13,13 @@ import json
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from service.daemon.health import Readiness
 from service.daemon.liveness import STALL_HOOK_VARIABLE
 from service.store.migrate import upgrade
-from service.testing.daemon import Topics
+from service.testing.daemon import Topics, daemon_settings, running_daemon
 from service.testing.daemon_process import DaemonProcess
 from service.testing.polling import poll
 
@@ -107,3 +109,44 @@ def test_live_verdict_reads_the_heartbeat_age() -> None:
     assert alive and body["heartbeat_age_seconds"] == 1.0
     alive, body = readiness.live_verdict(now=101.5)
     assert not alive and body["alive"] is False and body["stale_after_seconds"] == 2.0
+
+
+async def test_livez_fails_when_the_fetch_loop_stops_polling(
+    kafka_bootstrap: str, sqlite_url: str, topics: Topics
+) -> None:
+    """The loop beats, the broker and the database answer, /readyz says 200; but the
+    fetch loop is wedged (its consumer's fetch never returns): a stall, which fails
+    /livez and shows in consumergen_fetch_loop_stalled (``service.daemon.stalls``)."""
+    settings = daemon_settings(kafka_bootstrap, sqlite_url, topics, stall_seconds=2.0)
+    async with running_daemon(settings, health=True) as daemon:
+        await poll(lambda: daemon.readiness.verdict()[0], 60, "ready")
+        assert daemon.health is not None
+        port = daemon.health.port
+        assert (await _get(port, "/livez"))[0] == 200
+        wedged = asyncio.Event()
+
+        async def never_returns(*args: object, **kwargs: object) -> dict[object, object]:
+            wedged.set()
+            await asyncio.Event().wait()
+            return {}
+
+        daemon.consumer.getmany = never_returns  # the next fetch hangs for good
+        await poll(wedged.is_set, 30, "the fetch loop in the wedged fetch")
+
+        async def dead() -> bool:
+            return (await _get(port, "/livez"))[0] == 503
+
+        await poll(dead, 30, "/livez failing")
+        _, body = await _get(port, "/livez")
+        assert json.loads(body)["stalled"] == ["fetch loop"]
+        assert daemon.readiness.verdict()[0], "a stall is not a readiness matter"
+        _, metrics = await _get(port, "/metrics")
+        assert "consumergen_fetch_loop_stalled 1.0" in metrics
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return response.status, await response.text()

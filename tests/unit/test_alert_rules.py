@@ -28,6 +28,8 @@ REQUIRED = {
     "dead letters": "consumergen_dead_lettered_total",
     "not ready": "consumergen_ready",
     "infrastructure failures": "consumergen_infrastructure_failures_total",
+    "stalled partitions": "consumergen_stalled_partitions",
+    "stalled fetch loop": "consumergen_fetch_loop_stalled",
 }
 
 

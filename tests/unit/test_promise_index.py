@@ -27,6 +27,7 @@ SECTIONS = (
     "Logging",
     "Configuration",
     "Scale",
+    "Stalls",
 )
 
 
