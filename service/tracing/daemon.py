@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
 
@@ -157,7 +158,7 @@ class BatchTrace:
         if not self._events:
             return list(dead), None if messages is None else list(messages)
         self.decided(settled, invalid)
-        stamped = None if messages is None else self.outcome_messages(messages, settled, invalid)
+        stamped = None if messages is None else self.outcome_messages(messages)
         return self.dead_letters(dead), stamped
 
     def _headers(
@@ -166,24 +167,20 @@ class BatchTrace:
         span = self._events[offset]
         return inject(without_trace_context(headers), trace.set_span_in_context(span))
 
-    def outcome_messages(
-        self,
-        messages: Sequence[OutcomeMessage],
-        settled: Sequence[tuple[ConsumerRecord, Outcome]],
-        invalid: Sequence[tuple[ConsumerRecord, InvalidEvent]],
-    ) -> list[OutcomeMessage]:
-        """``messages`` (``batch.outcome_messages``' order: the settled events, then the
-        invalid records) with the trace context of each one's event span."""
-        records = [record for record, _ in settled] + [record for record, _ in invalid]
+    def outcome_messages(self, messages: Sequence[OutcomeMessage]) -> list[OutcomeMessage]:
+        """``messages`` with the trace context of each one's event span.  A message is
+        matched to its record by the source offset the outcome record names (the batch
+        is one partition's), not by its place in the list, which the worker may order or
+        filter as it needs."""
         events = self._events
-        return [
-            dataclasses.replace(
-                message, headers=self._headers(record.offset, message.headers or ())
-            )
-            if record.offset in events
-            else message
-            for message, record in zip(messages, records, strict=True)
-        ]
+        stamped = []
+        for message in messages:
+            offset = orjson.loads(message.value)["source"]["offset"]
+            if offset in events:
+                headers = self._headers(offset, message.headers or ())
+                message = dataclasses.replace(message, headers=headers)
+            stamped.append(message)
+        return stamped
 
     def dead_letters(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         """``letters`` with the trace context of their event's span in place of the one
