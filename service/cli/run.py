@@ -9,7 +9,7 @@ from typing import Any
 import click
 import structlog
 
-from service.cli._common import EXIT_USAGE, settings_from, start_tracing
+from service.cli._common import EXIT_USAGE, settings_from
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -52,10 +52,12 @@ def command(
         database_url=database_url,
         health_port=health_port,
     )
+    from service.cli._common import start_tracing
     from service.logging import configure_logging
 
+    start_tracing(ctx, settings)  # traces by the OTEL_* variables (README, Tracing)
+
     configure_logging(settings)  # again: the options above may have changed the settings
-    start_tracing(ctx, settings)
     if local:
         raise SystemExit(_run_local(settings))
     raise SystemExit(_on_loop(settings, _run(settings)))

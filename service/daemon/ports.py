@@ -6,6 +6,7 @@ tests can implement the protocol without the worker's machinery.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -27,23 +28,23 @@ class WorkerConfig:
     """The settings a worker reads."""
 
     batch_max_events: int
+    #: The consumer group, as the batch spans name it (``service.tracing.daemon``).
+    group_id: str | None = dataclasses.field(default=None, kw_only=True)
     max_event_bytes: int
     retry_wait_initial: float
     retry_wait_max: float
     #: The one topic the outcomes sink may send replies to (``contract.replies``).
     reply_topic: str | None = None
-    #: The consumer group, as the batch spans name it (``service.tracing.daemon``).
-    group_id: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
         return cls(
             batch_max_events=settings.batch_max_events,
+            group_id=settings.group_id,
             max_event_bytes=settings.max_event_bytes,
             retry_wait_initial=settings.infra_retry_wait_initial_seconds,
             retry_wait_max=settings.infra_retry_wait_max_seconds,
             reply_topic=settings.reply_topic,
-            group_id=settings.group_id,
         )
 
 

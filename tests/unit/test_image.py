@@ -195,15 +195,6 @@ def test_the_lock_pins_every_runtime_dependency_within_its_range_with_hashes() -
         assert dev not in pins, dev
 
 
-def test_the_build_lock_pins_the_build_backend() -> None:
-    text = (ROOT / "requirements-build.lock").read_text()
-    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-    for line in requires:
-        name = canonicalize_name(Requirement(line).name)
-        assert re.search(rf"^{re.escape(name)}==\S+ \\$", text, re.M), name
-    assert "--hash=sha256:" in text
-
-
 def test_the_lock_pins_the_traces_extra_so_the_image_can_trace() -> None:
     """Tracing stays off in the image until OTEL_TRACES_EXPORTER names an exporter
     (compose.yaml's daemon does); the SDK must be there for that."""
@@ -218,3 +209,12 @@ def test_the_lock_pins_the_traces_extra_so_the_image_can_trace() -> None:
         version, hashed = pins[name]
         assert requirement.specifier.contains(version), f"{name}=={version} vs {line}"
         assert hashed, name
+
+
+def test_the_build_lock_pins_the_build_backend() -> None:
+    text = (ROOT / "requirements-build.lock").read_text()
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    for line in requires:
+        name = canonicalize_name(Requirement(line).name)
+        assert re.search(rf"^{re.escape(name)}==\S+ \\$", text, re.M), name
+    assert "--hash=sha256:" in text
