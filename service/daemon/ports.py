@@ -6,7 +6,6 @@ tests can implement the protocol without the worker's machinery.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -28,8 +27,6 @@ class WorkerConfig:
     """The settings a worker reads."""
 
     batch_max_events: int
-    #: The consumer group, as the batch spans name it (``service.tracing.daemon``).
-    group_id: str | None = dataclasses.field(default=None, kw_only=True)
     max_event_bytes: int
     retry_wait_initial: float
     retry_wait_max: float
@@ -46,6 +43,10 @@ class WorkerConfig:
             retry_wait_max=settings.infra_retry_wait_max_seconds,
             reply_topic=settings.reply_topic,
         )
+
+    #: The consumer group, as the batch spans name it (``service.tracing.daemon``); a
+    #: field like those above, the last one.
+    group_id: str | None = None
 
 
 class Applies(Protocol):
