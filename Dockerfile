@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
 # The daemon's image (compose.yaml, deploy/): two stages, so the runtime has no
-# compiler, pip cache or build tools, only a virtualenv of pinned, hash-checked wheels.
-#   docker build --build-arg VERSION=$(git describe --tags --always) -t consumergen .
+# compiler, pip, setuptools, wheel or build tools, only a virtualenv of pinned,
+# hash-checked wheels.  Build it with a PEP 440 version that setuptools-scm derives from
+# git on the host (the context has no .git): on a tag v1.2.3 it is 1.2.3, between tags
+# 1.2.4.devN+gHASH, on a clone without tags 0.1.0.devN+gHASH (README, Deploying):
+#   docker build --build-arg VERSION="$(.venv/bin/python -m setuptools_scm)" -t consumergen .
+# (`git describe` is no such version: "69a005c" and "v1.2.3-4-gHASH" fail the build.)
 # Dependencies come from requirements.lock (scripts/lock writes it with uv: one universal
 # lock for amd64 and arm64 made on any machine; see scripts/lock for why uv).  The image
 # installs it with plain pip --require-hashes, so uv is not needed here.
@@ -23,18 +27,24 @@ COPY service ./service
 # The build context has no .git (.dockerignore): the version is passed in, else
 # setuptools-scm's fallback (pyproject.toml) is used.
 ARG VERSION=0.1.0.dev0
+# The last install into /opt/venv: then its own pip and setuptools go (the service
+# never installs anything at run time, and a scanner should find no installer in it).
 RUN SETUPTOOLS_SCM_PRETEND_VERSION_FOR_CONSUMER_GENERATION_SERVICE="${VERSION}" \
     /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-deps /wheels/*.whl
+ && /opt/venv/bin/pip install --no-deps /wheels/*.whl \
+ && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel
 
 FROM ${PYTHON_IMAGE} AS runtime
 # A numeric user (10001, outside any distribution's range): Kubernetes' runAsNonRoot
 # can only verify a numeric USER.  /data is its writable volume and the default SQLite
 # location; everything else may be read-only (deploy/ sets readOnlyRootFilesystem).
+# The base image's own pip, setuptools and wheel (and ensurepip's copies) go too.
 RUN groupadd --system --gid 10001 consumergen \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin consumergen \
- && install -d -o 10001 -g 10001 -m 0750 /data
+ && install -d -o 10001 -g 10001 -m 0750 /data \
+ && python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
+ && rm -rf /usr/local/lib/python3*/ensurepip/_bundled
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -51,12 +51,18 @@ class Settings(BaseSettings):
     outcomes_topic: str | None = Field(
         None, description="Optional topic receiving one outcome record per event."
     )
-    reply_topic: str | None = Field(
-        None,
-        min_length=1,
-        description="Topic of request-reply outcomes: the daemon sends an event's outcome "
-        "to the partition its kafka_replyPartition header names (only on this topic); "
-        "producers that wait for outcomes read their own partition of it.",
+    reply_topic: str = Field(
+        "",
+        description="Topic of request-reply outcomes, shared by the daemon and every "
+        "producer; empty or unset: TOPIC.replies. The daemon sends an event's outcome to "
+        "the partition its kafka_replyPartition header names; producers that wait for "
+        "outcomes read their own partition of it. `topics create` creates it.",
+    )
+    allowed_reply_topics: str = Field(
+        "",
+        description="Further topics the daemon may reply to, comma-separated, besides "
+        "REPLY_TOPIC. A request naming any other topic gets no reply (its outcome record "
+        "still goes to the outcomes topic) and counts in consumergen_replies_refused_total.",
     )
     outcome_wait_seconds: float = Field(
         30.0, gt=0, description="How long a producer waits for an outcome by default."
@@ -205,8 +211,25 @@ class Settings(BaseSettings):
     )
     read_api_token: SecretStr | None = Field(
         None,
-        description="When set, GET /v1/consumers/{uuid} requires 'Authorization: Bearer' "
-        "with it (the probes and /metrics stay open).",
+        description="The bearer token producers send to the read API; the daemon accepts "
+        "it too. When any token is configured, GET /v1/consumers/{uuid} requires "
+        "'Authorization: Bearer' with one of them (the probes and /metrics stay open).",
+    )
+    read_api_tokens: SecretStr | None = Field(
+        None,
+        description="More tokens the read API accepts, comma-separated (rotation: the old "
+        "and the new one at once).",
+    )
+    read_api_tokens_file: Path | None = Field(
+        None,
+        description="A file of tokens the read API accepts, one a line ('#' comments); "
+        "re-read when it changes (a Kubernetes Secret volume), so tokens rotate without "
+        "a restart.",
+    )
+    read_api_allow_anonymous: bool = Field(
+        False,
+        description="Serve the read API on a non-loopback READ_API_HOST without any token; "
+        "without it such a daemon refuses to start.",
     )
 
     @field_validator("log_level", "security_protocol", mode="before")
@@ -238,6 +261,19 @@ class Settings(BaseSettings):
                 "postgresql+asyncpg://... (the service only speaks asyncio drivers)"
             )
         return value
+
+    @field_validator("reply_topic", mode="after")
+    @classmethod
+    def _default_reply_topic(cls, value: str, info: ValidationInfo) -> str:
+        # One default name that the daemon and every producer derive alike.
+        value = value.strip()
+        return value or f"{info.data.get('topic', 'consumer-events')}.replies"
+
+    @property
+    def reply_topics_allowed(self) -> frozenset[str]:
+        """The topics the daemon may send replies to: its reply topic and the extra ones."""
+        extra = (name.strip() for name in self.allowed_reply_topics.split(","))
+        return frozenset({self.reply_topic, *(name for name in extra if name)})
 
     @property
     def is_sqlite(self) -> bool:

@@ -29,14 +29,22 @@ from service.logging import configure_logging
     default=None,
     help="A file of CONSUMERGEN_*=value lines (environment variables win over it).",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also print the libraries' INFO lines (alembic, aiokafka, ...); so does "
+    "CONSUMERGEN_LOG_LEVEL=DEBUG. `run` (the daemon) always logs them.",
+)
 @click.version_option(__version__, prog_name="consumergen")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None) -> None:
+def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     """Keep the authoritative record of consumers and their generation, fed by Kafka events."""
     # Validate the configuration before any verb runs, so a bad setting fails at start-up
     # with its name, whatever the verb; and route every log record (ours and the
-    # libraries') through the redacting set-up before anything can log.
-    configure_logging(settings_from(ctx), warn_missing_key=False)
+    # libraries') through the redacting set-up before anything can log.  A verb prints
+    # what was asked for: the libraries' INFO lines only with --verbose (or DEBUG).
+    configure_logging(settings_from(ctx), warn_missing_key=False, quiet_libraries=not verbose)
 
 
 for _module in (produce, run, replay, archive, verify, show, get, db, topics, pseudonym):

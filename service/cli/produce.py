@@ -72,7 +72,8 @@ WINDOW: Final = 2000
 @click.option(
     "--wait",
     is_flag=True,
-    help="Wait for each event's outcome (request-reply on CONSUMERGEN_REPLY_TOPIC) and "
+    help="Wait for each event's outcome (request-reply on CONSUMERGEN_REPLY_TOPIC, by "
+    "default TOPIC.replies, which `topics create` and `run --local` create) and "
     "print it; exit 1 unless every event was applied (or a duplicate of an applied one).",
 )
 @click.option(
@@ -191,8 +192,6 @@ def _single(
 async def _wait(
     settings: Settings, items: AsyncIterator[Item], output: WaitOutput, wait: float | None
 ) -> bool:
-    if settings.reply_topic is None:
-        raise click.UsageError("--wait needs CONSUMERGEN_REPLY_TOPIC (where outcomes come back)")
     async with EventProducer(settings) as producer:
         return await send_and_report(producer, items, output, wait or settings.outcome_wait_seconds)
 
@@ -440,9 +439,14 @@ class _Output:
 
 
 def _run(coro: Any) -> bool:
-    """Run the async part; an unreachable broker is a one-line error, not a traceback."""
+    """Run the async part; an unreachable broker is a one-line error, not a traceback
+    (exit 1), and so is configuration found unusable on the way, such as a reply topic
+    that does not exist (exit 2, naming the setting)."""
     try:
         return bool(asyncio.run(coro))
-    except (BrokerUnavailable, ConfigError) as exc:  # ConfigError: e.g. no reply topic
+    except BrokerUnavailable as exc:
         click.echo(f"error: {exc}", err=True)
         return False
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None

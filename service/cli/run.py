@@ -10,13 +10,12 @@ import click
 import structlog
 
 from service.cli._common import EXIT_USAGE, settings_from
-from service.config import Settings
+from service.config import ConfigError, Settings
 
 log = structlog.get_logger(__name__)
 
 LOCAL_DATA = Path(".local")
 LOCAL_OUTCOMES_TOPIC = "consumer-events.outcomes"
-LOCAL_REPLY_TOPIC = "consumer-events.replies"
 
 
 @click.command("run")
@@ -58,6 +57,13 @@ def command(
     start_tracing(ctx, settings)  # traces by the OTEL_* variables (README, Tracing)
 
     configure_logging(settings)  # again: the options above may have changed the settings
+    from service.daemon.listeners import check_exposure
+
+    try:
+        check_exposure(settings)
+    except ConfigError as exc:
+        click.echo(f"consumergen run: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
     if local:
         raise SystemExit(_run_local(settings))
     raise SystemExit(_on_loop(settings, _run(settings)))
@@ -78,10 +84,9 @@ def _on_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
 
 async def _run(settings: Settings) -> int:
     from service.daemon.signals import run_daemon
-    from service.kafka.records import KafkaClientUnfit
-    from service.store.durability import NotDurableError
+    from service.domain.errors import ConfigurationError
     from service.store.engine import create_engine
-    from service.store.errors import DatabaseNotFound, SchemaNotCurrentError
+    from service.store.errors import DatabaseNotFound
 
     try:
         # Never creates the database: a wrong SQLite path is named, not made empty.
@@ -91,10 +96,11 @@ async def _run(settings: Settings) -> int:
         return EXIT_USAGE
     try:
         # The daemon checks the schema itself (waiting, not crashing, while the database
-        # is down or locked) and raises these when the schema is not this code's or the
-        # database may lose what it commits.
+        # is down or locked) and raises a ConfigurationError when the schema is not this
+        # code's, the database may lose what it commits, a port cannot be listened on
+        # (ListenerError) or the Kafka client library is unfit.
         return await run_daemon(settings, engine)
-    except (SchemaNotCurrentError, KafkaClientUnfit, NotDurableError) as exc:
+    except ConfigurationError as exc:
         click.echo(f"consumergen run: {exc}", err=True)
         return EXIT_USAGE
     finally:
@@ -115,8 +121,16 @@ def _run_local(settings: Settings) -> int:
         )
     if settings.outcomes_topic is None:
         settings = settings.model_copy(update={"outcomes_topic": LOCAL_OUTCOMES_TOPIC})
-    if settings.reply_topic is None:
-        settings = settings.model_copy(update={"reply_topic": LOCAL_REPLY_TOPIC})
+    from service.config import env_name
+    from service.daemon.listeners import Listener, ListenerError, probe
+
+    servers = env_name("bootstrap_servers")
+    broker_port = Listener(servers, servers, host, int(port))
+    try:
+        probe(settings, [broker_port])  # a taken port is one line now, before the broker
+    except ListenerError as exc:
+        click.echo(f"consumergen run: {exc}", err=True)
+        return EXIT_USAGE
     broker = KafkaBroker((LOCAL_DATA / "kafka").resolve(), port=int(port))
     broker.start()
     log.info(

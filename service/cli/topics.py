@@ -1,4 +1,4 @@
-"""`consumergen topics create`: create the events, dead-letter and outcomes topics.
+"""`consumergen topics create`: create the events, dead-letter, outcomes and reply topics.
 
 A separate, explicit step (brokers in production usually have automatic topic creation
 off, and the partition count is a decision: it fixes which partition a consumer maps to).
@@ -35,7 +35,7 @@ def create(
     replication_factor: int | None,
     bootstrap_server: str | None,
 ) -> None:
-    """Create the events, dead-letter and (if set) outcomes topics; existing ones are kept."""
+    """Create the events, dead-letter, (if set) outcomes and reply topics; keep existing ones."""
     settings = settings_from(
         ctx,
         bootstrap_servers=bootstrap_server,

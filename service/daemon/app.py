@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.apply.applier import Applier
 from service.apply.group import GroupCommit
 from service.config import Settings
+from service.daemon import listeners
 from service.daemon.commits import CommitCoalescer
 from service.daemon.fetch import fetch_loop
 from service.daemon.health import HealthServer, Readiness
@@ -34,12 +35,13 @@ from service.daemon.pauses import Pauses
 from service.daemon.ports import Applies, DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
+from service.daemon.read_tokens import ReadApiTokens
 from service.daemon.retries import install_retry_hooks
 from service.daemon.stalls import StallWatch
-from service.daemon.startup import start_clients, wait_for_schema
+from service.daemon.startup import check_schema_once, start_clients, wait_for_schema
 from service.daemon.timeline import Timeline
 from service.daemon.worker import PartitionWorker, WorkerConfig
-from service.kafka.clients import consumer_options
+from service.kafka.clients import close_quietly, consumer_options
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.dialects import dialect_for
@@ -89,7 +91,7 @@ class Daemon:
             committed=self._committed,
         )
         self.host = DaemonWorkerHost(
-            config=WorkerConfig.from_settings(settings),
+            config=WorkerConfig.from_settings(settings, self.metrics.replies_refused.inc),
             applier=edges.applier,
             dead_letters=self.dead_letters,
             outcomes=self.outcomes,
@@ -153,12 +155,8 @@ class Daemon:
             producer=producer,
             dead_letters=KafkaDeadLetterSink(settings, producer),
             # Outcome records go to the outcomes topic (observers) and, for an event that
-            # asked, to its requester's reply partition: either needs the sink.
-            outcomes=(
-                KafkaOutcomeSink(settings.outcomes_topic, producer, settings.reply_topic)
-                if settings.outcomes_topic is not None or settings.reply_topic is not None
-                else None
-            ),
+            # asked, to its requester's reply partition (there is always a reply topic).
+            outcomes=KafkaOutcomeSink(settings.outcomes_topic, producer),
             applier=applier,
         )
 
@@ -213,8 +211,18 @@ class Daemon:
         self.readiness.stopping = True
 
     async def run(self, health: bool = True) -> None:
-        """Start, consume until ``request_stop``, then stop gracefully."""
+        """Start, consume until ``request_stop``, then stop gracefully.
+
+        The order is DESIGN.md's "a setting that cannot work ... before anything
+        starts": the configuration (an exposed read API needs a token; its token file
+        must be readable), then one schema and durability check (a refusal stops here),
+        then every listener binds (a taken port stops here: ``ListenerError``), and only
+        then the daemon waits for a database that is down, with its probes up."""
         settings = self.settings
+        tokens = None
+        if health:
+            listeners.check_exposure(settings)
+            tokens = ReadApiTokens.from_settings(settings)
         log.info(
             "daemon starting",
             database=describe_database(settings.database_url),
@@ -222,41 +230,24 @@ class Daemon:
             topic=settings.topic,
             group=settings.group_id,
         )
-        if health:
-            self.health = HealthServer(
-                settings.health_host, settings.health_port, self.readiness, self.metrics
-            )
-            self.health.start()
-            log.info(
-                "health endpoints up",
-                address=f"http://{settings.health_host}:{self.health.port}",
-                paths="/livez /readyz /metrics",
-            )
-            if settings.read_api_port is not None:
-                # Its own server, and an engine of its own built on that server's loop.
-                self.read_api = read_api_server(
-                    settings.read_api_host,
-                    settings.read_api_port,
-                    lambda: create_engine(settings),
-                    settings.read_api_token,
-                )
-                self.read_api.start()
-                log.info(
-                    "read api up",
-                    address=f"http://{settings.read_api_host}:{self.read_api.port}",
-                )
         beats = asyncio.create_task(
             heartbeat(self.readiness, beat_interval(settings)), name="liveness-heartbeat"
         )
         watcher: asyncio.Task[None] | None = None
         try:
-            await wait_for_schema(
-                settings,
-                self.engine,
-                readiness=self.readiness,
-                metrics=self.metrics,
-                stop=self._stop,
+            current = await check_schema_once(
+                settings, self.engine, readiness=self.readiness, metrics=self.metrics
             )
+            if tokens is not None:
+                self._listen(tokens)
+            if not current:
+                await wait_for_schema(
+                    settings,
+                    self.engine,
+                    readiness=self.readiness,
+                    metrics=self.metrics,
+                    stop=self._stop,
+                )
             if self._stop.is_set():
                 return
             await self._start_clients("at start")
@@ -277,6 +268,7 @@ class Daemon:
                 stop=self._stop,
                 fatal=self.fatal,
                 online=self.outage.online,
+                parked=self.outage.parked,
                 stalls=self.stalls,
             )
         finally:
@@ -290,6 +282,34 @@ class Daemon:
                 beats.cancel()
                 await asyncio.gather(beats, return_exceptions=True)
 
+    def _listen(self, tokens: ReadApiTokens) -> None:
+        """Bind the health server, then the read API (each on its own thread and loop)."""
+        settings = self.settings
+        health = HealthServer(
+            settings.health_host, settings.health_port, self.readiness, self.metrics
+        )
+        listeners.start(health, listeners.health_listener(settings))
+        self.health = health
+        log.info(
+            "health endpoints up",
+            address=f"http://{settings.health_host}:{health.port}",
+            paths="/livez /readyz /metrics",
+        )
+        where = listeners.read_api_listener(settings)
+        if where is None:
+            return
+        # Its own server, and an engine of its own built on that server's loop.
+        read_api = read_api_server(
+            settings.read_api_host, where.port, lambda: create_engine(settings), tokens
+        )
+        listeners.start(read_api, where)
+        self.read_api = read_api
+        log.info(
+            "read api up",
+            address=f"http://{settings.read_api_host}:{read_api.port}",
+            tokens_required=tokens.required,
+        )
+
     async def _shutdown(self) -> None:
         self.readiness.stopping = True
         await self.membership.stop_all(self.settings.shutdown_grace_seconds)
@@ -297,7 +317,9 @@ class Daemon:
         # Everything durable is committed by now; nothing else is left to lose.
         bound = self.settings.request_timeout_seconds
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.consumer.stop(), bound)
+            # close_quietly: aiokafka's stop may end cancelled by itself while the
+            # broker is gone (aio-libs/aiokafka#647); that must not end the shutdown.
+            await asyncio.wait_for(close_quietly(self.consumer), bound)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), bound)
         if self.group_writer is not None:

@@ -24,7 +24,7 @@ from service.contract.records import (
     outcome_key,
     outcome_record,
 )
-from service.contract.replies import reply_route
+from service.contract.replies import ReplyPolicy
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind
 from service.kafka.records import UndecodableRecord, undecodable_event
@@ -104,14 +104,20 @@ def outcome_messages(
     settled: Sequence[tuple[ConsumerRecord, Outcome]],
     invalid: Sequence[tuple[ConsumerRecord, InvalidEvent]],
     now: datetime,
-    reply_topic: str | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> list[OutcomeMessage]:
     """One outcome record per event, keyed by event id (no key when it was unreadable),
-    with the reply route its record asked for on ``reply_topic`` (invalid records too,
-    when their headers could be read), in offset order: a partition's outcome records
-    leave in the order of its events, invalid ones included."""
+    with the reply route its record asked for on a topic ``replies`` allows (invalid
+    records too, when their headers could be read).  Without an outcomes topic
+    (``replies.every_outcome`` false) only the events that get a reply have one.  In
+    offset order: a partition's outcome records leave in the order of its events,
+    invalid ones included."""
     messages: list[tuple[int, OutcomeMessage]] = []
+    every = replies is None or replies.every_outcome
     for record, outcome in settled:
+        route = None if replies is None else replies.route(record.headers)
+        if route is None and not every:
+            continue
         value = outcome_record(
             event_id=outcome.event_id,
             consumer_uuid=outcome.consumer_uuid,
@@ -125,11 +131,13 @@ def outcome_messages(
             processed_at=now,
             state_after=outcome.state_after,
         )
-        route = reply_route(record.headers, reply_topic)
         messages.append(
             (record.offset, OutcomeMessage(outcome_key(outcome.event_id), value, route))
         )
     for record, error in invalid:
+        route = None if replies is None else replies.route(record.headers)
+        if route is None and not every:
+            continue
         value = outcome_record(
             event_id=None,
             consumer_uuid=None,
@@ -142,7 +150,6 @@ def outcome_messages(
             processed_at=now,
             message=error.message,
         )
-        route = reply_route(record.headers, reply_topic)
         messages.append((record.offset, OutcomeMessage(None, value, route)))
     messages.sort(key=lambda pair: pair[0])
     return [message for _, message in messages]

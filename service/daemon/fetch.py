@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -47,12 +47,14 @@ async def fetch_loop(
     stop: asyncio.Event,
     fatal: Callable[[BaseException], None],
     online: asyncio.Event,
+    parked: asyncio.Event | None = None,
     stalls: StallWatch | None = None,
 ) -> None:
     """Fetch and hand out until ``stop``; a fetch error that is not the infrastructure's
     (records aiokafka cannot decode arrive as ``UndecodableRecord`` values, so what is
     still raised is the broker's "not now" or a bug) stops the daemon (``fatal``).
-    Fetching waits while ``online`` is clear (``service.daemon.outage``).  Each poll is
+    Fetching waits while ``online`` is clear (``service.daemon.outage``), and a fetch
+    in flight when the clients are ``parked`` is given up (``_unless_parked``).  Each poll is
     told to ``stalls`` (a fetch loop that stops polling is a stall: ``daemon.stalls``)."""
 
     def polled() -> None:
@@ -65,16 +67,19 @@ async def fetch_loop(
         changes = membership.changes
         polled()
         try:
-            batches: Fetched = await metrics.stages.timed(
-                "fetch",
-                current.getmany(timeout_ms=500, max_records=settings.batch_max_events * 2),
+            batches = await _unless_parked(
+                metrics.stages.timed(
+                    "fetch",
+                    current.getmany(timeout_ms=500, max_records=settings.batch_max_events * 2),
+                ),
+                parked,
             )
         except ConsumerStoppedError:
             if current is not consumer():
                 return changes, {}  # parked during the fetch: nothing was handed out
             raise
         polled()
-        return changes, batches
+        return changes, {} if batches is None else batches
 
     def retrying(details: RetryDetails) -> None:
         error = details.caused_by
@@ -137,3 +142,31 @@ async def _still_current(
     except (IllegalStateError, KafkaError, TimeoutError):
         return False
     return bool(position > records[-1].offset)
+
+
+async def _unless_parked(
+    getmany: Awaitable[Fetched], parked: asyncio.Event | None
+) -> Fetched | None:
+    """``getmany``'s records, or None once the clients are ``parked`` first
+    (``service.daemon.outage``), the fetch then cancelled.
+
+    aiokafka's fetch waits, without a bound, for the next assignment while a rebalance
+    is in progress (``Fetcher.fetched_records``); a consumer parked meanwhile never gets
+    one, and its stop does not end that wait.  Issue 21's stall: the fetch loop stayed
+    in the old consumer's fetch while the new one joined the group, was assigned
+    partitions and was never asked for records, until aiokafka's poll-interval limit
+    made it leave the group.  A fetch is cancelled only where it awaits, before it
+    takes any record, so nothing fetched is lost."""
+    if parked is None:
+        return await getmany
+    fetching = asyncio.ensure_future(getmany)
+    parking = asyncio.ensure_future(parked.wait())
+    try:
+        await asyncio.wait((fetching, parking), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (fetching, parking):
+            task.cancel()  # (no effect on a task that is done)
+        await asyncio.gather(fetching, parking, return_exceptions=True)
+    if fetching.cancelled():
+        return None
+    return fetching.result()

@@ -142,6 +142,13 @@ class DaemonMetrics:
         )
         for step in RETRY_STEPS:
             self.retries.labels(step)
+        self.replies_refused = Counter(
+            "consumergen_replies_refused",
+            "Requests whose outcome was not sent as a reply: they named a reply topic this "
+            "daemon does not allow (CONSUMERGEN_REPLY_TOPIC, CONSUMERGEN_ALLOWED_REPLY_TOPICS); "
+            "their outcome records still go to the outcomes topic.",
+            registry=r,
+        )
 
     def _distributions(self, r: CollectorRegistry) -> None:
         self.batch_size = Histogram(

@@ -10,14 +10,19 @@ So when the probes find the broker gone, the daemon *parks*:
    abandons its in-flight batch, which needs the broker to finish; nothing is committed
    past the database, and what could not be committed comes again and is a duplicate in
    the inbox);
-2. the sinks' producer is dropped and the consumer stopped (bounded), then replaced by a
-   fresh, unstarted one;
+2. the sinks' producer is dropped and the consumer replaced by a fresh, unstarted one;
+   the old one is stopped in the background (waited for up to the request timeout,
+   never cut short: a stop cut short leaves its heartbeat and fetch tasks running);
 3. the start-up connection routine (``startup.start_clients``: stamina's capped,
    jittered exponential backoff up to ``CONSUMERGEN_INFRA_RETRY_WAIT_MAX_SECONDS``, a
    failed client closed before the next attempt) runs until the broker answers;
 4. the new consumer subscribes and rejoins the group, and fetching resumes.
 
 ``online`` is clear from step 1 to step 4; the fetch loop and the broker probe wait on it.
+``parked`` is set over the same span: a fetch in flight on the old consumer gives up at
+once (aiokafka's may otherwise wait for an assignment that never comes: issue 21's
+stall).  A parking that ends otherwise than by returning (a bug) stops the daemon, since
+nothing else would ever bring the clients back.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class BrokerOutage:
         self._fatal = fatal
         #: Set while the consumer is started and subscribed (fetching may go on).
         self.online = asyncio.Event()
+        #: Set from the moment the broker is found gone until ``online`` is set again: a
+        #: fetch in flight on the old consumer gives up (``service.daemon.fetch``).
+        self.parked = asyncio.Event()
         self._parking: asyncio.Task[None] | None = None
         #: Old consumers still stopping in the background (kept referenced).
         self._closing: set[asyncio.Future[None]] = set()
@@ -71,6 +79,7 @@ class BrokerOutage:
         """The probe found the broker gone: park, unless already parked."""
         if self._parking is None or self._parking.done():
             self.online.clear()
+            self.parked.set()
             self._parking = asyncio.create_task(self._park(), name="broker-outage")
             self._parking.add_done_callback(self._parked)
 
@@ -115,6 +124,7 @@ class BrokerOutage:
         if self._stop.is_set():
             return
         self._subscribe()
+        self.parked.clear()
         self.online.set()
         log.info("broker back: consumer rejoining the group")
 

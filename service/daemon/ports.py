@@ -7,12 +7,13 @@ tests can implement the protocol without the worker's machinery.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.config import Settings
+from service.contract.replies import ReplyPolicy
 from service.daemon.metrics import DaemonMetrics
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome
@@ -30,18 +31,27 @@ class WorkerConfig:
     max_event_bytes: int
     retry_wait_initial: float
     retry_wait_max: float
-    #: The one topic the outcomes sink may send replies to (``contract.replies``).
-    reply_topic: str | None = None
+    #: The topics the outcomes sink may send replies to (``contract.replies``); None:
+    #: no replies, an outcome record for every event.
+    replies: ReplyPolicy | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WorkerConfig:
+    def from_settings(
+        cls, settings: Settings, refused_reply: Callable[[], None] | None = None
+    ) -> WorkerConfig:
+        """``refused_reply`` hears of each request naming a topic outside the allowed."""
+        policy = ReplyPolicy(
+            settings.reply_topics_allowed, every_outcome=settings.outcomes_topic is not None
+        )
+        if refused_reply is not None:
+            policy = replace(policy, refused=refused_reply)
         return cls(
             batch_max_events=settings.batch_max_events,
             group_id=settings.group_id,
             max_event_bytes=settings.max_event_bytes,
             retry_wait_initial=settings.infra_retry_wait_initial_seconds,
             retry_wait_max=settings.infra_retry_wait_max_seconds,
-            reply_topic=settings.reply_topic,
+            replies=policy,
         )
 
     #: The consumer group, as the batch spans name it (``service.tracing.daemon``); a

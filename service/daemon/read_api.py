@@ -12,14 +12,14 @@ at once do not queue a ``/readyz`` behind them.  Answers:
   ``updated_at``; a tombstone is a 200 with ``state: deleted`` (its generation matters
   to the next create);
 * 404 for a consumer the database never saw; 400 for a path that is not a UUID;
-* 401 when ``CONSUMERGEN_READ_API_TOKEN`` is set and the request lacks that bearer
-  token (compared in constant time; the token is never logged);
+* 401 when tokens are configured and the request lacks a bearer token that is one
+  of them (``service.daemon.read_tokens``: several at once for rotation, kept hashed,
+  compared in constant time, never logged);
 * 503 when the database cannot answer now (the client may retry).
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 
 import structlog
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.contract.records import utc_timestamp
 from service.contract.state import state_document
 from service.daemon.http_server import HttpServer
+from service.daemon.read_tokens import ReadApiTokens
 from service.logging.redaction import canonical_uuid
 from service.store.errors import describe, is_transient
 from service.store.reads import get_consumer
@@ -43,9 +44,13 @@ _ENGINE: web.AppKey[AsyncEngine] = web.AppKey("read_api_engine", AsyncEngine)
 class ReadApi:
     """The read routes; ``install`` is its ``HttpServer``'s routes hook."""
 
-    def __init__(self, engine: Callable[[], AsyncEngine], token: SecretStr | None) -> None:
+    def __init__(
+        self, engine: Callable[[], AsyncEngine], tokens: ReadApiTokens | SecretStr | None
+    ) -> None:
         self._make_engine = engine
-        self._token = None if token is None else token.get_secret_value().encode()
+        if tokens is None or isinstance(tokens, SecretStr):
+            tokens = ReadApiTokens([] if tokens is None else [tokens.get_secret_value()])
+        self._tokens = tokens
 
     def install(self, app: web.Application) -> None:
         app.router.add_get(CONSUMER_PATH, self._consumer)
@@ -57,11 +62,12 @@ class ReadApi:
         await app[_ENGINE].dispose()
 
     def _authorised(self, request: web.Request) -> bool:
-        if self._token is None:
+        if not self._tokens.required:
             return True
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        offered = given.strip().encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(offered, self._token)
+        # Hashed and compared with every token even for a wrong scheme: same work.
+        accepted = self._tokens.accepts(given.strip())
+        return scheme.lower() == "bearer" and accepted
 
     async def _consumer(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -89,7 +95,10 @@ class ReadApi:
 
 
 def read_api_server(
-    host: str, port: int, engine: Callable[[], AsyncEngine], token: SecretStr | None
+    host: str,
+    port: int,
+    engine: Callable[[], AsyncEngine],
+    tokens: ReadApiTokens | SecretStr | None,
 ) -> HttpServer:
     """The read API's server (not started)."""
-    return HttpServer(host, port, ReadApi(engine, token).install, name="read-api-http")
+    return HttpServer(host, port, ReadApi(engine, tokens).install, name="read-api-http")

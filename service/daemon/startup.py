@@ -38,6 +38,32 @@ from service.store.migrate import ensure_schema_current
 log = structlog.get_logger(__name__)
 
 
+async def check_schema_once(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    readiness: Readiness,
+    metrics: DaemonMetrics,
+) -> bool:
+    """One look before anything listens: True when the schema is current and the
+    database durable (or accepted as not); False when the database cannot answer now
+    (readiness says why, and ``wait_for_schema`` waits for it with the probes up).  A
+    schema that is not this code's, or a database that may lose what it commits,
+    raises: the daemon stops before it binds a port or touches the broker."""
+    try:
+        await ensure_schema_current(engine)
+        await check_durability(engine, settings)
+    except Exception as exc:  # sorted just below: only a transient one is waited for
+        if not is_transient(exc):
+            raise
+        readiness.database_reachable = False
+        readiness.last_error = f"database: {describe(exc)}"
+        metrics.infrastructure_failures.labels("database").inc()
+        log.warning("database unavailable at start, waiting for it", error=describe(exc))
+        return False
+    return True
+
+
 async def wait_for_schema(
     settings: Settings,
     engine: AsyncEngine,

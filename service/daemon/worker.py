@@ -320,9 +320,7 @@ class PartitionWorker:
                 dead = admitted.dead + failed_letters(settled, now)
                 messages = None
                 if host.outcomes is not None:
-                    messages = outcome_messages(
-                        settled, admitted.invalid, now, host.config.reply_topic
-                    )
+                    messages = outcome_messages(settled, admitted.invalid, now, host.config.replies)
                 if trace is not None:
                     dead, messages = trace.stamp(settled, admitted.invalid, dead, messages)
         except BaseException as exc:

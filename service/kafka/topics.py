@@ -42,7 +42,7 @@ async def ensure_topics(
     partitions: int | None = None,
     replication_factor: int | None = None,
 ) -> dict[str, str]:
-    """Create the events, dead-letter and (if configured) outcomes and reply topics.
+    """Create the events, dead-letter, reply and (if configured) outcomes topics.
 
     Idempotent: returns ``{topic: "created" | "exists"}``. An existing topic is left as
     it is (its partition count is not changed: that would re-key every consumer).

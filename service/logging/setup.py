@@ -109,6 +109,17 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """``StreamHandler`` assigns the stream itself; only an explicit one is kept."""
 
 
+class LibraryQuiet(logging.Filter):
+    """A command-line verb prints what the person asked for: other libraries' records
+    below WARNING (alembic's "Running upgrade", aiokafka's connection chatter) are
+    dropped; the service's own records and every warning pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.name == "service" or record.name.startswith("service.")
+
+
 def build_formatter(
     redactor: Redactor, renderer: Renderer = "json", *, colors: bool = False
 ) -> RedactingFormatter:
@@ -224,6 +235,7 @@ def configure_logging(
     stream: TextIO | None = None,
     force_format: Renderer | None = None,
     warn_missing_key: bool = True,
+    quiet_libraries: bool = False,
 ) -> None:
     """Configure structlog and the root logger from ``settings``; safe to call again.
 
@@ -234,6 +246,8 @@ def configure_logging(
     Without ``CONSUMERGEN_LOG_REDACTION_KEY`` a random per-process key is used and one
     warning is logged, once per process (``warn_missing_key=False`` leaves that warning to
     a later call: short CLI verbs should not print it on every run, the daemon should).
+    ``quiet_libraries`` (the CLI verbs but ``run``, unless ``--verbose``) drops other
+    libraries' records below WARNING (``LibraryQuiet``), except at ``DEBUG``.
     """
     configure_structlog()
     key, generated = _key_for(settings)
@@ -247,6 +261,8 @@ def configure_logging(
     else:
         renderer = settings.log_format
     handler.setFormatter(build_formatter(Redactor(key), renderer, colors=tty))
+    if quiet_libraries and settings.log_level != "DEBUG":
+        handler.addFilter(LibraryQuiet())
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, LogHandler)]:

@@ -116,11 +116,6 @@ class ReplyListener:
     counts: ReplyCounts = field(default_factory=ReplyCounts)
 
     def __post_init__(self) -> None:
-        if self.settings.reply_topic is None:
-            raise ConfigError(
-                "CONSUMERGEN_REPLY_TOPIC: must be set to wait for outcomes "
-                "(the daemon sends each requested outcome to a partition of it)"
-            )
         self.topic: str = self.settings.reply_topic
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None

@@ -172,22 +172,27 @@ class KafkaOutcomeSink:
     for each event that asked (``service.contract.replies``), on its requester's reply
     partition, with its correlation id; both are acknowledged before this returns."""
 
-    def __init__(
-        self, topic: str | None, handle: KafkaProducerHandle, reply_topic: str | None = None
-    ) -> None:
+    def __init__(self, topic: str | None, handle: KafkaProducerHandle) -> None:
         self.topic = topic
         self.handle = handle
-        self.reply_topic = reply_topic
 
     async def write_outcomes(self, messages: Sequence[OutcomeMessage]) -> None:
+        """The routes were vetted upstream (``contract.replies.ReplyPolicy``: only the
+        allowed reply topics): each goes where it says."""
+        if not messages:
+            return
+
         async def write() -> None:
             producer = await self.handle.ready()
             sends = []
             if self.topic is not None:
                 sends.append(_send_batched(producer, self.topic, messages))
-            replies = [m for m in messages if m.reply is not None]
-            if self.reply_topic is not None and replies:
-                sends.append(_send_replies(producer, self.reply_topic, replies))
+            by_topic: dict[str, list[OutcomeMessage]] = {}
+            for message in messages:
+                if message.reply is not None:
+                    by_topic.setdefault(message.reply.topic, []).append(message)
+            for reply_topic, replies in by_topic.items():
+                sends.append(_send_replies(producer, reply_topic, replies))
             await asyncio.gather(*sends)
 
         await _classified("outcome records", self.handle, write)

@@ -1,5 +1,5 @@
-"""The fakes behind a whole daemon: broker-bound memory sinks, an applier that keeps
-what it applied, and a ``Daemon`` run over them (``daemon_over_fakes``).
+"""The fakes behind a whole daemon: the sinks' producer and broker-bound memory sinks, an
+applier that keeps what it applied, and a ``Daemon`` run over them (``daemon_over_fakes``).
 
 ``fake_edges(broker)`` gives a ``FakeEdges``, whose ``edges`` (a
 ``service.daemon.ports.DaemonEdges``) ``Daemon(settings, engine, edges=...)`` takes; the
@@ -23,10 +23,34 @@ from service.daemon.ports import DaemonEdges
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
 from service.embedded.process import free_port
+from service.kafka.clients import BrokerUnavailable
 from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
 from service.sinks.memory import MemoryDeadLetterSink, MemoryOutcomeSink
 from service.store.engine import create_engine
-from service.testing.fake_kafka import FakeBroker, FakeConsumer, FakeProducer, Hook, no_hook
+from service.testing.fake_kafka import FakeBroker, FakeConsumer, Hook, no_hook
+
+
+class FakeProducer:
+    """The sinks' producer: starts only while the broker is up."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+        self.starts = 0
+        self.abandoned = 0
+
+    async def start(self) -> None:
+        if not self.broker.up:
+            raise BrokerUnavailable("fake broker is down")
+        self.starts += 1
+
+    async def stop(self) -> None:
+        return None
+
+    async def stop_quietly(self) -> None:
+        return None
+
+    async def abandon(self) -> None:
+        self.abandoned += 1
 
 
 class BrokerDeadLetterSink(MemoryDeadLetterSink):
@@ -178,7 +202,7 @@ def fake_settings(database_url: str, **extra: Any) -> Settings:
         "request_timeout_seconds": 1.0,
         "shutdown_grace_seconds": 1.0,
         "health_port": 0,
-        "read_api_port": None,
+        "read_api_port": 0,
     }
     values.update(extra)
     return load_settings(**values)

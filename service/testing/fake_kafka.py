@@ -1,5 +1,5 @@
-"""The whole daemon without a broker: a fake broker, its consumers and the sinks'
-producer (the sinks and the applier over it: ``service.testing.fake_edges``).
+"""The whole daemon without a broker: a fake broker and its consumers (the producer,
+sinks and applier over it: ``service.testing.fake_edges``).
 
 ``fake_edges(broker)`` gives a ``service.daemon.ports.DaemonEdges``; ``Daemon(settings,
 engine, edges=...)`` then runs its real fetch loop, membership, pauses, outage handling
@@ -25,15 +25,12 @@ incremental rebalance, or partitions handed to a member the test plays).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
-
-from service.kafka.clients import BrokerUnavailable
 
 Hook = Callable[..., Awaitable[None]]
 
@@ -104,11 +101,17 @@ class FakeBroker:
         return all(self.committed.get(tp, 0) >= self.end(tp) for tp in self.partitions)
 
     async def rebalance(self) -> None:
-        """Eager: every member's partitions revoked, then all assigned anew."""
+        """Eager: every member's partitions revoked, then all assigned anew.  A broker
+        gone meanwhile ends it after the revocations: the members wait for an assignment
+        that does not come (until a member joins once the broker is back)."""
         async with self._lock():
             members = [m for m in self.members if m.in_group]
             for member in members:
+                member._reassigning()
+            for member in members:
                 await member._revoke(member.assignment())
+            if not self.up:
+                return
             free = [tp for tp in self.partitions if tp not in self.reserved]
             for i, member in enumerate(members):
                 await member._assign(free[i :: len(members)])
@@ -172,6 +175,9 @@ class FakeConsumer:
         self._assigned: dict[TopicPartition, int] = {}  # partition -> position
         self._paused: set[TopicPartition] = set()
         self._fetched: set[TopicPartition] = set()
+        #: Set while an assignment is in place; clear from joining (or a rebalance's
+        #: start) until the next one, as aiokafka's ``reassignment_in_progress``.
+        self._assignment_set = asyncio.Event()
         #: Fetches made while the broker was down.
         self.fetches_while_down = 0
         broker.consumers.append(self)
@@ -219,21 +225,32 @@ class FakeConsumer:
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """As aiokafka 0.14's (``Fetcher.fetched_records``): records at once if there
+        are; else wait up to ``timeout_ms`` for some, and when woken by data (not by the
+        timeout) look again, first waiting, without a bound, for the assignment if a
+        rebalance is in progress.  A consumer stopped meanwhile does not end that wait."""
         if self.stopped:
             raise ConsumerStoppedError()
         broker = self.broker
         if not broker.up:
             self.fetches_while_down += 1
             broker.calls_while_down += 1
-        data = broker._data()
-        data.clear()
-        fetched = self._take(max_records)
-        if not fetched:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(data.wait(), timeout_ms / 1000)
-            if self.stopped:
-                raise ConsumerStoppedError()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            await self._assignment_set.wait()
+            data = broker._data()
+            data.clear()
             fetched = self._take(max_records)
+            remaining = deadline - loop.time()
+            if fetched or remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(data.wait(), remaining)
+            except TimeoutError:
+                return {}
+            if self.stopped:
+                return {}
         if fetched:
             await broker.on_fetch(self, fetched)
         return fetched
@@ -256,6 +273,11 @@ class FakeConsumer:
     async def position(self, tp: TopicPartition) -> int:
         self._assigned_or_fail(tp)
         return self._assigned[tp]
+
+    @property
+    def reassignment_in_progress(self) -> bool:
+        """Between joining (or a rebalance's start) and the next assignment."""
+        return not self._assignment_set.is_set()
 
     def position_of(self, tp: TopicPartition) -> int | None:
         """The next offset a fetch of ``tp`` reads (None: not assigned); for tests."""
@@ -294,6 +316,9 @@ class FakeConsumer:
         if tp not in self._assigned:
             raise IllegalStateError(f"No current assignment for partition {tp}")
 
+    def _reassigning(self) -> None:
+        self._assignment_set.clear()
+
     async def _revoke(self, tps: set[TopicPartition]) -> None:
         if self.listener is not None:
             await self.listener.on_partitions_revoked(set(tps))
@@ -306,29 +331,7 @@ class FakeConsumer:
             return
         for tp in tps:
             self._assigned[tp] = self.broker.committed.get(tp, 0)
+        self._assignment_set.set()
         if self.listener is not None:
             await self.listener.on_partitions_assigned(set(tps))
         self.broker._data().set()
-
-
-class FakeProducer:
-    """The sinks' producer: starts only while the broker is up."""
-
-    def __init__(self, broker: FakeBroker) -> None:
-        self.broker = broker
-        self.starts = 0
-        self.abandoned = 0
-
-    async def start(self) -> None:
-        if not self.broker.up:
-            raise BrokerUnavailable("fake broker is down")
-        self.starts += 1
-
-    async def stop(self) -> None:
-        return None
-
-    async def stop_quietly(self) -> None:
-        return None
-
-    async def abandon(self) -> None:
-        self.abandoned += 1

@@ -121,14 +121,19 @@ def _count(daemon: DaemonProcess, event: str) -> int:
     return sum(1 for e in daemon.log_events() if e.get("event") == event)
 
 
-async def _rebalance_onto(survivor: DaemonProcess, victim: DaemonProcess) -> None:
-    """A rebalance while partitions are paused: ``victim`` dies (SIGKILL, no goodbye),
-    and once its session expires ``survivor`` takes every partition."""
+async def _rebalance_during_the_pause(daemons: list[DaemonProcess]) -> DaemonProcess:
+    """Once a daemon has partitions paused for the database, a rebalance: the other
+    dies (SIGKILL, no goodbye), and once its session expires the paused one takes every
+    partition, its paused ones included.  Returns the one that died."""
+    await poll(lambda: any(_paused_for_database(d) for d in daemons), 90, "paused: database")
+    paused = next(d for d in daemons if _paused_for_database(d))
+    victim = next(d for d in daemons if d is not paused)
     victim.kill(signal.SIGKILL)
     await asyncio.to_thread(victim.wait, 30)
     await poll(
-        lambda: _body(survivor).get("assigned_partitions") == 4, 60, "every partition taken over"
+        lambda: _body(paused).get("assigned_partitions") == 4, 60, "every partition taken over"
     )
+    return victim
 
 
 async def _watch_standstill(
@@ -197,28 +202,32 @@ async def test_overlapping_database_and_broker_outages_with_a_rebalance_leave_no
             return sum(offsets.values()) > 0
 
         await poll(working, 60, "a first batch committed")
-        rejoins = _count(first, "broker back: consumer rejoining the group")
+        rejoins = {d.name: _count(d, "broker back: consumer rejoining the group") for d in daemons}
+
+        async def rejoined() -> None:
+            for d in daemons:
+                await poll(lambda d=d: _rejoined(d, rejoins[d.name]), 120, f"{d.name} rejoined")
+
         if order == "database first":
             await database.down()
             await produce_docs(bootstrap, topics.events, stream[1000:2000])
-            await poll(lambda: _paused_for_database(first), 60, "partitions paused: database")
-            await _rebalance_onto(first, second)
+            victim = await _rebalance_during_the_pause(daemons)
+            survivor = first if victim is second else second
             broker.stop()
-            await poll(lambda: _broker_gone(first), 60, "broker gone")
+            await poll(lambda: _broker_gone(survivor), 60, "broker gone")
             await database.up()
             broker.start()
-            await poll(lambda: _rejoined(first, rejoins), 120, "rejoined")
+            await poll(lambda: _rejoined(survivor, rejoins[survivor.name]), 120, "rejoined")
         else:
             broker.stop()
-            await poll(lambda: _broker_gone(first), 60, "broker gone")
+            await poll(lambda: _broker_gone(first) and _broker_gone(second), 60, "broker gone")
             await database.down()
             broker.start()
-            await poll(lambda: _rejoined(first, rejoins), 120, "rejoined")
+            await rejoined()
             await produce_docs(bootstrap, topics.events, stream[1000:2000])
-            await poll(lambda: _paused_for_database(first), 60, "partitions paused: database")
-            await _rebalance_onto(first, second)
+            victim = await _rebalance_during_the_pause(daemons)
             await database.up()
-        second.start()
+        victim.start()
         await produce_docs(bootstrap, topics.events, stream[2000:])
         for daemon in daemons:
             await poll(lambda d=daemon: bool(_body(d).get("ready")), 120, f"{daemon.name} ready")

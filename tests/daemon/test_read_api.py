@@ -78,6 +78,56 @@ async def test_answers_and_token(db: Db, caplog: pytest.LogCaptureFixture) -> No
     assert token not in text
 
 
+async def test_tokens_rotate_through_a_file_with_no_refused_moment(
+    db: Db, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over real HTTP: the old token alone, then old and new together (producers roll
+    over with none refused), then the new one alone and the old one refused at once;
+    no token is ever logged."""
+    from service.daemon.read_tokens import ReadApiTokens
+
+    consumer = str(uuid.uuid4())
+    await db.applier.apply(event(consumer, EventType.UPSERT, None))
+    file = tmp_path / "read-api-tokens"
+    file.write_text("old-token-aaaa\n")
+    tokens = ReadApiTokens(["fixed-token-cccc"], file)
+    server = read_api_server("127.0.0.1", 0, lambda: create_engine(db.settings), tokens)
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/v1/consumers/{consumer}"
+    caplog.set_level(logging.INFO)
+
+    async def status(http: aiohttp.ClientSession, token: str) -> int:
+        async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            return response.status
+
+    def swap(text: str) -> None:
+        fresh = tmp_path / "next"
+        fresh.write_text(text)
+        fresh.replace(file)
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert [await status(http, t) for t in ("old-token-aaaa", "new-token-bbbb")] == [
+                200,
+                401,
+            ]
+            swap("old-token-aaaa\nnew-token-bbbb\n")
+            assert [await status(http, t) for t in ("old-token-aaaa", "new-token-bbbb")] == [
+                200,
+                200,
+            ]
+            swap("new-token-bbbb\n")
+            assert [await status(http, t) for t in ("old-token-aaaa", "new-token-bbbb")] == [
+                401,
+                200,
+            ]
+            assert await status(http, "fixed-token-cccc") == 200  # the settings' own
+    finally:
+        server.stop()
+    for token in ("old-token-aaaa", "new-token-bbbb", "fixed-token-cccc"):
+        assert token not in caplog.text
+
+
 @pytest.mark.kafka
 async def test_concurrent_reads_while_applying(
     kafka_bootstrap: str, sqlite_url: str, new_topic: TopicFactory

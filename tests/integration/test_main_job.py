@@ -1,7 +1,9 @@
 """The README's main job: `consumergen run --local` on a bare folder does the whole thing.
 
 It starts its own broker, creates the SQLite file and the topics, applies a produced
-event, reports ready, and on SIGTERM exits 0 and takes the broker down with it.
+event, answers `produce --wait` run with no setting but the broker's address (the
+default reply topic is shared), reports ready, and on SIGTERM exits 0 and takes the
+broker down with it.
 """
 
 from __future__ import annotations
@@ -114,6 +116,28 @@ def test_run_local_from_a_bare_folder(tmp_path: Path) -> None:
             time.sleep(0.1)
         outcomes = asyncio.run(read_all(f"127.0.0.1:{port}", "consumer-events.outcomes"))
         assert [json.loads(r.value)["event_id"] for r in outcomes] == [event_id]
+
+        # The README's loop in a second terminal: `produce --wait` with no setting but
+        # where the broker is (this test's free port stands for the default 9092): the
+        # default reply topic is the daemon's too, so the outcome comes back.
+        second = str(uuid.uuid4())
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMERGEN_")}
+        bare["CONSUMERGEN_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+        event = ["--consumer-uuid", second, "--expected-generation", "null"]
+        owners = ["--project", "p", "--user", "u"]
+        waited = subprocess.run(
+            [sys.executable, "-m", "service", "produce", "--wait", *event, *owners],
+            cwd=tmp_path,
+            env=bare,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        scan_external(waited.stderr, "consumergen produce --wait stderr")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        assert waited.stdout.strip().endswith("applied (generation 1)"), waited.stdout
+        assert _generation(db, second) == 1
 
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0, log.read_text()[-3000:]

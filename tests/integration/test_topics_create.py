@@ -52,6 +52,7 @@ async def test_new_topics_dead_letter_limit_from_the_settings(
     assert await ensure_topics(settings, partitions=1) == {
         settings.topic: "created",
         settings.dlq_topic: "created",
+        settings.reply_topic: "created",  # always: the default <topic>.replies
     }
     events_limit = await _limit(settings, settings.topic)
     assert events_limit == BROKER_DEFAULT_MAX_MESSAGE_BYTES  # the events topic is not changed
@@ -71,6 +72,7 @@ async def test_the_dead_letter_topic_follows_an_existing_events_topic(
     assert await ensure_topics(settings, partitions=1) == {
         events: "exists",
         settings.dlq_topic: "created",
+        settings.reply_topic: "created",
     }
     assert await _limit(settings, events) == 4 * MiB
     assert await _limit(settings, settings.dlq_topic) == 4 * MiB + DEAD_LETTER_HEADROOM_BYTES

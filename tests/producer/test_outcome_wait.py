@@ -193,3 +193,48 @@ async def test_read_modify_write_absorbs_a_race(
             )
             assert no_retry.exhausted and no_retry.outcome.reason is Reason.GENERATION_CONFLICT
             assert stale_read is not None
+
+
+async def test_a_request_for_a_topic_not_allowed_gets_its_outcome_but_no_reply(
+    kafka_bootstrap: str, sqlite_url: str, new_topic: TopicFactory
+) -> None:
+    """The daemon replies only to the topics it allows: a request naming another topic
+    (one that exists, so a wrong write would be seen) gets its outcome record on the
+    outcomes topic, no reply anywhere, and one count in consumergen_replies_refused_total,
+    which is there at 0 from the start."""
+    from aiokafka import AIOKafkaProducer
+
+    from service.contract.replies import request_headers
+    from service.testing.kafka_io import wait_all_committed
+    from service.testing.model import event_doc
+
+    topics, replies = await _topics(new_topic)
+    other = await new_topic(partitions=1, prefix="other")
+    settings = daemon_settings(kafka_bootstrap, sqlite_url, topics, reply_topic=replies)
+    refused = "consumergen_replies_refused_total"
+    allowed_doc = event_doc(str(uuid.uuid4()), project="p", user="u")
+    foreign_doc = event_doc(str(uuid.uuid4()), project="p", user="u")
+    async with running_daemon(settings) as daemon:
+        registry = daemon.metrics.registry
+        assert registry.get_sample_value(refused) == 0
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for doc, topic in ((foreign_doc, other), (allowed_doc, replies)):
+                await producer.send_and_wait(
+                    topics.events,
+                    json.dumps(doc).encode(),
+                    key=doc["consumer_uuid"].encode(),
+                    headers=request_headers(topic, 0, doc["event_id"].encode()),
+                )
+        finally:
+            await producer.stop()
+        await wait_all_committed(kafka_bootstrap, topics.group, topics.events)
+        assert registry.get_sample_value(refused) == 1
+    outcomes = await read_all(kafka_bootstrap, topics.outcomes)
+    assert sorted(json.loads(r.value)["event_id"] for r in outcomes) == sorted(
+        [allowed_doc["event_id"], foreign_doc["event_id"]]
+    )
+    assert await read_all(kafka_bootstrap, other) == []
+    answered = await read_all(kafka_bootstrap, replies)
+    assert [json.loads(r.value)["event_id"] for r in answered] == [allowed_doc["event_id"]]

@@ -63,6 +63,7 @@ def test_topics_create_is_idempotent(kafka_bootstrap: str) -> None:
         f"{topic}: created",
         f"{topic}.dlq: created",
         f"{topic}.outcomes: created",
+        f"{topic}.replies: created",  # the default reply topic: produce --wait works
     ]
     again = run(values, "topics", "create", "--partitions", "2")
     assert again.exit_code == 0, again.output
@@ -70,6 +71,7 @@ def test_topics_create_is_idempotent(kafka_bootstrap: str) -> None:
         f"{topic}: exists",
         f"{topic}.dlq: exists",
         f"{topic}.outcomes: exists",
+        f"{topic}.replies: exists",
     ]
 
     async def partitions() -> int:

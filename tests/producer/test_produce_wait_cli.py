@@ -110,6 +110,10 @@ async def test_produce_wait_and_get(
     # The daemon is stopped: --wait ends in a timeout naming it, exit 1.
     late = await run(env, "produce", "--wait", "--timeout", "1", "--consumer-uuid", consumer)
     assert late.exit_code == 1 and "may still be applied later" in late.stderr
+    # Without the setting, --wait uses the default reply topic (TOPIC.replies); this
+    # test's events topic has none, so that is one line naming the setting and the topic.
     no_topic = {k: v for k, v in env.items() if k != "CONSUMERGEN_REPLY_TOPIC"}
     refused = await run(no_topic, "produce", "--wait", "--consumer-uuid", consumer)
     assert refused.exit_code == 2 and "CONSUMERGEN_REPLY_TOPIC" in refused.stderr
+    assert f"{topics.events}.replies" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

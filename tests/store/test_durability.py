@@ -156,6 +156,7 @@ async def test_run_refuses_a_server_without_fsync_in_one_line(postgres_url: str)
         CONSUMERGEN_DATABASE_URL=postgres_url,
         CONSUMERGEN_BOOTSTRAP_SERVERS="127.0.0.1:9",
         CONSUMERGEN_HEALTH_PORT="0",
+        CONSUMERGEN_READ_API_PORT="0",  # never a fixed port (8001 may be taken)
         CONSUMERGEN_LOG_FORMAT="json",
     )
     done = await asyncio.to_thread(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from unittest import mock
 
 import yaml
 
 from service.config import Settings, load_settings
+from service.daemon.listeners import check_exposure
 
 COMPOSE = Path(__file__).parents[2] / "compose.yaml"
+#: Compose's ``${VARIABLE:-default}``, standing for its default.
+_INTERPOLATION = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 
 
 def _compose() -> dict:
@@ -40,10 +44,7 @@ def test_every_variable_is_a_valid_setting() -> None:
             assert key.startswith("CONSUMERGEN_"), key
             assert key.removeprefix("CONSUMERGEN_").lower() in Settings.model_fields, key
         # ${VAR:-default} interpolation is compose's; give it the default it would use.
-        env = {
-            k: v.replace("${CONSUMERGEN_LOG_REDACTION_KEY:-change-me}", "change-me")
-            for k, v in env.items()
-        }
+        env = {k: _INTERPOLATION.sub(r"\1", v) for k, v in env.items()}
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSUMERGEN_")}
         with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
             settings = load_settings()
@@ -52,12 +53,18 @@ def test_every_variable_is_a_valid_setting() -> None:
         assert settings.outcomes_topic == "consumer-events.outcomes"
         assert settings.log_redaction_key is not None
         assert settings.log_redaction_key.get_secret_value() == "change-me"
+        assert settings.reply_topic == "consumer-events.replies"
+        # The read API listens on all interfaces, so it has a token (else no start).
+        assert settings.read_api_host == "0.0.0.0" and settings.read_api_token is not None
+        check_exposure(settings)
 
 
 def test_daemon_port_matches_health_setting() -> None:
     daemon = _compose()["services"]["daemon"]
     port = int(daemon["environment"]["CONSUMERGEN_HEALTH_PORT"])
-    assert daemon["ports"] == [f"127.0.0.1:{port}:{port}"]
+    read_api = int(daemon["environment"]["CONSUMERGEN_READ_API_PORT"])
+    # Published on the host's loopback only: nothing else reaches them.
+    assert daemon["ports"] == [f"127.0.0.1:{port}:{port}", f"127.0.0.1:{read_api}:{read_api}"]
 
 
 def test_one_image_is_built_once_and_used_by_init_and_daemon() -> None:

@@ -79,3 +79,17 @@ def test_secrets_do_not_show_in_repr(clean_env: None) -> None:
     os.environ["CONSUMERGEN_LOG_REDACTION_KEY"] = "k3y"
     settings = load_settings()
     assert "hunter2" not in repr(settings) and "k3y" not in repr(settings)
+
+
+def test_the_reply_topic_defaults_to_the_events_topic_dot_replies(clean_env: None) -> None:
+    """One default name that the daemon and every producer derive alike (issue 24)."""
+    assert load_settings().reply_topic == "consumer-events.replies"
+    os.environ["CONSUMERGEN_TOPIC"] = "orders"
+    assert load_settings().reply_topic == "orders.replies"
+    os.environ["CONSUMERGEN_REPLY_TOPIC"] = ""  # empty is the default, not "no topic"
+    assert load_settings().reply_topic == "orders.replies"
+    os.environ["CONSUMERGEN_REPLY_TOPIC"] = "mine"
+    os.environ["CONSUMERGEN_ALLOWED_REPLY_TOPICS"] = "team-a.replies, team-b.replies,"
+    settings = load_settings()
+    assert settings.reply_topic == "mine"
+    assert settings.reply_topics_allowed == {"mine", "team-a.replies", "team-b.replies"}

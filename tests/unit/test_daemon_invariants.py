@@ -507,6 +507,7 @@ ORDERS = [
     "broker back, then database back",
     "broker outage, then database outage",
     "rebalance during the database pause",
+    "broker outage during a rebalance during the database pause",
 ]
 
 
@@ -551,6 +552,21 @@ async def test_a_partition_paused_for_the_database_resumes_after_an_overlapping_
             await poll(assigned_everything(fakes), WITHIN, "rejoined")
             await poll(lambda: tp0 in daemon_consumer(fakes).paused(), WITHIN, "partition 0 paused")
             database_down.clear()
+        elif order == "broker outage during a rebalance during the database pause":
+            # The fault run: the fetch loop waits, inside the consumer's fetch,
+            # for the assignment the rebalance would bring; the broker goes before it
+            # does, the clients are parked and renewed, and the fetch on the old
+            # consumer must not hold the fetch loop for ever.
+            await database_pause()
+            rebalancing = asyncio.create_task(broker.rebalance())
+            old = daemon_consumer(fakes)
+            await poll(lambda: old.reassignment_in_progress, WITHIN, "rebalance begun")
+            produce_events(broker, 1, 1)  # wakes the fetch in flight: it waits on
+            await turns(20)
+            await broker_parked()
+            await rebalancing
+            database_down.clear()
+            broker.come_up()
         elif order == "rebalance during the database pause":
             await database_pause()
             await broker.rebalance()

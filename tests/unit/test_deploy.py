@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from service.config import Settings, load_settings
+from service.daemon.listeners import check_exposure
 
 ROOT = Path(__file__).parents[2]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -26,15 +27,24 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 RELEASES = ("1.30.0", kubernetes_validate.latest_version())
 
 
+#: The one manifest of a kind that is not named "consumergen" is keyed "Kind/name".
+_MAIN_NAME = "consumergen"
+
+
 def _documents() -> dict[str, dict[str, Any]]:
-    """kind -> manifest, from every file but the kustomization."""
+    """kind -> manifest (``Kind/name`` for a second one of a kind), from every file but
+    the kustomization."""
     documents: dict[str, dict[str, Any]] = {}
     for path in sorted(MANIFESTS.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         for doc in yaml.safe_load_all(path.read_text()):
-            assert doc["kind"] not in documents, f"two {doc['kind']}s"
-            documents[doc["kind"]] = doc
+            name = doc["metadata"]["name"]
+            key = doc["kind"]
+            if doc["kind"] == "Secret" and name != _MAIN_NAME:
+                key = f"Secret/{name}"
+            assert key not in documents, f"two {key}s"
+            documents[key] = doc
     return documents
 
 
@@ -42,10 +52,12 @@ def test_every_kind_the_operator_needs_is_there() -> None:
     assert set(_documents()) == {
         "ConfigMap",
         "Secret",
+        "Secret/consumergen-read-api",
         "Deployment",
         "Service",
         "PodDisruptionBudget",
         "Job",
+        "NetworkPolicy",
     }
 
 
@@ -101,7 +113,10 @@ def test_pods_run_as_the_images_numeric_user_with_a_read_only_root() -> None:
             assert c["capabilities"]["drop"] == ["ALL"], kind
             mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert {"/tmp", "/data"} <= set(mounted), kind
-            assert set(mounted.values()) <= mounts_ok, kind
+            # Writable: only emptyDir volumes; a Secret may be mounted read-only.
+            secrets = {v["name"] for v in pod["volumes"] if "secret" in v}
+            read_only = {m["name"] for m in container["volumeMounts"] if m.get("readOnly")}
+            assert set(mounted.values()) <= mounts_ok | (secrets & read_only), kind
             assert container["resources"]["requests"]["memory"], kind
             assert container["resources"]["limits"]["memory"], kind
 
@@ -112,8 +127,10 @@ def test_probes_ports_and_selectors_agree() -> None:
     deployment = docs["Deployment"]
     pod = deployment["spec"]["template"]
     [container] = pod["spec"]["containers"]
-    [port] = container["ports"]
+    port, read_api = container["ports"]
+    assert (port["name"], read_api["name"]) == ("http", "read-api")
     assert port["containerPort"] == int(config["CONSUMERGEN_HEALTH_PORT"])
+    assert read_api["containerPort"] == int(config["CONSUMERGEN_READ_API_PORT"])
     assert config["CONSUMERGEN_HEALTH_HOST"] == "0.0.0.0"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["startupProbe"]["httpGet"]["path"] == "/livez"
@@ -126,6 +143,7 @@ def test_probes_ports_and_selectors_agree() -> None:
     ):
         assert selector.items() <= labels.items(), selector
     assert docs["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert [p["targetPort"] for p in docs["Service"]["spec"]["ports"]] == ["http", "read-api"]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port["containerPort"])
     # A stop finishes its in-flight batches before the kubelet's SIGKILL.
     grace = float(config["CONSUMERGEN_SHUTDOWN_GRACE_SECONDS"])
@@ -160,3 +178,59 @@ def test_configmap_and_secret_are_valid_settings_together() -> None:
     assert settings.database_url.startswith("postgresql+asyncpg://")
     assert settings.health_host == "0.0.0.0"
     assert settings.outcomes_topic == "consumer-events.outcomes"
+    assert settings.reply_topic == "consumer-events.replies"
+    # The read API is reachable from other pods, so it needs its tokens: the daemon
+    # would refuse to start otherwise (check_exposure), and they come from a file.
+    assert settings.read_api_host == "0.0.0.0" and settings.read_api_token is None
+    check_exposure(settings)
+    assert settings.read_api_tokens_file is not None
+
+
+def test_the_read_api_tokens_are_a_mounted_secret_file_and_the_producers_have_theirs() -> None:
+    """Not from the daemon's environment (fixed until a restart) but from a Secret
+    volume the kubelet updates: a token rotates without a restart."""
+    docs = _documents()
+    tokens_file = Path(docs["ConfigMap"]["data"]["CONSUMERGEN_READ_API_TOKENS_FILE"])
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [(name, mount)] = [(n, m) for n, m in mounts.items() if "secret" in volumes[n]]
+    assert mount["readOnly"] is True and tokens_file.parent == Path(mount["mountPath"])
+    secret = volumes[name]["secret"]
+    tokens_secret = docs["Secret/consumergen-read-api"]
+    assert secret["secretName"] == tokens_secret["metadata"]["name"]
+    assert secret["items"] == [{"key": "tokens", "path": tokens_file.name}]
+    data = tokens_secret["stringData"]
+    accepted = [line for line in data["tokens"].splitlines() if line.strip()]
+    assert data["CONSUMERGEN_READ_API_TOKEN"] in accepted  # what producers send is accepted
+    # The daemons' envFrom Secret holds no read-API token (it would never rotate away).
+    assert not any("READ_API_TOKEN" in key for key in docs["Secret"]["stringData"])
+    assert {e.get("secretRef", {}).get("name") for e in container["envFrom"]} >= {"consumergen"}
+    assert tokens_secret["metadata"]["name"] not in {
+        e.get("secretRef", {}).get("name") for e in container["envFrom"]
+    }
+
+
+def test_the_network_policy_lets_in_producers_and_prometheus_only() -> None:
+    docs = _documents()
+    policy = docs["NetworkPolicy"]["spec"]
+    daemon_labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= daemon_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    by_port = {}
+    for rule in policy["ingress"]:
+        [port] = rule["ports"]
+        by_port[port["port"]] = rule["from"]
+    assert set(by_port) == {"read-api", "http"}  # nothing else is let in
+    # Producers: pods of the namespace (a podSelector alone) with the producer label.
+    [producers] = by_port["read-api"]
+    assert set(producers) == {"podSelector"}
+    assert producers["podSelector"]["matchLabels"] == {"consumergen/producer": "true"}
+    # /metrics: Prometheus' pods in its namespace, both selectors in one peer (an AND).
+    [prometheus] = by_port["http"]
+    assert set(prometheus) == {"namespaceSelector", "podSelector"}
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # The named ports are the container's.
+    [container] = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert set(by_port) == {p["name"] for p in container["ports"]}

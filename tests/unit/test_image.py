@@ -12,12 +12,17 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 ROOT = Path(__file__).parents[2]
 
@@ -218,3 +223,102 @@ def test_the_build_lock_pins_the_build_backend() -> None:
         name = canonicalize_name(Requirement(line).name)
         assert re.search(rf"^{re.escape(name)}==\S+ \\$", text, re.M), name
     assert "--hash=sha256:" in text
+
+
+def test_the_runtime_has_no_pip_setuptools_or_wheel() -> None:
+    """The virtualenv loses them after its last install (build stage), the base image's
+    own go in the runtime stage; nothing installs anything after that."""
+    build, runtime = _stages()
+    commands = [cmd.strip() for run in build.args("RUN") for cmd in run.split("&&")]
+    into_venv = [i for i, cmd in enumerate(commands) if cmd.startswith("/opt/venv/bin/")]
+    last = commands[into_venv[-1]]
+    assert last == "/opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel", last
+    assert all("pip install" in commands[i] for i in into_venv[:-1])
+    runtime_run = " ".join(runtime.args("RUN"))
+    assert re.search(
+        r"python -m pip uninstall --yes (--no-cache-dir )?pip setuptools wheel", runtime_run
+    )
+    assert "ensurepip/_bundled" in runtime_run
+    assert not any("pip install" in run for run in runtime.args("RUN"))
+
+
+#: The documented build command: README's, and the Dockerfile's own comment says the same.
+_BUILD = re.compile(r'docker build --build-arg VERSION="\$\((?P<version>[^)]+)\)" -t \S+ \.')
+
+
+def _documented_version_command() -> str:
+    [readme] = {m.group("version") for m in _BUILD.finditer((ROOT / "README.md").read_text())}
+    [dockerfile] = {m.group("version") for m in _BUILD.finditer((ROOT / "Dockerfile").read_text())}
+    assert readme == dockerfile, (readme, dockerfile)
+    return readme
+
+
+def _git(tree: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _version_in(tree: Path) -> Version:
+    """Run the documented command in ``tree`` as a shell would ($(...) captures stdout),
+    with this checkout's .venv standing for the tree's own."""
+    command = _documented_version_command()
+    if command.startswith(".venv/bin/python "):
+        command = shlex.quote(sys.executable) + command.removeprefix(".venv/bin/python")
+    done = subprocess.run(
+        ["sh", "-c", command], cwd=tree, capture_output=True, text=True, check=True
+    )
+    text = done.stdout.strip()
+    assert "\n" not in text, done.stdout
+    return Version(text)  # InvalidVersion would fail the image's build the same way
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """A git repository with this project's setuptools-scm configuration and no tag."""
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", tree)
+    _git(tree, "init", "--quiet")
+    _git(tree, "add", "pyproject.toml")
+    _git(tree, "commit", "--quiet", "-m", "first")
+    return tree
+
+
+def test_the_documented_version_is_pep_440_untagged_on_a_tag_and_between_tags(
+    repository: Path,
+) -> None:
+    untagged = _version_in(repository)
+    assert untagged.is_devrelease and untagged.local is not None, untagged
+    assert untagged.base_version == "0.1.0"
+    _git(repository, "tag", "-a", "v1.2.3", "-m", "release")
+    assert _version_in(repository) == Version("1.2.3")
+    (repository / "change").write_text("x")
+    _git(repository, "add", "change")
+    _git(repository, "commit", "--quiet", "-m", "after the tag")
+    between = _version_in(repository)
+    assert between.base_version == "1.2.4" and between.dev == 1, between
+    assert between.local is not None and between.local.startswith("g"), between
+    # What the old documented command gave is no version: it would fail the build.
+    described = subprocess.run(
+        ["git", "describe", "--tags", "--always"],
+        cwd=repository,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with pytest.raises(InvalidVersion):
+        Version(described)
+
+
+def test_the_dockerfile_default_version_is_pep_440_and_passed_to_setuptools_scm() -> None:
+    build = _stages()[0]
+    [default] = [a for a in build.args("ARG") if a.startswith("VERSION=")]
+    Version(default.removeprefix("VERSION="))
+    assert any(
+        'SETUPTOOLS_SCM_PRETEND_VERSION_FOR_CONSUMER_GENERATION_SERVICE="${VERSION}"' in run
+        for run in build.args("RUN")
+    )

@@ -466,3 +466,40 @@ async def test_later_batches_are_applied_while_an_earlier_ones_records_wait_for_
     assert _outcome_offsets(host) == [0, 1, 2, 3, 4, 5]
     assert [c[0] for c in host.commits][-1] == 6
     assert all(outcomes >= offset for offset, _, outcomes in host.commits)
+
+
+@pytest.mark.parametrize("every_outcome", [True, False])
+async def test_replies_go_only_to_allowed_topics_and_a_refusal_is_counted(
+    applier: Applier, every_outcome: bool
+) -> None:
+    """A request naming a topic the daemon does not allow gets no reply route (its
+    outcome record still goes to the outcomes topic when there is one) and is counted;
+    without an outcomes topic only the events that get a reply have a record."""
+    from dataclasses import replace
+
+    from service.contract.replies import ReplyPolicy, ReplyRoute, request_headers
+
+    refused: list[int] = []
+    host = FakeHost(applier)
+    host.config = replace(
+        CONFIG,
+        replies=ReplyPolicy(
+            frozenset({"r"}), every_outcome=every_outcome, refused=lambda: refused.append(1)
+        ),
+    )
+    asked, foreign, plain = (
+        _event(0, _consumer(8)),
+        _event(1, _consumer(9)),
+        _event(2, _consumer(10)),
+    )
+    asked.headers.extend(request_headers("r", 0, b"corr-a"))
+    foreign.headers.extend(request_headers("consumer-events", 0, b"corr-f"))
+    await _run(host, [asked, foreign, plain])
+    assert host.fatal_errors == []
+    assert refused == [1]
+    assert host.outcomes is not None
+    routes = {json.loads(m.value)["source"]["offset"]: m.reply for m in host.outcomes.messages}
+    if every_outcome:
+        assert routes == {0: ReplyRoute("r", 0, b"corr-a"), 1: None, 2: None}
+    else:
+        assert routes == {0: ReplyRoute("r", 0, b"corr-a")}

@@ -12,6 +12,7 @@ from service.contract.replies import (
     CORRELATION_HEADER,
     REPLY_PARTITION_HEADER,
     REPLY_TOPIC_HEADER,
+    ReplyPolicy,
     ReplyRoute,
     correlation_of,
     reply_route,
@@ -51,6 +52,31 @@ def test_no_route_for_what_the_daemon_may_not_serve(headers: object) -> None:
 
 def test_no_route_without_a_configured_reply_topic() -> None:
     assert reply_route(request_headers(TOPIC, 0, b"c"), None) is None
+
+
+def test_a_route_to_any_allowed_topic() -> None:
+    allowed = frozenset({TOPIC, "team-b.replies"})
+    assert reply_route(request_headers("team-b.replies", 2, b"c"), allowed) == ReplyRoute(
+        "team-b.replies", 2, b"c"
+    )
+    assert reply_route(request_headers(TOPIC, 0, b"c"), allowed) == ReplyRoute(TOPIC, 0, b"c")
+    assert reply_route(request_headers("elsewhere", 0, b"c"), allowed) is None
+
+
+def test_the_policy_reports_each_request_for_a_topic_it_does_not_allow() -> None:
+    refused: list[int] = []
+    policy = ReplyPolicy(frozenset({TOPIC}), refused=lambda: refused.append(1))
+    assert policy.route(request_headers(TOPIC, 1, b"c")) == ReplyRoute(TOPIC, 1, b"c")
+    assert policy.route(None) is None and policy.route([]) is None
+    assert policy.route([("content-type", b"x")]) is None  # asked for nothing
+    # Malformed requests for an allowed topic are "no reply", not a refusal.
+    assert policy.route(request_headers(TOPIC, -1, b"c")) is None
+    assert refused == []
+    assert policy.route(request_headers("consumer-events", 0, b"c")) is None
+    assert (
+        policy.route([(REPLY_TOPIC_HEADER, b"\xff"), (REPLY_PARTITION_HEADER, b"\0\0\0\0")]) is None
+    )
+    assert refused == [1, 1]
 
 
 def _state(deleted: bool, generation: int = 4) -> ConsumerState:

@@ -61,10 +61,12 @@ def test_a_paused_or_idle_partition_is_never_stalled() -> None:
     watch = StallWatch(BOUND)
     for now in (0.0, BOUND * 5, BOUND * 50):
         assert watch.stalled_partitions(now, {TP: view(5, 9, paused=True)}) == []
-    other = TopicPartition("events", 1)
+    idle = TopicPartition("events", 1)
     for now in (0.0, BOUND * 5, BOUND * 50):
-        assert watch.stalled_partitions(now, {other: view(7, 7)}) == []
-        assert watch.stalled_partitions(now, {other: view(None, 7)}) == []
+        assert watch.stalled_partitions(now, {idle: view(7, 7)}) == []
+    unknown = TopicPartition("events", 2)  # the committed offset not known yet
+    for now in (0.0, BOUND * 5, BOUND * 50):
+        assert watch.stalled_partitions(now, {unknown: view(None, 7)}) == []
 
 
 def test_a_fetch_loop_that_does_not_poll_is_stalled_unless_the_broker_is_away() -> None:
@@ -197,3 +199,23 @@ async def test_a_partition_with_lag_and_no_progress_fails_livez_a_paused_or_idle
         assert body["stalled"] == ["events/0"], body
         assert await gauge(daemon, "consumergen_stalled_partitions") == 1
         assert await gauge(daemon, "consumergen_fetch_loop_stalled") == 0
+
+
+async def test_a_parking_that_fails_stops_the_daemon_loudly_instead_of_standing_still(
+    database: str,
+) -> None:
+    """Parking the clients at a broker outage fails on a bug (here the sinks' producer
+    cannot be dropped): the clients would stay parked and the fetch loop wait for good,
+    which no probe calls a stall (the broker is away).  The daemon stops on it."""
+    broker = FakeBroker("events", 1)
+    fakes = fake_edges(broker)
+
+    async def abandon() -> None:
+        raise RuntimeError("a bug while dropping the producer")
+
+    fakes.producer.abandon = abandon  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="stopped on a bug: RuntimeError"):
+        async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
+            await poll(lambda: daemon.readiness.started, 10, "started")
+            broker.go_down()
+            await poll(lambda: daemon.fatal_error is not None, 10, "the daemon stopping")

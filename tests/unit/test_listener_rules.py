@@ -1,0 +1,119 @@
+"""Which listeners may be exposed, and a failure to listen said as one line naming the
+setting and the address: pure rules and real sockets, no daemon."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_settings
+from service.daemon.listeners import (
+    Listener,
+    ListenerError,
+    check_exposure,
+    is_loopback,
+    listen_error,
+    listeners,
+    probe,
+)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("consumergen.example.org", False),
+    ],
+)
+def test_loopback_is_only_what_no_other_machine_reaches(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({}, False),
+        ({"read_api_host": "0.0.0.0"}, True),
+        ({"read_api_host": "0.0.0.0", "read_api_token": "t"}, False),
+        ({"read_api_host": "0.0.0.0", "read_api_token": " "}, True),  # empty is none
+        ({"read_api_host": "0.0.0.0", "read_api_tokens": ", ,"}, True),
+        ({"read_api_host": "0.0.0.0", "read_api_tokens": "a,b"}, False),
+        ({"read_api_host": "0.0.0.0", "read_api_tokens_file": "tokens"}, False),
+        ({"read_api_host": "0.0.0.0", "read_api_allow_anonymous": True}, False),
+        ({"read_api_host": "10.1.2.3"}, True),
+        ({"read_api_host": "0.0.0.0", "read_api_port": None}, False),  # no read API at all
+        ({"health_host": "0.0.0.0"}, False),  # probes and metrics are open by design
+    ],
+)
+def test_a_read_api_other_machines_reach_needs_a_token(
+    settings: dict[str, object], refused: bool, tmp_path: Path
+) -> None:
+    if "read_api_tokens_file" in settings:
+        settings = {**settings, "read_api_tokens_file": tmp_path / "tokens"}
+    # load_settings drops None overrides (an option not given): no read API is a copy.
+    loaded = load_settings(**settings).model_copy(
+        update={k: v for k, v in settings.items() if v is None}
+    )
+    if not refused:
+        check_exposure(loaded)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_exposure(loaded)
+    message = str(caught.value)
+    assert message.startswith("CONSUMERGEN_READ_API_HOST: ") and "\n" not in message
+    assert "CONSUMERGEN_READ_API_ALLOW_ANONYMOUS=true" in message
+
+
+LISTENER = Listener("CONSUMERGEN_X_HOST", "CONSUMERGEN_X_PORT", "127.0.0.1", 8001)
+
+
+@pytest.mark.parametrize(
+    ("error", "named", "says"),
+    [
+        (OSError(errno.EADDRINUSE, "in use"), "CONSUMERGEN_X_PORT", "already in use"),
+        (OSError(errno.EACCES, "denied"), "CONSUMERGEN_X_PORT", "permission denied"),
+        (OSError(errno.EADDRNOTAVAIL, "x"), "CONSUMERGEN_X_HOST", "not an address of this"),
+        (socket.gaierror(-2, "Name or service not known"), "CONSUMERGEN_X_HOST", "no such host"),
+        (OSError(errno.EINVAL, "Invalid argument"), "CONSUMERGEN_X_PORT", "Invalid argument"),
+    ],
+)
+def test_each_listen_failure_names_its_setting_and_the_address(
+    error: OSError, named: str, says: str
+) -> None:
+    message = str(listen_error(LISTENER, error))
+    assert message.startswith(f"{named}: cannot listen on 127.0.0.1:8001: "), message
+    assert says in message and "\n" not in message
+
+
+def test_an_ipv6_address_is_bracketed() -> None:
+    assert Listener("H", "P", "::1", 80).address == "[::1]:80"
+
+
+def test_probe_finds_a_taken_port_and_passes_free_ones() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        settings = load_settings(health_port=0, read_api_port=port)
+        with pytest.raises(ListenerError, match=f"CONSUMERGEN_READ_API_PORT: .*:{port}: "):
+            probe(settings)
+    probe(settings)  # released: free again
+    probe(load_settings(health_port=0, read_api_port=0))  # "any port" is never probed
+    no_read_api = load_settings().model_copy(update={"read_api_port": None})
+    assert [x.port_setting for x in listeners(no_read_api)] == ["CONSUMERGEN_HEALTH_PORT"]
+
+
+def test_probe_names_a_host_that_does_not_resolve() -> None:
+    settings = load_settings(health_host="no-such-host.invalid", health_port=8000)
+    with pytest.raises(ListenerError, match=r"^CONSUMERGEN_HEALTH_HOST: .*no such host"):
+        probe(settings)
