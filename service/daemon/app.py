@@ -42,6 +42,7 @@ from service.daemon.startup import check_schema_once, start_clients, wait_for_sc
 from service.daemon.timeline import Timeline
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import close_quietly, consumer_options
+from service.sinks.coalescing import CoalescingOutcomeSink
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.store.dialects import dialect_for
@@ -156,7 +157,8 @@ class Daemon:
             dead_letters=KafkaDeadLetterSink(settings, producer),
             # Outcome records go to the outcomes topic (observers) and, for an event that
             # asked, to its requester's reply partition (there is always a reply topic).
-            outcomes=KafkaOutcomeSink(settings.outcomes_topic, producer),
+            # One write at a time for every partition's records (``sinks.coalescing``).
+            outcomes=CoalescingOutcomeSink(KafkaOutcomeSink(settings.outcomes_topic, producer)),
             applier=applier,
         )
 
