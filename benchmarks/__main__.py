@@ -1,12 +1,22 @@
 """``python -m benchmarks e2e | latency | timeline | scaling | soak | hot-path |
-outcome-wait | backlog`` (``--help`` on each)."""
+outcome-wait | backlog | tracing`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import backlog, e2e, hot_path, latency, outcome_wait, scaling, soak, timeline
+from benchmarks import (
+    backlog,
+    e2e,
+    hot_path,
+    latency,
+    outcome_wait,
+    scaling,
+    soak,
+    timeline,
+    tracing_cost,
+)
 
 
 def main() -> None:
@@ -26,6 +36,9 @@ def main() -> None:
     backlog.add_arguments(
         commands.add_parser("backlog", help="peak RSS through a backlog made before the start")
     )
+    tracing_cost.add_arguments(
+        commands.add_parser("tracing", help="daemon CPU per event: tracing off, 100%%, 1%%")
+    )
     args = parser.parse_args()
     module = {
         "e2e": e2e,
@@ -36,6 +49,7 @@ def main() -> None:
         "hot-path": hot_path,
         "outcome-wait": outcome_wait,
         "backlog": backlog,
+        "tracing": tracing_cost,
     }[args.command]
     try:
         asyncio.run(module.run(args))

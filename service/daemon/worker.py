@@ -50,6 +50,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -63,9 +64,12 @@ from service.daemon.step_retry import StepRetry
 from service.domain.outcomes import Outcome
 from service.failures import classify
 from service.sinks.base import DeadLetter, OutcomeMessage
+from service.tracing import batch_trace
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
+
+    from service.tracing.daemon import BatchTrace
 
 log = structlog.get_logger(__name__)
 __all__ = ["Applies", "PartitionWorker", "WorkerConfig", "WorkerHost"]
@@ -86,6 +90,8 @@ class _Settled:
     began: float
     #: The valid events' ``occurred_at``: the end-to-end latency once the offset commits.
     occurred: list[datetime]
+    #: The batch's spans, ended once its records are acknowledged (None: not tracing).
+    trace: BatchTrace | None = None
 
     @property
     def next_offset(self) -> int:
@@ -229,6 +235,8 @@ class PartitionWorker:
             await self._write(ready)
             for settled in ready:
                 clock.stamp("acknowledged", settled.batch)
+                if settled.trace is not None:
+                    settled.trace.end()
                 self._acknowledged.append(settled)
             self._acked_offset = ready[-1].next_offset
             self._to_commit.set()
@@ -291,25 +299,36 @@ class PartitionWorker:
         began = time.perf_counter()
         host = self.host
         clock = host.metrics.stages
-        with clock.sync("admit"):
-            admitted = admit_batch(batch, host.config.max_event_bytes)
-        clock.stamp("admitted", batch)
-        outcomes: list[Outcome] = []
-        if admitted.valid:
-            outcomes = await clock.timed(
-                "apply",
-                self._retry.run("database", lambda: host.applier.apply_batch(admitted.valid)),
-            )
-        clock.stamp("committed", batch)
-        with clock.sync("encode"):
-            settled = list(zip(admitted.records, outcomes, strict=True))
-            now = datetime.now(UTC)
-            dead = admitted.dead + failed_letters(settled, now)
-            messages = None
-            if host.outcomes is not None:
-                messages = outcome_messages(settled, admitted.invalid, now, host.config.replies)
+        trace = batch_trace(self.tp.topic, self.tp.partition, batch, host.config.group_id)
+        try:
+            with clock.sync("admit"):
+                admitted = admit_batch(batch, host.config.max_event_bytes)
+            clock.stamp("admitted", batch)
+            outcomes: list[Outcome] = []
+            if admitted.valid:
+                with _step([trace], "database transaction"):
+                    outcomes = await clock.timed(
+                        "apply",
+                        self._retry.run(
+                            "database", lambda: host.applier.apply_batch(admitted.valid)
+                        ),
+                    )
+            clock.stamp("committed", batch)
+            with clock.sync("encode"):
+                settled = list(zip(admitted.records, outcomes, strict=True))
+                now = datetime.now(UTC)
+                dead = admitted.dead + failed_letters(settled, now)
+                messages = None
+                if host.outcomes is not None:
+                    messages = outcome_messages(settled, admitted.invalid, now, host.config.replies)
+                if trace is not None:
+                    dead, messages = trace.stamp(settled, admitted.invalid, dead, messages)
+        except BaseException as exc:
+            if trace is not None:
+                trace.end(exc)
+            raise
         occurred = [event.occurred_at for event, _ in admitted.valid]
-        return _Settled(batch, outcomes, dead, messages, began, occurred)
+        return _Settled(batch, outcomes, dead, messages, began, occurred, trace)
 
     async def _write(self, ready: list[_Settled]) -> None:
         """The batches' dead letters and outcome records, in offset order, until
@@ -322,16 +341,21 @@ class PartitionWorker:
             if host.outcomes is None
             else [message for settled in ready for message in settled.messages or ()]
         )
+        traces = [settled.trace for settled in ready]
         if dead:
-            await clock.timed(
-                "send",
-                self._retry.run("dead_letter", lambda: host.dead_letters.write_dead_letters(dead)),
-            )
+            with _step(traces, "send dead letters"):
+                await clock.timed(
+                    "send",
+                    self._retry.run(
+                        "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
+                    ),
+                )
         sink = host.outcomes
         if sink is not None and messages:
-            await clock.timed(
-                "send", self._retry.run("outcomes", lambda: sink.write_outcomes(messages))
-            )
+            with _step(traces, "send outcomes"):
+                await clock.timed(
+                    "send", self._retry.run("outcomes", lambda: sink.write_outcomes(messages))
+                )
 
     def _account(self, offset: int, committed: bool) -> None:
         """The acknowledged batches up to ``offset`` are committed (or the group moved
@@ -373,3 +397,14 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
         if not task.done():
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _step(traces: list[BatchTrace | None], name: str) -> AbstractContextManager[object]:
+    """A span of one step in each traced batch it serves; nothing when not tracing."""
+    traced = [trace for trace in traces if trace is not None]
+    if not traced:
+        return nullcontext()
+    stack = ExitStack()
+    for trace in traced:
+        stack.enter_context(trace.step(name))
+    return stack

@@ -227,7 +227,7 @@ async def _replies(
         if not partition_of_topic(route.partition, partitions):
             dropped += 1
             continue
-        headers = [(CORRELATION_HEADER, route.correlation)]
+        headers = [(CORRELATION_HEADER, route.correlation), *(message.headers or ())]
         builder = builders.get(route.partition)
         if builder is None:
             builder = builders[route.partition] = producer.create_batch()
@@ -284,15 +284,15 @@ async def _batched(
     partitions = sorted(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
     for message in messages:
-        key, value = message.key, message.value
+        key, value, headers = message.key, message.value, message.headers
         partition = random.choice(partitions) if key is None else partition_for(key, partitions)
         builder = builders.get(partition)
         if builder is None:
             builder = builders[partition] = producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:  # full
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
             futures.append(await producer.send_batch(builder, topic, partition=partition))
             builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 raise ValueError("an outcome record larger than a whole batch")
     for partition, builder in builders.items():
         futures.append(await producer.send_batch(builder, topic, partition=partition))
