@@ -1,12 +1,22 @@
-"""``python -m benchmarks e2e | latency | scaling | soak | hot-path | outcome-wait |
-backlog`` (``--help`` on each)."""
+"""``python -m benchmarks e2e | latency | timeline | scaling | soak | hot-path |
+outcome-wait | backlog | tracing`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from benchmarks import backlog, e2e, hot_path, latency, outcome_wait, scaling, soak
+from benchmarks import (
+    backlog,
+    e2e,
+    hot_path,
+    latency,
+    outcome_wait,
+    scaling,
+    soak,
+    timeline,
+    tracing_cost,
+)
 
 
 def main() -> None:
@@ -14,6 +24,9 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     e2e.add_arguments(commands.add_parser("e2e", help="throughput, ratios, latency, RSS"))
     latency.add_arguments(commands.add_parser("latency", help="latency alone at offered loads"))
+    timeline.add_arguments(
+        commands.add_parser("timeline", help="per-event boundary times next to the floor")
+    )
     scaling.add_arguments(commands.add_parser("scaling", help="1, 2, 3 daemons on PostgreSQL"))
     soak.add_arguments(commands.add_parser("soak", help="sustained load: RSS and latency"))
     hot_path.add_arguments(commands.add_parser("hot-path", help="CPU per event, stage by stage"))
@@ -23,15 +36,20 @@ def main() -> None:
     backlog.add_arguments(
         commands.add_parser("backlog", help="peak RSS through a backlog made before the start")
     )
+    tracing_cost.add_arguments(
+        commands.add_parser("tracing", help="daemon CPU per event: tracing off, 100%%, 1%%")
+    )
     args = parser.parse_args()
     module = {
         "e2e": e2e,
         "latency": latency,
+        "timeline": timeline,
         "scaling": scaling,
         "soak": soak,
         "hot-path": hot_path,
         "outcome-wait": outcome_wait,
         "backlog": backlog,
+        "tracing": tracing_cost,
     }[args.command]
     try:
         asyncio.run(module.run(args))

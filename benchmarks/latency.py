@@ -2,7 +2,8 @@
 
 The e2e benchmark measures latency at one load after its throughput runs; this runs only
 the offered-load part (a fresh daemon, outcomes topic on, fed ``--rate`` events/s for
-``--seconds``), ``--repeat`` times, optionally with daemon settings (``--set
+``--seconds`` by applications sending one record per request and by a batching producer,
+``--producer``), ``--repeat`` times, optionally with daemon settings (``--set
 batch_max_events=100``) so that one setting at a time can be compared on one broker.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import time
 from typing import Any
 
+from benchmarks.drivers import MODES
 from benchmarks.infra import Infra, machine_description
 from benchmarks.measure import offered_load, percentile, write_json
 
@@ -36,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SETTING=VALUE[,SETTING=VALUE]",
         help="also run with these settings on top of --set (repeatable; one broker for all)",
     )
+    parser.add_argument(
+        "--producer",
+        choices=[*MODES, "both"],
+        default="both",
+        help="one record per request (applications sending one event at a time), "
+        "batching (a bulk loader), or both (benchmarks/drivers.py)",
+    )
     parser.add_argument("--json", default=None, help="also write raw results here")
 
 
@@ -54,6 +63,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     base = daemon_settings(args.set)
     variants = [base] + [base | daemon_settings(v.split(",")) for v in args.variant]
+    producers = list(MODES) if args.producer == "both" else [args.producer]
     infra = Infra().start(postgres="postgres" in dbs)
     results: dict[str, Any] = {
         "machine": machine_description("postgres" in dbs),
@@ -61,12 +71,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     try:
-        for db, rate, r, extra in (
-            (db, rate, r, extra)
+        for db, rate, r, extra, mode in (
+            (db, rate, r, extra, mode)
             for db in dbs
             for rate in rates
             for r in range(args.repeat)
             for extra in variants  # interleaved: drift in the machine's load hits all alike
+            for mode in producers
         ):
             began = time.monotonic()
             load = await offered_load(
@@ -77,9 +88,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 seed=2_000 + r,
                 consumers=args.consumers,
                 extra=extra,
+                producer=mode,
             )
             row = {
                 "db": db,
+                "producer": mode,
                 "settings": extra,
                 "offered": rate,
                 "achieved": load.rate_achieved,
@@ -93,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             results["runs"].append(row)
             print(
-                f"[{db} {rate:,.0f}/s #{r + 1}] achieved {row['achieved']:,.0f}/s: "
+                f"[{db} {rate:,.0f}/s {mode} #{r + 1}] achieved {row['achieved']:,.0f}/s: "
                 f"p50 {row['p50']:.0f} ms, p90 {row['p90']:.0f} ms, "
                 f"p99 {row['p99']:.0f} ms, max {row['max']:.0f} ms "
                 f"({row['matched']} matched, {row['unmatched']} unmatched)"

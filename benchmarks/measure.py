@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from benchmarks.drivers import Mode, drive
 from benchmarks.infra import Infra
 from benchmarks.workload import Record, Workload
 from service.testing.database import asyncpg_url, consumer_state, inbox
@@ -437,10 +438,12 @@ async def offered_load(
     rss_every: float = 5.0,
     progress: Callable[[str], None] = print,
     extra: dict[str, object] | None = None,
+    producer: Mode = "batching",
 ) -> LoadRun:
-    """A daemon (outcomes topic on) fed ``rate`` events/s for ``seconds``; latency of each
-    event = the outcome record's timestamp (sent right after the database commit) minus the
-    event record's timestamp (set by the producer when it sent the event)."""
+    """A daemon (outcomes topic on) fed ``rate`` events/s for ``seconds`` by ``producer``
+    (``benchmarks.drivers``: one record per request, or batching); latency of each event =
+    the outcome record's timestamp (sent right after the database commit) minus the moment
+    the producer handed the event over."""
     from service.store.migrate import upgrade
 
     topic = await infra.new_topic("load", PARTITIONS)
@@ -458,16 +461,16 @@ async def offered_load(
         **(extra or {}),
     ).start()
     workload = Workload(consumers=consumers, seed=seed)
-    sent: dict[tuple[int, int], int] = {}
+    sent: dict[tuple[int, int], float] = {}
     latencies: list[float] = []
     by_minute: dict[int, list[float]] = {}
-    pending: list[tuple[int, int, int]] = []
+    pending: list[tuple[int, int, float]] = []
     rss: list[tuple[float, float]] = []
     stop_reading = asyncio.Event()
     produced = 0
     start_ms = 0
 
-    def account(partition: int, offset: int, outcome_ms: int) -> bool:
+    def account(partition: int, offset: int, outcome_ms: float) -> bool:
         sent_ms = sent.pop((partition, offset), None)
         if sent_ms is None:
             return False
@@ -503,6 +506,15 @@ async def offered_load(
             await consumer.stop()
         return seen
 
+    async def report_every_minute(began: float) -> None:
+        while True:
+            await asyncio.sleep(60)
+            daemon.check_alive()
+            progress(
+                f"  {int(time.monotonic() - began)}s: {len(sent) + len(latencies)} produced, "
+                f"{len(latencies)} outcomes, RSS {rss[-1][1] if rss else 0:.0f} MiB"
+            )
+
     async def sample_rss(began: float) -> None:
         while True:
             with contextlib.suppress(OSError):
@@ -511,42 +523,29 @@ async def offered_load(
 
     try:
         await daemon.wait_assigned()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=infra.bootstrap, acks="all", enable_idempotence=True, linger_ms=0
-        )
-        await producer.start()
         reader = asyncio.create_task(read_outcomes())
         began = time.monotonic()
         start_ms = int(time.time() * 1000)
         sampler = asyncio.create_task(sample_rss(began))
-        futures: list[asyncio.Future[Any]] = []
-        records = workload.records()
-        tick = 0.01
-        next_report = began + 60
+        reporter = asyncio.create_task(report_every_minute(began))
+
+        def remember(_: int, partition: int, offset: int, sent_at: float, __: float) -> None:
+            sent[(partition, offset)] = sent_at * 1000
+
         try:
-            while time.monotonic() - began < seconds:
-                due = int((time.monotonic() - began) * rate) + 1
-                while produced < due:
-                    key, value = next(records)
-                    future = await producer.send(topic, key=key, value=value)
-                    future.add_done_callback(_remember(sent))
-                    futures.append(future)
-                    produced += 1
-                if len(futures) > 5_000:
-                    await asyncio.gather(*futures)
-                    futures.clear()
-                if time.monotonic() >= next_report:
-                    next_report += 60
-                    progress(
-                        f"  {int(time.monotonic() - began)}s: {produced} produced, "
-                        f"{len(latencies)} outcomes, RSS {rss[-1][1] if rss else 0:.0f} MiB"
-                    )
-                daemon.check_alive()
-                await asyncio.sleep(tick)
-            await asyncio.gather(*futures)
-            achieved = produced / (time.monotonic() - began)
+            offered = await drive(
+                producer,
+                infra.bootstrap,
+                topic,
+                workload.records(),
+                rate=rate,
+                seconds=seconds,
+                on_sent=remember,
+            )
         finally:
-            await producer.stop()
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+        produced, achieved = offered.events, offered.achieved
         deadline = time.monotonic() + 120
         while await infra.committed_total(group, topic) < produced:
             if time.monotonic() > deadline:
@@ -575,16 +574,6 @@ async def offered_load(
         peak_rss_mib=peak,
         unmatched=unmatched,
     )
-
-
-def _remember(sent: dict[tuple[int, int], int]) -> Callable[[asyncio.Future[Any]], None]:
-    def done(future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        metadata = future.result()
-        sent[(metadata.partition, metadata.offset)] = metadata.timestamp
-
-    return done
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:

@@ -79,6 +79,8 @@ GROUPS: dict[str, Group] = {
     "store": Group(
         (
             "service/store/unit_of_work.py",
+            "service/store/sqlite_writer.py",
+            "service/apply/group.py",
             "service/store/reads.py",
             "service/store/owners.py",
             "service/store/prune.py",
@@ -89,7 +91,8 @@ GROUPS: dict[str, Group] = {
             "service/store/dialects/*",
         ),
         ("tests/store", "tests/apply", "tests/unit", "tests/replay/test_verify_fields.py"),
-        "the database edge but the writes: unit of work, reads, prune, durability, dialects",
+        "the database edge but the writes: unit of work, reads, prune, durability, dialects, "
+        "SQLite's writer and group commit",
         ("tests/daemon/test_database_outage.py", "tests/replay"),
     ),
     "daemon": Group(

@@ -179,12 +179,13 @@ class Settings(BaseSettings):
         le=INT32_MAX,
         description="Longest a daemon may go between fetches and stay a member.",
     )
-    stall_seconds: float = Field(
-        120.0,
+    stall_seconds: float | None = Field(
+        None,
         gt=0,
         description="/livez fails when the fetch loop has not polled, or an assigned, "
         "unpaused partition with lag has not committed, for longer than this (a stall; "
-        "below the poll-interval limit, at which the consumer would leave its group).",
+        "below the poll-interval limit, at which the consumer would leave its group). "
+        "Unset: 120 s, or 40% of CONSUMERGEN_MAX_POLL_INTERVAL_MS when that is less.",
     )
     liveness_stale_seconds: float = Field(
         30.0,
@@ -199,7 +200,20 @@ class Settings(BaseSettings):
         description="Longest the broker holds a fetch for data (bounds an idle partition's delay).",
     )
     producer_linger_ms: int = Field(
-        5, ge=0, le=60_000, description="How long producers wait to fill a request."
+        0,
+        ge=0,
+        le=60_000,
+        description="How long producers wait to fill a request.  0: a lone record goes "
+        "at once (a request-reply loop pays any linger twice); records handed over while a "
+        "request is in flight still share the next one.",
+    )
+    timeline_file: Path | None = Field(
+        None,
+        description="Benchmarks: write wall-clock stamps of sampled events at each "
+        "boundary here when the daemon stops (service/daemon/timeline.py); off when unset.",
+    )
+    timeline_every: int = Field(
+        1, ge=1, description="With CONSUMERGEN_TIMELINE_FILE: stamp one event in N (by offset)."
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio", description="uvloop needs the 'fast' extra (service/event_loop.py)."
@@ -248,11 +262,11 @@ class Settings(BaseSettings):
 
     @field_validator("stall_seconds")
     @classmethod
-    def _stall_before_poll_limit(cls, value: float, info: ValidationInfo) -> float:
+    def _stall_before_poll_limit(cls, value: float | None, info: ValidationInfo) -> float | None:
         # A stall must be seen before aiokafka's own poll-interval limit makes the
         # consumer leave its group (issue 21: a partition stood still until then).
         limit = info.data.get("max_poll_interval_ms")
-        if limit is not None and value >= limit / 1000:
+        if value is not None and limit is not None and value >= limit / 1000:
             raise ValueError(
                 f"must be below {env_name('max_poll_interval_ms')} ({limit / 1000:g} s), "
                 "or the consumer leaves its group before a stall is seen"
@@ -283,6 +297,13 @@ class Settings(BaseSettings):
         """The topics the daemon may send replies to: its reply topic and the extra ones."""
         extra = (name.strip() for name in self.allowed_reply_topics.split(","))
         return frozenset({self.reply_topic, *(name for name in extra if name)})
+
+    @property
+    def stall_bound(self) -> float:
+        """``stall_seconds``, or its default: 120 s, below the poll-interval limit."""
+        if self.stall_seconds is not None:
+            return self.stall_seconds
+        return min(120.0, 0.4 * self.max_poll_interval_ms / 1000)
 
     @property
     def is_sqlite(self) -> bool:

@@ -23,8 +23,8 @@ from service.embedded.postgres import PostgresCluster, create_database, drop_dat
 from service.testing.daemon import Topics
 from tests.apply.helpers import Db, migrated
 
-# Extra pytest plugins of the suite (the whole-suite log guard registers here).
-pytest_plugins: list[str] = ["log_guard"]
+# Extra pytest plugins of the suite (the whole-suite log and span guards register here).
+pytest_plugins: list[str] = ["log_guard", "span_guard"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

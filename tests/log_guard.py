@@ -19,6 +19,8 @@ How it works:
   it is removed and the test fails. Then it restores the session's configuration
   (structlog, root level, the guard's handler) so a test that reconfigured logging
   cannot blind the rest of the run; ``restore_log_guard`` does the same on demand.
+* A line's ``trace_id`` field (the active span's, ``service/logging/trace_ids.py``) is
+  the one 32-hex text allowed; it is cut out before the scan.
 * A clear UUID fails the test during which it was emitted, and the session (exit
   status 1) whenever it was emitted. The guard cannot pass vacuously: it emits one
   warm-up line with a random UUID at start and stops the run unless that line came
@@ -46,6 +48,7 @@ import structlog
 from service.logging import (
     CLEAR_UUID_RE,
     PSEUDONYM_RE,
+    TRACE_ID_FIELD_RE,
     RedactingFormatter,
     Redactor,
     build_formatter,
@@ -106,7 +109,9 @@ def _scan(text: str, source: str, *, from_handler: bool = False) -> None:
             if from_handler:
                 _state.records += 1
                 _state.record_pseudonyms += has_pseudonym
-            match = CLEAR_UUID_RE.search(line)
+            # The active span's trace id is the one 32-hex text a line may hold
+            # (service/logging/trace_ids.py); anything else 32-hex is a leak.
+            match = CLEAR_UUID_RE.search(TRACE_ID_FIELD_RE.sub("trace_id", line))
             if match is not None:
                 start = max(0, match.start() - _EXCERPT)
                 leak = Leak(source, _state.where, _mask(line[start : match.end() + _EXCERPT]))

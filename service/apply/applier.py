@@ -121,6 +121,11 @@ class Applier:
         self.stats.events += len(work)
         return await self._apply_units(work)
 
+    async def apply_validated(self, items: list[Item]) -> list[Outcome]:
+        """``apply_batch`` for events already validated and counted (a part of a group
+        that raced, ``service.apply.group``)."""
+        return await self._apply_units(items)
+
     # --- batches ------------------------------------------------------------------
 
     async def _apply_units(self, items: list[Item]) -> list[Outcome]:
@@ -143,7 +148,7 @@ class Applier:
         hashes = [event.payload_hash() for event, _ in items]
         try:
             async with self._units.begin() as unit:
-                decisions = await self._plan_in(unit, items, hashes)
+                decisions = await self.plan_in(unit, items, hashes)
         except StoreRace:
             raise _BatchRaced() from None
         self.stats.batches += 1
@@ -152,9 +157,9 @@ class Applier:
             events=len(items),
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        return [_outcome(event, d, 1) for (event, _), d in zip(items, decisions, strict=True)]
+        return [outcome_of(event, d, 1) for (event, _), d in zip(items, decisions, strict=True)]
 
-    async def _plan_in(
+    async def plan_in(
         self,
         unit: UnitOfWork,
         items: list[Item],
@@ -163,7 +168,8 @@ class Applier:
         attempts: int = 1,
     ) -> list[Decision]:
         """Read, decide in memory and perform the writes, in ``unit``'s transaction.
-        Raises ``StoreRace`` when a write finds the state changed."""
+        Raises ``StoreRace`` when a write finds the state changed.  Public for the group
+        commit (``service.apply.group``), which runs it inside a shared transaction."""
         events = [event for event, _ in items]
         inbox = await unit.load_inbox(e.event_id for e in events)
         consumers = await unit.load_consumers(e.consumer_uuid for e in events)
@@ -221,10 +227,8 @@ class Applier:
         for _ in range(_MAX_PASSES):
             try:
                 async with self._units.begin() as unit:
-                    (decision,) = await self._plan_in(
-                        unit, [item], [payload_hash], attempts=attempt
-                    )
-                return _outcome(event, decision, attempt)
+                    (decision,) = await self.plan_in(unit, [item], [payload_hash], attempts=attempt)
+                return outcome_of(event, decision, attempt)
             except StoreRace as race:
                 if race.kind is RaceKind.CONSUMER and event.is_unconditional:
                     raise _CasLost(attempt) from None
@@ -252,7 +256,7 @@ class Applier:
             if decision.kind is OutcomeKind.FAILED:
                 self.stats.failed += 1
                 log.warning("cas_retries_exhausted", attempts=attempts)
-            return _outcome(event, decision, attempts)
+            return outcome_of(event, decision, attempts)
         raise RuntimeError("failure could not be recorded after repeated races (a bug)")
 
     # --- plumbing ---------------------------------------------------------------
@@ -268,7 +272,7 @@ def _inbox_row(
     return decision.inbox, decision.record(event, payload_hash, attempts=attempts, source=source)
 
 
-def _outcome(event: ConsumerEvent, decision: Decision, attempts: int) -> Outcome:
+def outcome_of(event: ConsumerEvent, decision: Decision, attempts: int) -> Outcome:
     return Outcome(
         event_id=event.event_id,
         consumer_uuid=event.consumer_uuid,

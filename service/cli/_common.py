@@ -45,6 +45,19 @@ def uuid_parameter(_ctx: click.Context, param: click.Parameter, value: str | Non
         raise click.BadParameter(f"not a UUID: {value!r}", param=param) from None
 
 
+def start_tracing(ctx: click.Context, settings: Settings) -> None:
+    """Traces for the verbs that make spans (produce, run, replay), configured by the
+    ``OTEL_*`` variables (``service.tracing``) and flushed when the verb ends; a variable
+    the SDK cannot serve is a usage error naming it."""
+    from service.tracing import configure_tracing, shutdown_tracing
+
+    try:
+        configure_tracing(settings)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.call_on_close(shutdown_tracing)
+
+
 def settings_from(ctx: click.Context, **overrides: object) -> Settings:
     """Load the settings once per invocation; bad configuration is a one-line usage error."""
     config_file = ctx.find_root().params.get("config_file")

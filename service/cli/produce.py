@@ -27,7 +27,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from service.cli._common import EXIT_PROBLEM, EXIT_USAGE, settings_from, uuid_parameter
+from service.cli._common import (
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    settings_from,
+    start_tracing,
+    uuid_parameter,
+)
 from service.cli.waiting import Item, WaitOutput, send_and_report
 from service.config import ConfigError, Settings
 from service.contract.decode import InvalidEvent, undecodable
@@ -106,6 +112,7 @@ def command(
     if wait_seconds is not None and not wait:
         raise click.UsageError("--timeout needs --wait")
     settings = settings_from(ctx, bootstrap_servers=bootstrap_server, topic=topic)
+    start_tracing(ctx, settings)
     output = _Output(as_json)
     if wait:
         items = (

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.cli._common import EXIT_PROBLEM, database_url_option, settings_from
+from service.cli._common import EXIT_PROBLEM, database_url_option, settings_from, start_tracing
 from service.cli._operator import progress_for, range_options, range_spec, run, stdout_console
 from service.config import Settings
 from service.replay.ranges import RangeSpec
@@ -103,6 +103,7 @@ def command(
         max_event_bytes=max_event_bytes,
         database_url=database_url,
     )
+    start_tracing(ctx, settings)
     if republish:
         mode = Mode.REPUBLISH_DRY_RUN if dry_run else Mode.REPUBLISH
     else:

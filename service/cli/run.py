@@ -51,7 +51,10 @@ def command(
         database_url=database_url,
         health_port=health_port,
     )
+    from service.cli._common import start_tracing
     from service.logging import configure_logging
+
+    start_tracing(ctx, settings)  # traces by the OTEL_* variables (README, Tracing)
 
     configure_logging(settings)  # again: the options above may have changed the settings
     from service.daemon.listeners import check_exposure

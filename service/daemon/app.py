@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apply.applier import Applier
+from service.apply.group import GroupCommit
 from service.config import Settings
 from service.daemon import listeners
 from service.daemon.commits import CommitCoalescer
@@ -31,19 +32,22 @@ from service.daemon.membership import Membership
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.outage import BrokerOutage
 from service.daemon.pauses import Pauses
-from service.daemon.ports import DaemonEdges
+from service.daemon.ports import Applies, DaemonEdges
 from service.daemon.probes import Probes
 from service.daemon.read_api import read_api_server
 from service.daemon.read_tokens import ReadApiTokens
 from service.daemon.retries import install_retry_hooks
 from service.daemon.stalls import StallWatch
 from service.daemon.startup import check_schema_once, start_clients, wait_for_schema
+from service.daemon.timeline import Timeline
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.kafka.clients import close_quietly, consumer_options
+from service.sinks.coalescing import CoalescingOutcomeSink
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
+from service.store.dialects import dialect_for
 from service.store.engine import create_engine, describe_database
-from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.store.unit_of_work import GroupWriter, SqlUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -65,12 +69,16 @@ class Daemon:
         self.metrics = metrics or DaemonMetrics()
         self.readiness = Readiness(stale_after=settings.liveness_stale_seconds)
         self.metrics.bind_readiness(lambda: self.readiness.verdict()[0])
+        if settings.timeline_file is not None:
+            self.metrics.stages.timeline = Timeline(settings.timeline_file, settings.timeline_every)
         self.fatal_error: BaseException | None = None
         self.health: HealthServer | None = None
         self.read_api: HttpServer | None = None
         self._stop = asyncio.Event()
         #: How long a revoked partition may take to finish its in-flight batch.
         self.revoke_grace = min(settings.shutdown_grace_seconds, 20.0)
+        #: SQLite's writer for group commit (None: another database, or fake edges).
+        self.group_writer: GroupWriter | None = None
         edges = edges or self._kafka_edges()
         self._new_consumer = edges.make_consumer
         self.consumer = self._new_consumer()
@@ -112,7 +120,7 @@ class Daemon:
             stop=self._stop,
             fatal=self.fatal,
         )
-        self.stalls = StallWatch(settings.stall_seconds)
+        self.stalls = StallWatch(settings.stall_bound)
         self.probes = Probes(
             settings,
             consumer=lambda: self.consumer,
@@ -127,17 +135,31 @@ class Daemon:
         )
 
     def _kafka_edges(self) -> DaemonEdges:
-        """The real edges: Kafka clients and sinks, the SQL applier on ``engine``."""
+        """The real edges: Kafka clients and sinks, the SQL applier on ``engine`` (on a
+        single-writer store, under group commit: the batches ready on several partitions
+        share one transaction, ``service.apply.group``)."""
         settings = self.settings
         producer = KafkaProducerHandle(settings, lambda: self.readiness.broker_reachable)
+        units = SqlUnitOfWorkFactory(self.engine)
+        plain = Applier(units, settings)
+        applier: Applies = plain
+        self.group_writer = dialect_for(self.engine.dialect.name).group_writer(settings)
+        if self.group_writer is not None:
+            applier = GroupCommit(
+                plain,
+                self.group_writer,
+                units.write_turn,
+                on_group=self.metrics.group_commit_batches.observe,
+            )
         return DaemonEdges(
             make_consumer=self._make_consumer,
             producer=producer,
             dead_letters=KafkaDeadLetterSink(settings, producer),
             # Outcome records go to the outcomes topic (observers) and, for an event that
             # asked, to its requester's reply partition (there is always a reply topic).
-            outcomes=KafkaOutcomeSink(settings.outcomes_topic, producer),
-            applier=Applier(SqlUnitOfWorkFactory(self.engine), settings),
+            # One write at a time for every partition's records (``sinks.coalescing``).
+            outcomes=CoalescingOutcomeSink(KafkaOutcomeSink(settings.outcomes_topic, producer)),
+            applier=applier,
         )
 
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -302,10 +324,16 @@ class Daemon:
             await asyncio.wait_for(close_quietly(self.consumer), bound)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.producer.stop(), bound)
+        if self.group_writer is not None:
+            await self.group_writer.close()
         if self.health is not None:
             self.health.stop()
         if self.read_api is not None:
             self.read_api.stop()
+        timeline = self.metrics.stages.timeline
+        if timeline is not None:
+            timeline.write()
+            log.info("timeline written", stamps=timeline.rows)
         log.info("daemon stopped")
 
     def _committed(self, tp: TopicPartition, offset: int) -> None:

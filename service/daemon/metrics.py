@@ -157,6 +157,13 @@ class DaemonMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
+        self.group_commit_batches = Histogram(
+            "consumergen_group_commit_batches",
+            "Batches (of as many partitions) per group-commit transaction, on a "
+            "single-writer store (service.apply.group).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "consumergen_batch_duration_seconds",
             "Time from taking a batch to committing its offset.",

@@ -47,11 +47,16 @@ class WorkerConfig:
             policy = replace(policy, refused=refused_reply)
         return cls(
             batch_max_events=settings.batch_max_events,
+            group_id=settings.group_id,
             max_event_bytes=settings.max_event_bytes,
             retry_wait_initial=settings.infra_retry_wait_initial_seconds,
             retry_wait_max=settings.infra_retry_wait_max_seconds,
             replies=policy,
         )
+
+    #: The consumer group, as the batch spans name it (``service.tracing.daemon``); a
+    #: field like those above, the last one.
+    group_id: str | None = None
 
 
 class Applies(Protocol):

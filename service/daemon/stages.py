@@ -16,11 +16,16 @@ process's CPU minus the stages' sum.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Iterable
 from contextlib import contextmanager
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+    from service.daemon.timeline import Timeline
 
 T = TypeVar("T")
 
@@ -42,6 +47,14 @@ class StageClock:
     def __init__(self, wall: Counter, cpu: Counter) -> None:
         self._wall = {stage: wall.labels(stage) for stage in STAGES}
         self._cpu = {stage: cpu.labels(stage) for stage in STAGES}
+        #: Per-event wall-clock stamps for the benchmarks (``service.daemon.timeline``);
+        #: None (the default) costs the worker one check per batch boundary.
+        self.timeline: Timeline | None = None
+
+    def stamp(self, boundary: str, records: Iterable[ConsumerRecord]) -> None:
+        """Records crossed a boundary (``service.daemon.timeline``); nothing when off."""
+        if self.timeline is not None:
+            self.timeline.stamp(boundary, records)
 
     @contextmanager
     def sync(self, stage: str) -> Generator[None, None, None]:

@@ -1,54 +1,81 @@
-"""One partition, strictly in offset order, in batches.
+"""One partition, strictly in offset order, in batches, through three stages.
 
 For each batch: decode every record (invalid ones become dead letters), apply the
 valid ones in one call to the applier (one transaction when possible), hand the dead
 letters and the outcome records to their sinks and wait until they are durable, and
 only then commit the offset after the batch.  Any infrastructure failure along the way
-pauses the partition and retries the *same* batch with capped backoff, so nothing is
-committed past an event whose outcome is not durable and nothing is skipped.
+pauses the partition and retries the *same* step with capped backoff
+(``service.daemon.step_retry``), so nothing is committed past an event whose outcome is
+not durable and nothing is skipped.
 
-The batches of a partition go through a pipeline two deep (``PartitionWorker._loop``):
-while one batch waits for its acknowledgements and its offset commit, the next one is
-decoded and applied.  Each batch's time per stage is counted (``service.daemon.stages``).
+The critical path of an event is fetched → admitted → its batch's transaction → its
+outcome record acknowledged; nothing else waits on it.  So the batches of a partition
+go through three stages, each its own task, joined by order rather than by waiting for
+one another's tails:
 
-Failures are sorted positively by ``service.failures``: only what is recognised as the
-infrastructure's (a broker or a database that cannot serve now, a sink's
-``SinkUnavailable``) is retried; a record refusal is handled inside the sink that
-writes it (``service.sinks.base``); anything else is a bug and stops the daemon
+* **apply** (``_apply_loop``): takes the next batch as soon as the previous batch's
+  transaction committed, so the database sees the partition in offset order, one
+  transaction after another, and never waits for sinks or commits;
+* **send** (``_send_loop``): writes the applied batches' dead letters and outcome
+  records, in offset order: one write at a time (the producer keeps their order), which
+  carries every batch applied while the previous write waited for its acknowledgement;
+  it never waits for an offset commit;
+* **commit** (``_commit_loop``): commits the offset after the last batch whose records
+  were acknowledged, asynchronously and coalesced (one commit of this partition in
+  flight; the batches acknowledged meanwhile go in the next), through the daemon's
+  coalescer (``service.daemon.commits``).  A committed batch is then counted and logged.
+
+At most ``_DEPTH`` applied batches wait for the send stage (bounded memory; the queue of
+records is bounded by the fetch loop's backpressure).  Each batch's time per stage is
+counted (``service.daemon.stages``).
+
+Failures are sorted positively by ``service.failures``: only the infrastructure's (a
+broker or a database that cannot serve now, a sink's ``SinkUnavailable``) is retried; a
+record refusal is handled inside the sink that writes it (``service.sinks.base``);
+anything else is a bug: every stage stops at once and the daemon stops
 (``WorkerHost.fatal``), with nothing committed past the failing batch.
 
 The worker knows the rest of the daemon only through ``WorkerHost``: the applier, the
 sinks, the commit, flow control and reporting.  Tests drive it with in-memory sinks.
+
+Why this module is long: the three stages, their hand-offs and what a stop or a bug
+does to each are one argument (nothing committed past an unacknowledged batch, nothing
+skipped, a stop waiting only for what was in flight), and it reads in one place; the
+retry of a step is apart (``step_retry``), as are a batch's pure parts (``batch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final
 
-import stamina
 import structlog
 from aiokafka import TopicPartition
 
 from service.daemon.batch import admit_batch, failed_letters, outcome_messages
 from service.daemon.ports import Applies, WorkerConfig, WorkerHost
-from service.daemon.retries import retry_scope
+from service.daemon.step_retry import StepRetry
 from service.domain.outcomes import Outcome
-from service.failures import classify, is_infrastructure
+from service.failures import classify
 from service.sinks.base import DeadLetter, OutcomeMessage
+from service.tracing import batch_trace
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
-log = structlog.get_logger(__name__)
-T = TypeVar("T")
+    from service.tracing.daemon import BatchTrace
 
-#: The ports live in ``service.daemon.ports``; importable from here as before.
+log = structlog.get_logger(__name__)
 __all__ = ["Applies", "PartitionWorker", "WorkerConfig", "WorkerHost"]
+
+#: Applied batches that may wait for the send stage.
+_DEPTH: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +90,13 @@ class _Settled:
     began: float
     #: The valid events' ``occurred_at``: the end-to-end latency once the offset commits.
     occurred: list[datetime]
+    #: The batch's spans, ended once its records are acknowledged (None: not tracing).
+    trace: BatchTrace | None = None
+
+    @property
+    def next_offset(self) -> int:
+        offset: int = self.batch[-1].offset
+        return offset + 1
 
 
 class PartitionWorker:
@@ -73,24 +107,30 @@ class PartitionWorker:
         self.tp = tp
         self.queue: asyncio.Queue[ConsumerRecord] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._busy = False
+        self._stopping = asyncio.Event()
         self._label = f"{tp.topic}/{tp.partition}"
         #: The group's committed offset as far as this worker knows (None: not yet known).
         self.committed: int | None = None
-        #: Steps of this partition failing on the infrastructure right now (0, 1 or 2).
-        self._failing_steps = 0
-        #: The batch being settled while the previous one is in flight (a stop cancels it).
-        self._settling: asyncio.Future[_Settled] | None = None
+        self._retry = StepRetry(host, tp)
+        #: The apply of the batch being taken in (a stop cancels it when an earlier
+        #: batch is still in flight, as it would have waited for that one before).
+        self._applying: asyncio.Future[_Settled] | None = None
+        #: Applied batches for the send stage, in order; None: no more (a stop).
+        self._settled: asyncio.Queue[_Settled | None] = asyncio.Queue(_DEPTH)
+        #: Acknowledged batches whose offset is not committed yet, in order.
+        self._acknowledged: deque[_Settled] = deque()
+        self._acked_offset: int | None = None
+        self._sent_all = False
+        self._to_commit = asyncio.Event()
         #: First offsets of the batches taken and not yet committed or given up
-        #: (``consumergen_batches_in_progress``: up to two with the pipeline).
+        #: (``consumergen_batches_in_progress``).
         self._open: set[int] = set()
 
-    # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"partition-{self._label}")
 
     def feed(self, records: list[ConsumerRecord]) -> None:
+        self.host.metrics.stages.stamp("fetched", records)
         for record in records:
             self.queue.put_nowait(record)
 
@@ -99,20 +139,16 @@ class PartitionWorker:
         return self.queue.qsize()
 
     async def stop(self, grace: float) -> bool:
-        """Take no new batch; let the one in flight finish within ``grace`` seconds.
+        """Take no new batch; let the batches in flight finish within ``grace`` seconds.
 
-        Returns False when the in-flight batch had to be abandoned (its offset is then
-        not committed, so its events come again and the inbox makes them duplicates).
+        Returns False when a batch had to be abandoned (its offset is then not
+        committed, so its events come again and the inbox makes them duplicates).
         """
-        self._stopping = True
-        if self._settling is not None:
-            self._settling.cancel()  # only the batch in flight is waited for
+        self._stopping.set()
+        if self._applying is not None and len(self._open) > 1:
+            self._applying.cancel()  # only the batches in flight before it are waited for
         task = self._task
         if task is None or task.done():
-            return True
-        if not self._busy:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             return True
         try:
             await asyncio.wait_for(asyncio.shield(task), grace)
@@ -124,13 +160,26 @@ class PartitionWorker:
             return False
 
     async def _run(self) -> None:
+        """The three stages; a bug in any stops all of them, and the daemon."""
+        stages = [
+            asyncio.create_task(self._apply_loop(), name=f"apply-{self._label}"),
+            asyncio.create_task(self._send_loop(), name=f"send-{self._label}"),
+            asyncio.create_task(self._commit_loop(), name=f"commit-{self._label}"),
+        ]
         try:
-            await self._loop()
+            pending = set(stages)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for stage in done:
+                    if not stage.cancelled() and stage.exception() is not None:
+                        raise stage.exception()  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # A bug, not an infrastructure failure: stop loudly rather than stall the
-            # partition silently.  Nothing past the failing batch was committed.
+            # partition silently.  Nothing past the failing batch is committed: the
+            # other stages are stopped first.
+            await _cancel(stages)
             log.exception(
                 "partition worker crashed",
                 partition=self._label,
@@ -138,43 +187,195 @@ class PartitionWorker:
                 error_class=type(exc).__name__,
             )
             self.host.fatal(exc)
-
-    async def _loop(self) -> None:
-        """A pipeline two batches deep: while one batch's dead letters, outcome records
-        and offset commit are awaited (``_finish``), the next one is taken, decoded and
-        applied (``_settle``).  A batch's sinks are written only after the previous
-        batch's offset is committed, so outcome records stay in offset order and every
-        commit still follows its own batch's database commit and acknowledged sinks; the
-        next batch's transaction starts only after the previous one committed, so the
-        database sees the partition in offset order too."""
-        settled: _Settled | None = None
-        try:
-            while True:
-                if settled is None:
-                    if self._stopping:
-                        return
-                    batch = await self._take()
-                    self._busy = True
-                    settled = await self._settle(batch)
-                finishing = asyncio.ensure_future(self._finish(settled))
-                settled = None
-                try:
-                    following = await self._next_while(finishing)
-                    if following is not None:
-                        settled = await self._settle_unless_stopped(following)
-                except BaseException:
-                    # a bug in the next batch, or this task is cancelled (revoked,
-                    # stopping): the previous batch's finish goes too, so nothing past
-                    # it is committed and its events come again as duplicates
-                    finishing.cancel()
-                    await asyncio.gather(finishing, return_exceptions=True)
-                    raise
-                await finishing  # its bug, if any, stops the worker (``_run``)
-                self._busy = settled is not None
-                self.host.relieve_backpressure(self.tp, self.backlog)
         finally:
-            self._busy = False
+            await _cancel(stages)
             self._close_all()
+
+    # -- the stages ---------------------------------------------------------------------
+    async def _apply_loop(self) -> None:
+        while not self._stopping.is_set():
+            batch = await self._take()
+            if batch is None:
+                break
+            self._opened(batch)
+            applying = self._applying = asyncio.ensure_future(self._settle(batch))
+            try:
+                settled = await applying
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if applying.cancelled() and not (task and task.cancelling()):
+                    # cancelled by a stop: its transaction rolled back or, if it
+                    # committed, its events come again as duplicates (no offset commit)
+                    self._closed(batch)
+                    break
+                raise
+            finally:
+                self._applying = None
+            await self._settled.put(settled)
+            self.host.relieve_backpressure(self.tp, self.backlog)
+        await self._settled.put(None)
+
+    async def _send_loop(self) -> None:
+        clock = self.host.metrics.stages
+        done = False
+        while not done:
+            first = await self._settled.get()
+            if first is None:
+                break
+            # Every batch applied meanwhile goes in the same write, in offset order: as
+            # the records of one batch share requests, so do those of batches that queued
+            # while the previous write waited for its acknowledgement.
+            ready = [first]
+            while not self._settled.empty():
+                following = self._settled.get_nowait()
+                if following is None:
+                    done = True
+                    break
+                ready.append(following)
+            await self._write(ready)
+            for settled in ready:
+                clock.stamp("acknowledged", settled.batch)
+                if settled.trace is not None:
+                    settled.trace.end()
+                self._acknowledged.append(settled)
+            self._acked_offset = ready[-1].next_offset
+            self._to_commit.set()
+        self._sent_all = True
+        self._to_commit.set()
+
+    async def _commit_loop(self) -> None:
+        host = self.host
+        clock = host.metrics.stages
+        requested: int | None = None
+        while True:
+            await self._to_commit.wait()
+            self._to_commit.clear()
+            while self._acked_offset is not None and self._acked_offset != requested:
+                offset = self._acked_offset
+
+                def commit_latest() -> Awaitable[bool]:
+                    nonlocal offset
+                    offset = self._acked_offset or offset  # the latest, at each attempt
+                    return host.commit(self.tp, offset)
+
+                committed = await clock.timed(
+                    "commit",
+                    self._retry.run("commit", commit_latest),
+                )
+                requested = offset
+                if committed:
+                    self.committed = offset
+                self._account(offset, committed)
+            if self._sent_all:
+                return
+
+    # -- one batch ----------------------------------------------------------------------
+    async def _take(self) -> list[ConsumerRecord] | None:
+        """The next batch: wait for one record, then take what else is queued (None: a
+        stop came first).  Adaptive: a lone event goes at once, and under load the queue
+        fills while the previous batch is in the database, so batches grow."""
+        if self.queue.empty():
+            getter = asyncio.ensure_future(self.queue.get())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait((getter, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in (getter, stopping):
+                    if not waiter.done():
+                        waiter.cancel()
+                await asyncio.gather(getter, stopping, return_exceptions=True)
+            if getter.cancelled() or self._stopping.is_set():
+                return None  # (a record taken at a stop is read again by the next owner)
+            batch = [getter.result()]
+        else:
+            batch = [self.queue.get_nowait()]
+        limit = self.host.config.batch_max_events
+        while len(batch) < limit and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    async def _settle(self, batch: list[ConsumerRecord]) -> _Settled:
+        """Decode, apply and encode one batch: everything up to its writes to the sinks."""
+        began = time.perf_counter()
+        host = self.host
+        clock = host.metrics.stages
+        trace = batch_trace(self.tp.topic, self.tp.partition, batch, host.config.group_id)
+        try:
+            with clock.sync("admit"):
+                admitted = admit_batch(batch, host.config.max_event_bytes)
+            clock.stamp("admitted", batch)
+            outcomes: list[Outcome] = []
+            if admitted.valid:
+                with _step([trace], "database transaction"):
+                    outcomes = await clock.timed(
+                        "apply",
+                        self._retry.run(
+                            "database", lambda: host.applier.apply_batch(admitted.valid)
+                        ),
+                    )
+            clock.stamp("committed", batch)
+            with clock.sync("encode"):
+                settled = list(zip(admitted.records, outcomes, strict=True))
+                now = datetime.now(UTC)
+                dead = admitted.dead + failed_letters(settled, now)
+                messages = None
+                if host.outcomes is not None:
+                    messages = outcome_messages(settled, admitted.invalid, now, host.config.replies)
+                if trace is not None:
+                    dead, messages = trace.stamp(settled, admitted.invalid, dead, messages)
+        except BaseException as exc:
+            if trace is not None:
+                trace.end(exc)
+            raise
+        occurred = [event.occurred_at for event, _ in admitted.valid]
+        return _Settled(batch, outcomes, dead, messages, began, occurred, trace)
+
+    async def _write(self, ready: list[_Settled]) -> None:
+        """The batches' dead letters and outcome records, in offset order, until
+        acknowledged."""
+        host = self.host
+        clock = host.metrics.stages
+        dead = [letter for settled in ready for letter in settled.dead]
+        messages = (
+            None
+            if host.outcomes is None
+            else [message for settled in ready for message in settled.messages or ()]
+        )
+        traces = [settled.trace for settled in ready]
+        if dead:
+            with _step(traces, "send dead letters"):
+                await clock.timed(
+                    "send",
+                    self._retry.run(
+                        "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
+                    ),
+                )
+        sink = host.outcomes
+        if sink is not None and messages:
+            with _step(traces, "send outcomes"):
+                await clock.timed(
+                    "send", self._retry.run("outcomes", lambda: sink.write_outcomes(messages))
+                )
+
+    def _account(self, offset: int, committed: bool) -> None:
+        """The acknowledged batches up to ``offset`` are committed (or the group moved
+        on: ``committed`` False): count and log each."""
+        host = self.host
+        clock = host.metrics.stages
+        while self._acknowledged and self._acknowledged[0].next_offset <= offset:
+            settled = self._acknowledged.popleft()
+            if committed:
+                host.metrics.observe_committed(settled.occurred)
+                clock.stamp("offset", settled.batch)
+            with clock.sync("account"):
+                host.record_batch(
+                    self.tp,
+                    settled.batch,
+                    settled.outcomes,
+                    settled.dead,
+                    time.perf_counter() - settled.began,
+                )
+            self._closed(settled.batch)
 
     def _opened(self, batch: list[ConsumerRecord]) -> None:
         self._open.add(batch[0].offset)
@@ -186,165 +387,24 @@ class PartitionWorker:
             self.host.metrics.batches_in_progress.dec()
 
     def _close_all(self) -> None:
-        """Whatever way the loop ends, no batch stays counted in progress."""
+        """Whatever way the stages end, no batch stays counted in progress."""
         self.host.metrics.batches_in_progress.dec(len(self._open))
         self._open.clear()
 
-    async def _settle_unless_stopped(self, batch: list[ConsumerRecord]) -> _Settled | None:
-        """``_settle`` the batch that follows one in flight; a stop cancels it (None), so
-        that a stop waits for the batch in flight only, as without the pipeline (the
-        cancelled batch's transaction rolls back or, if it committed, its events come
-        again as duplicates: its offset is not committed)."""
-        settling = self._settling = asyncio.ensure_future(self._settle(batch))
-        try:
-            return await settling
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if settling.cancelled() and self._stopping and not (task and task.cancelling()):
-                return None
-            raise
-        finally:
-            self._settling = None
 
-    async def _next_while(self, finishing: asyncio.Future[None]) -> list[ConsumerRecord] | None:
-        """The next batch if one is queued, or arrives before ``finishing`` is done;
-        None when the worker is stopping or the previous batch finished first."""
-        if self._stopping:
-            return None
-        if not self.queue.empty():
-            return self._take_queued()
-        getter = asyncio.ensure_future(self.queue.get())
-        try:
-            await asyncio.wait((finishing, getter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-            await asyncio.gather(getter, return_exceptions=True)
-        if getter.cancelled() or self._stopping:
-            return None  # (a record taken at a stop is read again by the next owner)
-        return self._take_queued([getter.result()])
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _take(self) -> list[ConsumerRecord]:
-        """The next batch: wait for one record, then take what else is queued.
 
-        Adaptive: a lone event goes at once (no waiting for a full batch), and under
-        load the queue fills while the previous batch is in flight, so batches grow."""
-        first = await self.queue.get()
-        return self._take_queued([first])
-
-    def _take_queued(self, batch: list[ConsumerRecord] | None = None) -> list[ConsumerRecord]:
-        batch = batch or [self.queue.get_nowait()]
-        limit = self.host.config.batch_max_events
-        while len(batch) < limit and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        return batch
-
-    # -- one batch ----------------------------------------------------------------------
-    async def _settle(self, batch: list[ConsumerRecord]) -> _Settled:
-        """Decode, apply and encode one batch: everything up to its writes to the sinks."""
-        began = time.perf_counter()
-        host = self.host
-        clock = host.metrics.stages
-        self._opened(batch)
-        with clock.sync("admit"):
-            admitted = admit_batch(batch, host.config.max_event_bytes)
-        outcomes: list[Outcome] = []
-        if admitted.valid:
-            outcomes = await clock.timed(
-                "apply",
-                self._retry_infrastructure(
-                    "database", lambda: host.applier.apply_batch(admitted.valid)
-                ),
-            )
-        with clock.sync("encode"):
-            settled = list(zip(admitted.records, outcomes, strict=True))
-            now = datetime.now(UTC)
-            dead = admitted.dead + failed_letters(settled, now)
-            messages = None
-            if host.outcomes is not None:
-                messages = outcome_messages(settled, admitted.invalid, now, host.config.replies)
-        occurred = [event.occurred_at for event, _ in admitted.valid]
-        return _Settled(batch, outcomes, dead, messages, began, occurred)
-
-    async def _finish(self, settled: _Settled) -> None:
-        """Write the batch's dead letters and outcome records, then commit its offset."""
-        try:
-            await self._write_and_commit(settled)
-        finally:
-            self._closed(settled.batch)
-
-    async def _write_and_commit(self, settled: _Settled) -> None:
-        host = self.host
-        clock = host.metrics.stages
-        dead, messages = settled.dead, settled.messages
-        if dead:
-            await clock.timed(
-                "send",
-                self._retry_infrastructure(
-                    "dead_letter", lambda: host.dead_letters.write_dead_letters(dead)
-                ),
-            )
-        sink = host.outcomes
-        if sink is not None and messages is not None:
-            await clock.timed(
-                "send",
-                self._retry_infrastructure("outcomes", lambda: sink.write_outcomes(messages)),
-            )
-        next_offset = settled.batch[-1].offset + 1
-        committed = await clock.timed(
-            "commit",
-            self._retry_infrastructure("commit", lambda: host.commit(self.tp, next_offset)),
-        )
-        if committed:
-            self.committed = next_offset
-            host.metrics.observe_committed(settled.occurred)
-        with clock.sync("account"):
-            host.record_batch(
-                self.tp,
-                settled.batch,
-                settled.outcomes,
-                dead,
-                time.perf_counter() - settled.began,
-            )
-
-    async def _retry_infrastructure(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation`` until it succeeds: pause the partition and report not-ready
-        while it fails with an infrastructure failure (``failures.is_infrastructure``),
-        resume once it works.  Never gives up on its own; only a stop or a revocation
-        (which cancel this task) ends it.  Any other failure propagates at once: a bug,
-        or a record refusal the step should have handled itself."""
-        failing = False
-        resumed = True
-        config = self.host.config
-        try:
-            with retry_scope(self.host.metrics, what):
-                async for attempt in stamina.retry_context(
-                    on=is_infrastructure,
-                    attempts=None,
-                    timeout=None,
-                    wait_initial=config.retry_wait_initial,
-                    wait_max=config.retry_wait_max,
-                ):
-                    with attempt:
-                        try:
-                            return await operation()
-                        except Exception as exc:
-                            if not is_infrastructure(exc):
-                                raise  # not retried (stamina's predicate says the same)
-                            if not failing:
-                                failing = True
-                                self._failing_steps += 1
-                                self.host.infrastructure_failed(self.tp, what, exc)
-                            raise
-        except asyncio.CancelledError:
-            resumed = False  # abandoned at a revocation or a stop, not recovered
-            raise
-        finally:
-            if failing:
-                # Two steps of a partition may fail at once (the pipeline's database step
-                # of one batch, a sink of the previous one): the partition is resumed
-                # only once neither is failing any more.
-                self._failing_steps -= 1
-                if not self._failing_steps:
-                    self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
-        raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover
+def _step(traces: list[BatchTrace | None], name: str) -> AbstractContextManager[object]:
+    """A span of one step in each traced batch it serves; nothing when not tracing."""
+    traced = [trace for trace in traces if trace is not None]
+    if not traced:
+        return nullcontext()
+    stack = ExitStack()
+    for trace in traced:
+        stack.enter_context(trace.step(name))
+    return stack

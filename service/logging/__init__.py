@@ -24,11 +24,13 @@ from service.logging.setup import (
     redaction_key,
     route_library_logging,
 )
+from service.logging.trace_ids import TRACE_ID_FIELD_RE
 
 __all__ = [
     "CLEAR_UUID_RE",
     "PSEUDONYM_PREFIX",
     "PSEUDONYM_RE",
+    "TRACE_ID_FIELD_RE",
     "LogHandler",
     "RedactingFormatter",
     "Redactor",

@@ -28,6 +28,7 @@ from structlog.typing import EventDict, Processor
 
 from service.config import Settings
 from service.logging.redaction import Redactor
+from service.logging.trace_ids import KeepingTraceIds, add_trace_ids
 
 Renderer = Literal["json", "console"]
 
@@ -39,6 +40,7 @@ _PRE_CHAIN: tuple[Processor, ...] = (
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
+    add_trace_ids,  # the active span's ids (service/logging/trace_ids.py)
 )
 
 #: structlog side: filter early, add context, hand over to the stdlib handler.
@@ -139,7 +141,9 @@ def build_formatter(
         # Tracebacks must be text before the redactor sees them: a renderer that
         # formats exc_info itself would run after redaction.
         structlog.processors.format_exc_info,
-        redactor,  # last before rendering, so no processor can add a UUID after it
+        # Last before rendering, so no processor can add a UUID after it; only the
+        # active span's trace_id and span_id pass it (trace_ids.py says why).
+        KeepingTraceIds(redactor),
         final,
     )
     return RedactingFormatter(
@@ -179,6 +183,12 @@ def _key_for(settings: Settings) -> tuple[bytes, bool]:
     if _KeyState.random_key is None:
         _KeyState.random_key = secrets.token_bytes(32)
     return _KeyState.random_key, True
+
+
+def active_redaction_key(settings: Settings) -> bytes:
+    """The key pseudonyms are made with: the configured one, else the process's random
+    one (shared with the traces, so a span and a log line show the same pseudonym)."""
+    return _key_for(settings)[0]
 
 
 def route_library_logging() -> None:

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -51,6 +51,10 @@ from service.producer.replies import (
 )
 from service.producer.update import ChangeFunction, RetryPolicy, UpdateResult
 from service.producer.update import update as run_update
+from service.tracing import active as tracing_active
+
+if TYPE_CHECKING:
+    from service.tracing.spans import SendSpan
 
 log = structlog.get_logger(__name__)
 
@@ -233,18 +237,23 @@ class EventProducer:
     async def request(self, event: EventInput) -> PendingOutcome:
         """Validate and send ``event`` asking for its outcome; wait for the ack (not for
         the outcome: ``await (await producer.request(event)).outcome()``)."""
-        return await self._request(lambda headers: self._hand_over(event, headers))
+        return await self._request(lambda headers, span: self._hand_over(event, headers, span))
 
     async def request_raw(self, value: bytes, *, key: bytes | None = None) -> PendingOutcome:
         """Send ``value`` as it is (no validation: for testing the daemon's answer to a
         record it must refuse) asking for its outcome."""
         kafka = self._require_started()
 
-        async def hand_over(headers: list[tuple[str, bytes]]) -> tuple[str, asyncio.Future[Any]]:
+        async def hand_over(
+            headers: list[tuple[str, bytes]], span: SendSpan | None
+        ) -> tuple[str, asyncio.Future[Any]]:
             try:
-                return "", await kafka.send(self.topic, value, key=key, headers=headers)
+                delivery = await kafka.send(self.topic, value, key=key, headers=headers)
             except KafkaError as exc:
                 raise self._produce_error(exc) from None
+            if span is not None:
+                span.settle_on(delivery)
+            return "", delivery
 
         return await self._request(hand_over)
 
@@ -268,7 +277,7 @@ class EventProducer:
             if self._reader is None:
                 self._reader = ConsumerReader(self._settings)
                 await self._reader.start()
-        return await run_update(
+        loop = run_update(
             self,
             self._reader.get,
             consumer_uuid,
@@ -278,6 +287,14 @@ class EventProducer:
             producer=self._producer_name,
             max_bytes=self._max_bytes,
         )
+        tracing = tracing_active()
+        if tracing is None:
+            return await loop
+        from service.tracing.spans import update_span
+
+        # One trace for the whole loop: every attempt's send is a child of this span.
+        with update_span(tracing, consumer_uuid):
+            return await loop
 
     async def replies(self) -> ReplyListener:
         """The reply listener, started on first use (its position is fixed before the
@@ -291,18 +308,27 @@ class EventProducer:
 
     async def _request(
         self,
-        hand_over: Callable[[list[tuple[str, bytes]]], Awaitable[tuple[str, asyncio.Future[Any]]]],
+        hand_over: Callable[
+            [list[tuple[str, bytes]], SendSpan | None],
+            Awaitable[tuple[str, asyncio.Future[Any]]],
+        ],
     ) -> PendingOutcome:
         listener = await self.replies()
         assert listener.partition is not None
         correlation = uuid.uuid4().bytes
-        future = listener.expect(correlation)  # before the send: no reply can be missed
+        headers = _HEADERS + request_headers(listener.topic, listener.partition, correlation)
+        span = self._send_span()
+        if span is not None:
+            headers = span.headers(headers)
+        # Before the send: no reply can be missed.
+        future = listener.expect(correlation, None if span is None else span.context)
         try:
-            headers = _HEADERS + request_headers(listener.topic, listener.partition, correlation)
-            event_id, delivery = await hand_over(headers)
+            event_id, delivery = await hand_over(headers, span)
             item = await self._collect(0, event_id, delivery)
-        except BaseException:
+        except BaseException as exc:
             listener.forget(correlation)
+            if span is not None:
+                span.fail(exc)
             raise
         if item.result is None:
             listener.forget(correlation)
@@ -351,18 +377,44 @@ class EventProducer:
             raise RuntimeError("EventProducer is not started (use 'async with')")
         return self._kafka
 
+    def _send_span(self) -> SendSpan | None:
+        """A ``send`` span (a child of the current span, or a new root) when tracing."""
+        tracing = tracing_active()
+        if tracing is None:
+            return None
+        from service.tracing.spans import SendSpan
+
+        return SendSpan(tracing, self.topic)
+
     async def _hand_over(
-        self, event: EventInput, headers: list[tuple[str, bytes]] = _HEADERS
+        self,
+        event: EventInput,
+        headers: list[tuple[str, bytes]] = _HEADERS,
+        span: SendSpan | None = None,
     ) -> tuple[str, asyncio.Future[Any]]:
-        """Validate and append to aiokafka's buffer: (event id, aiokafka's delivery future)."""
+        """Validate and append to aiokafka's buffer: (event id, aiokafka's delivery future).
+
+        Traced: the event's ``send`` span (``span``, or one made here) is in the headers
+        and ends at the acknowledgement.
+        """
         kafka = self._require_started()
         checked, value = self._prepare(event)
+        if span is None and (span := self._send_span()) is not None:
+            headers = span.headers(headers)
+        if span is not None:
+            span.describe(checked.event_id, checked.consumer_uuid)
         try:
             delivery = await kafka.send(
                 self.topic, value, key=checked.consumer_uuid.encode(), headers=headers
             )
-        except KafkaError as exc:
-            raise self._produce_error(exc) from None
+        except BaseException as exc:
+            if span is not None:
+                span.fail(exc)
+            if isinstance(exc, KafkaError):
+                raise self._produce_error(exc) from None
+            raise
+        if span is not None:
+            span.settle_on(delivery)
         return checked.event_id, delivery
 
     async def _collect(

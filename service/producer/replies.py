@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,6 +33,10 @@ from service.domain.consumer import ConsumerState
 from service.domain.errors import InfrastructureUnavailable
 from service.domain.outcomes import EventSource, OutcomeKind, Reason
 from service.kafka.clients import BrokerUnavailable, close_quietly, consumer_options, start_bounded
+from service.tracing import active as tracing_active
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 log = structlog.get_logger(__name__)
 
@@ -129,11 +134,20 @@ class ReplyListener:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        #: Traced requests: the send span each reply answers (service.tracing).
+        self._sent: dict[bytes, SpanContext] = {}
 
     async def start(self) -> None:
         """Assign the partition and fix the position at its end (before any request)."""
+        # A reply is never held: the broker answers a fetch as soon as one byte is there
+        # (``fetch_min_bytes``), and with one partition assigned the next fetch goes out
+        # the moment a reply is handed over, so ``fetch_max_wait_ms`` only bounds an idle
+        # long poll (aiokafka holds back a partition only while another of the same
+        # broker's fetches is in flight, and this reader has one partition).
         consumer = AIOKafkaConsumer(
-            **consumer_options(self.settings, group_id=None, enable_auto_commit=False)
+            **consumer_options(
+                self.settings, group_id=None, enable_auto_commit=False, fetch_min_bytes=1
+            )
         )
         await start_bounded(consumer, self.settings, "reply consumer")
         try:
@@ -168,19 +182,33 @@ class ReplyListener:
                 future.set_exception(OutcomeTimeout("the producer closed before the outcome"))
                 future.exception()  # a request nobody awaits any more: not a warning
         self._waiting.clear()
+        self._sent.clear()
 
-    def expect(self, correlation: bytes) -> asyncio.Future[bytes]:
-        """Register a request's correlation id (before sending it): its reply's future."""
+    def expect(self, correlation: bytes, sent: SpanContext | None = None) -> asyncio.Future[bytes]:
+        """Register a request's correlation id (before sending it): its reply's future.
+        ``sent``: the request's ``send`` span, when traced."""
         if self._task is None:
             raise RuntimeError("ReplyListener is not started")
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future
+        if sent is not None:
+            self._sent[correlation] = sent
         return future
 
     def forget(self, correlation: bytes) -> None:
+        self._sent.pop(correlation, None)
         future = self._waiting.pop(correlation, None)
         if future is not None and not future.done():
             future.cancel()
+
+    def _trace_reply(self, sent: SpanContext | None, tp: TopicPartition, record: Any) -> None:
+        """The reply's ``receive`` span: the end of the trace its request began."""
+        tracing = tracing_active()
+        if sent is None or tracing is None:
+            return
+        from service.tracing.spans import reply_received
+
+        reply_received(tracing, tp.topic, tp.partition, record.offset, record.headers, sent)
 
     async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
         counts = self.counts
@@ -195,5 +223,7 @@ class ReplyListener:
                         counts.foreign += 1
                         continue
                     counts.matched += 1
+                    if self._sent and correlation is not None:
+                        self._trace_reply(self._sent.pop(correlation, None), tp, record)
                     if not future.done() and record.value is not None:
                         future.set_result(record.value)

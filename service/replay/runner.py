@@ -41,6 +41,7 @@ from service.replay.records import SourceRecord
 from service.replay.sources import Source
 from service.store.errors import TransientDatabaseError
 from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.tracing import active as tracing_active
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -260,16 +261,26 @@ def _decode_chunk(
 
 
 async def _republish(producer: AIOKafkaProducer, topic: str, records: list[SourceRecord]) -> None:
-    """Same key and value; the dead-letter error headers dropped, others kept."""
-    futures = [
-        await producer.send(
-            topic,
-            key=r.key,
-            value=r.value,
-            headers=[(n, v) for n, v in r.headers if n not in OWN_HEADERS],
-        )
-        for r in records
-    ]
+    """Same key and value; the dead-letter error headers dropped, others kept.
+
+    Traced, each record is sent in a ``send`` span of the replay's own trace, linked
+    to the context the record carried (the original event's, or the daemon's span that
+    dead-lettered it): the replay is a new cause, and the original stays one click away.
+    """
+    tracing = tracing_active()
+    futures = []
+    for r in records:
+        headers = [(n, v) for n, v in r.headers if n not in OWN_HEADERS]
+        span = None
+        if tracing is not None:
+            from service.tracing.spans import SendSpan
+
+            span = SendSpan.republishing(tracing, topic, r.headers)
+            headers = span.headers(headers)
+        delivery = await producer.send(topic, key=r.key, value=r.value, headers=headers)
+        if span is not None:
+            span.settle_on(delivery)
+        futures.append(delivery)
     await asyncio.gather(*futures)
 
 

@@ -71,6 +71,9 @@ class OutcomeMessage:
     value: bytes
     #: Where its requester waits for it (``service.contract.replies``), if it asked.
     reply: ReplyRoute | None = None
+    #: Headers of the outcome record and of the reply: the trace context of the event's
+    #: span when tracing (``service.tracing.daemon``), else None.
+    headers: Headers | None = None
 
 
 class DeadLetterSink(Protocol):

@@ -204,9 +204,22 @@ async def _send_replies(
     """Each reply to the partition its request named, with its correlation id; a reply
     to a partition the topic does not have is dropped (logged): the request was wrong,
     and retrying it would block the partition for ever."""
+    futures: list[asyncio.Future[object]] = []
+    try:
+        await _replies(producer, topic, messages, futures)
+    except BaseException:
+        _seen_when_done(futures)
+        raise
+
+
+async def _replies(
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Sequence[OutcomeMessage],
+    futures: list[asyncio.Future[object]],
+) -> None:
     partitions = len(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
-    futures: list[asyncio.Future[object]] = []
     dropped = 0
     for message in messages:
         route = message.reply
@@ -214,7 +227,7 @@ async def _send_replies(
         if not partition_of_topic(route.partition, partitions):
             dropped += 1
             continue
-        headers = [(CORRELATION_HEADER, route.correlation)]
+        headers = [(CORRELATION_HEADER, route.correlation), *(message.headers or ())]
         builder = builders.get(route.partition)
         if builder is None:
             builder = builders[route.partition] = producer.create_batch()
@@ -254,20 +267,49 @@ async def _send_batched(
     default partitioner would choose, exactly as ``send()`` would put them
     (``service.kafka.partitioning``: the same murmur2, a word at a time).
     """
+    futures: list[asyncio.Future[object]] = []
+    try:
+        await _batched(producer, topic, messages, futures)
+    except BaseException:
+        _seen_when_done(futures)
+        raise
+
+
+async def _batched(
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Sequence[OutcomeMessage],
+    futures: list[asyncio.Future[object]],
+) -> None:
     partitions = sorted(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
-    futures: list[asyncio.Future[object]] = []
     for message in messages:
-        key, value = message.key, message.value
+        key, value, headers = message.key, message.value, message.headers
         partition = random.choice(partitions) if key is None else partition_for(key, partitions)
         builder = builders.get(partition)
         if builder is None:
             builder = builders[partition] = producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:  # full
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
             futures.append(await producer.send_batch(builder, topic, partition=partition))
             builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 raise ValueError("an outcome record larger than a whole batch")
     for partition, builder in builders.items():
         futures.append(await producer.send_batch(builder, topic, partition=partition))
     await asyncio.gather(*futures)
+
+
+def _seen_when_done(futures: list[asyncio.Future[object]]) -> None:
+    """A write given up before all its acknowledgements were awaited (cancelled while a
+    later ``send_batch`` waited for its partition's previous batch to drain, or failed):
+    the futures ``send_batch`` already returned are aiokafka's *shields* of its batches,
+    so failing the batches (``kafka_producer._fail_pending``) fails them too, with nobody
+    left to look.  Their exceptions are looked at when they come: the write is retried
+    whole, and asyncio logs no "exception was never retrieved" ERROR."""
+    for future in futures:
+        future.add_done_callback(_look)
+
+
+def _look(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

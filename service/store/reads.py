@@ -53,7 +53,7 @@ def _consumer_select() -> Select[Any]:
 
 
 #: What ``load_consumers`` reads: ``_consumer_select`` without the timestamps.
-_DECIDING: Final = select(
+DECIDING: Final = select(
     consumers.c.uuid,
     consumers.c.generation,
     consumers.c.deleted_at.is_not(None).label("deleted"),
@@ -124,7 +124,7 @@ async def load_consumers(
     wanted = sorted(set(uuids))
     if not wanted:
         return {}
-    rows = await connection.execute(_DECIDING.where(consumers.c.uuid.in_(wanted)))
+    rows = await connection.execute(DECIDING.where(consumers.c.uuid.in_(wanted)))
     return {
         uuid: ConsumerState(
             uuid=uuid,

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -38,6 +38,8 @@ from service.store.dialects import dialect_for
 from service.store.engine import read_only as mark_read_only
 from service.store.errors import TransientDatabaseError, describe, is_transient
 from service.store.owners import OwnerCache
+
+T = TypeVar("T")
 
 
 class UnitOfWork(Protocol):
@@ -67,6 +69,30 @@ class UnitOfWorkFactory(Protocol):
 
     def begin(self, *, read_only: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """A transaction (see the module docstring); ``read_only`` ones write nothing."""
+        ...
+
+
+class GroupTransaction(Protocol):
+    """One transaction shared by several batches (group commit, ``apply.group``)."""
+
+    def part(self) -> AbstractContextManager[UnitOfWork]:
+        """One batch's part (a savepoint): kept when the block ends normally, undone
+        alone when it raises.  Its unit's methods complete without suspending: they run
+        inside ``GroupWriter.run_group``'s function, on the writer's thread."""
+        ...
+
+
+class GroupWriter(Protocol):
+    """A single-writer store's writer that runs a whole transaction in one hand-off."""
+
+    async def run_group(self, work: Callable[[Any], T]) -> T:
+        """Run ``work(group)`` (``group`` a ``GroupTransaction``) in one transaction:
+        committed (one sync) when it returns, rolled back when it raises; a transient
+        failure is ``TransientDatabaseError``."""
+        ...
+
+    async def close(self) -> None:
+        """Release the writer's connection and thread (at the daemon's stop)."""
         ...
 
 
@@ -102,6 +128,12 @@ class SqlUnitOfWorkFactory:
         self._write_turn: asyncio.Lock | None = (
             asyncio.Lock() if dialect_for(engine.dialect.name).single_writer else None
         )
+
+    @property
+    def write_turn(self) -> asyncio.Lock | None:
+        """The in-process writers' queue (None: the database takes concurrent writers);
+        a group writer on the same file takes its turn here too (``apply.group``)."""
+        return self._write_turn
 
     @asynccontextmanager
     async def begin(self, *, read_only: bool = False) -> AsyncIterator[SqlUnitOfWork]:

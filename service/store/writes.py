@@ -133,7 +133,7 @@ async def write_consumers(
 
 # --- the inbox --------------------------------------------------------------------
 
-_REPLACE_FAILED = (
+REPLACE_FAILED = (
     update(processed_events)
     .where(
         and_(
@@ -172,7 +172,7 @@ INBOX_COLUMNS: Final = (
 )
 
 
-def _inbox_values(row: ProcessedEvent, stamp: Any) -> tuple[Any, ...]:
+def inbox_values(row: ProcessedEvent, stamp: Any) -> tuple[Any, ...]:
     if row.event_type is None or row.attempts is None:
         raise ValueError("an inbox row to write needs its event_type and attempts")
     source = row.source
@@ -200,7 +200,7 @@ async def write_inbox(
     """Record outcomes, each as its ``InboxWrite`` says (``processed_at`` is ``now``);
     ``StoreRace(INBOX)`` if another transaction recorded one first."""
     stamp = bind_timestamp(connection, now)
-    inserts = [_inbox_values(row, stamp) for how, row in rows if how is InboxWrite.INSERT]
+    inserts = [inbox_values(row, stamp) for how, row in rows if how is InboxWrite.INSERT]
     if inserts:
         dialect = dialect_for(connection.dialect.name)
         inserted = await dialect.insert_new(
@@ -211,10 +211,10 @@ async def write_inbox(
     for how, row in rows:
         if how is not InboxWrite.REPLACE_FAILED:
             continue
-        values = dict(zip(INBOX_COLUMNS, _inbox_values(row, now), strict=True))
+        values = dict(zip(INBOX_COLUMNS, inbox_values(row, now), strict=True))
         values["b_event_id"] = values.pop("event_id")
         values["b_payload_hash"] = values.pop("payload_hash")
         del values["consumer_uuid"], values["event_type"]
-        result = await connection.execute(_REPLACE_FAILED, values)
+        result = await connection.execute(REPLACE_FAILED, values)
         if result.rowcount != 1:
             raise StoreRace(RaceKind.INBOX)

@@ -52,6 +52,20 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
         "CONSUMERGEN_BATCH_MAX_EVENTS",
     ),
     (["db", "upgrade"], {"CONSUMERGEN_LOG_LEVEL": "LOUD"}, 2, "CONSUMERGEN_LOG_LEVEL"),
+    # Tracing (README, Tracing): an exporter or protocol the SDK cannot serve.
+    (["produce", "--consumer-uuid", UUID], {"OTEL_TRACES_EXPORTER": "zipkin"}, 2, "zipkin"),
+    (
+        ["run"],
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        2,
+        "OTEL_EXPORTER_OTLP_PROTOCOL='grpc'",
+    ),
+    (
+        ["replay", "--from-beginning", "--dry-run"],
+        {"OTEL_TRACES_EXPORTER": "jaeger"},
+        2,
+        "OTEL_TRACES_EXPORTER='jaeger'",
+    ),
     # Infrastructure that is not there is the work's problem, not the caller's: exit 1.
     (
         ["show", UUID, "--database-url", f"postgresql+asyncpg://u:secret@{NOWHERE}/db"],

@@ -23,7 +23,7 @@ def _compose() -> dict:
 
 def test_services_are_wired() -> None:
     services = _compose()["services"]
-    assert set(services) == {"kafka", "postgres", "init", "daemon"}
+    assert set(services) == {"kafka", "postgres", "init", "daemon", "jaeger"}
     assert services["daemon"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -37,6 +37,9 @@ def test_every_variable_is_a_valid_setting() -> None:
     for name in ("init", "daemon"):
         env = {k: str(v) for k, v in services[name]["environment"].items()}
         assert env, f"{name} has no CONSUMERGEN_* environment"
+        for key in [k for k in env if k.startswith("OTEL_")]:
+            assert key in _otel_variables(), key  # a name the OpenTelemetry SDK reads
+            del env[key]  # checked by test_the_daemon_exports_traces_to_the_collector
         for key in env:
             assert key.startswith("CONSUMERGEN_"), key
             assert key.removeprefix("CONSUMERGEN_").lower() in Settings.model_fields, key
@@ -97,3 +100,43 @@ def test_the_broker_has_a_listener_the_host_reaches() -> None:
     assert "HOST:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
     # The containers keep the internal listener (the daemon's CONSUMERGEN_BOOTSTRAP_SERVERS).
     assert advertised["PLAINTEXT"] == "kafka:9092"
+
+
+def test_the_daemon_exports_traces_to_the_collector() -> None:
+    """The daemon's OTEL_* variables make the SDK export over OTLP/HTTP to the jaeger
+    service's OTLP port (the set-up the daemon runs, service.tracing.sdk)."""
+    services = _compose()["services"]
+    daemon, jaeger = services["daemon"], services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2.")
+    assert "127.0.0.1:4318:4318" in jaeger["ports"]
+    assert daemon["depends_on"]["jaeger"]["condition"] == "service_started"
+    otel = {k: str(v) for k, v in daemon["environment"].items() if k.startswith("OTEL_")}
+    assert otel["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert not any(k.startswith("OTEL_") for k in services["init"]["environment"])
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from service.tracing.sdk import exporter_classes, from_environment
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    with mock.patch.dict(os.environ, {**clean, **otel}, clear=True):
+        assert exporter_classes() == [OTLPSpanExporter]
+        tracing = from_environment(b"compose")
+        assert tracing is not None
+        try:
+            assert tracing.provider.resource.attributes["service.name"] == "consumergen"
+            assert "TraceIdRatioBased{1.0}" in tracing.provider.sampler.get_description()
+        finally:
+            tracing.shutdown()
+
+
+def _otel_variables() -> set[str]:
+    """Every OTEL_* variable the OpenTelemetry API and SDK name."""
+    import opentelemetry.environment_variables
+    import opentelemetry.sdk.environment_variables
+
+    return {
+        value
+        for module in (opentelemetry.environment_variables, opentelemetry.sdk.environment_variables)
+        for value in vars(module).values()
+        if isinstance(value, str) and value.startswith("OTEL_")
+    }

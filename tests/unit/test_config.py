@@ -100,6 +100,7 @@ BOUNDS: dict[str, tuple[float, float, float | None, float | None]] = {
     "cas_retry_wait_initial_seconds": (0, -TINY, None, None),
     "cas_retry_wait_max_seconds": (TINY, 0, None, None),
     "batch_max_events": (1, 0, None, None),
+    "timeline_every": (1, 0, None, None),
     "shutdown_grace_seconds": (0, -TINY, None, None),
     "infra_retry_wait_initial_seconds": (TINY, 0, None, None),
     "infra_retry_wait_max_seconds": (TINY, 0, None, None),
@@ -108,8 +109,8 @@ BOUNDS: dict[str, tuple[float, float, float | None, float | None]] = {
     "heartbeat_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "max_poll_interval_ms": (1, 0, INT32_MAX, INT32_MAX + 1),
     "liveness_stale_seconds": (TINY, 0, None, None),
-    # Below the poll-interval limit (300 s by default), else it could never be seen.
-    "stall_seconds": (TINY, 0, math.nextafter(300.0, 0), 300.0),
+    # below the poll-interval limit (CONSUMERGEN_MAX_POLL_INTERVAL_MS, 300 s by default)
+    "stall_seconds": (TINY, 0, math.nextafter(300.0, 0.0), 300.0),
     "fetch_max_wait_ms": (0, -1, 60_000, 60_001),
     "producer_linger_ms": (0, -1, 60_000, 60_001),
     "health_port": (0, -1, 65_535, 65_536),
@@ -126,14 +127,8 @@ def test_every_numeric_setting_has_its_edges_tested() -> None:
     assert numeric == set(BOUNDS)
 
 
-#: Settings bound by another's value, set with it: the stall bound stays below the
-#: poll-interval limit, so the limit's lowest edge (1 ms) is tried with a lower one.
-COMPANIONS: dict[str, dict[str, str]] = {"max_poll_interval_ms": {"stall_seconds": "0.0005"}}
-
-
 def _load(name: str, value: float) -> Settings:
-    extra = {env_name(other): text for other, text in COMPANIONS.get(name, {}).items()}
-    with mock.patch.dict(os.environ, {env_name(name): repr(value), **extra}):
+    with mock.patch.dict(os.environ, {env_name(name): repr(value)}):
         return load_settings()
 
 

@@ -200,6 +200,22 @@ def test_the_lock_pins_every_runtime_dependency_within_its_range_with_hashes() -
         assert dev not in pins, dev
 
 
+def test_the_lock_pins_the_traces_extra_so_the_image_can_trace() -> None:
+    """Tracing stays off in the image until OTEL_TRACES_EXPORTER names an exporter
+    (compose.yaml's daemon does); the SDK must be there for that."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["traces"]
+    pins = _locked()
+    for line in extra:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not in requirements.lock: run scripts/lock"
+        version, hashed = pins[name]
+        assert requirement.specifier.contains(version), f"{name}=={version} vs {line}"
+        assert hashed, name
+
+
 def test_the_build_lock_pins_the_build_backend() -> None:
     text = (ROOT / "requirements-build.lock").read_text()
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]

@@ -31,6 +31,7 @@ from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 from service.testing.model import event_doc
+from service.testing.polling import poll
 
 TP = TopicPartition("events", 0)
 CONFIG = WorkerConfig(
@@ -301,12 +302,13 @@ def _pipelined_host(applier: Applier) -> tuple[FakeHost, _RecordingApplier, asyn
     return host, recording, release
 
 
-async def test_the_next_batch_is_applied_while_the_previous_one_commits(
+async def test_the_next_batch_is_applied_and_sent_while_the_previous_one_commits(
     applier: Applier,
 ) -> None:
-    """The pipeline: batch 2 is decoded and applied while batch 1's commit is in flight,
-    but its outcome records wait for that commit, and each offset is committed only
-    after its own batch's sinks (in offset order)."""
+    """The pipeline: batch 2 is decoded, applied and its outcome records written while
+    batch 1's offset commit is in flight (an offset commit is off the critical path,
+    issue 22: until then batch 2's records waited for it); outcome records stay in offset
+    order, and each offset is committed only after its own batch's sinks."""
     install_retry_hooks()
     host, recording, release = _pipelined_host(applier)
     consumer = _consumer(7)
@@ -316,19 +318,22 @@ async def test_the_next_batch_is_applied_while_the_previous_one_commits(
     try:
         worker.feed([_event(0, consumer), _event(1, consumer)])
         await asyncio.wait_for(host.commit_started.wait(), 10)  # type: ignore[attr-defined]
+        # batch 1's records were written before its commit was asked for
+        assert _outcome_offsets(host) == [0, 1]
         worker.feed([_event(2, consumer), _event(3, consumer)])
         await asyncio.wait_for(recording.applied[1].wait(), 10)
-        # Batch 2 is in the database, batch 1's commit has not returned, and batch 2's
-        # outcome records are not written yet.
+        # Batch 2 is in the database and batch 1's commit has not returned; batch 2's
+        # outcome records do not wait for that commit.
         assert recording.calls == [([0, 1], 0), ([2, 3], 0)]
+        await poll(lambda: len(_outcome_offsets(host)) == 4, 10, "batch 2 written", every=0.01)
         assert host.commits == []
-        assert _outcome_offsets(host) == [0, 1]
         release.set()
         await asyncio.wait_for(host.committed_all.wait(), 10)
     finally:
         await worker.stop(1.0)
     assert host.fatal_errors == []
-    assert host.commits == [(2, 0, 2), (4, 0, 4)]
+    # each commit came after its own batch's records (and, here, the next one's too)
+    assert host.commits == [(2, 0, 4), (4, 0, 4)]
     assert _outcome_offsets(host) == [0, 1, 2, 3]
     assert worker.committed == 4
 
@@ -409,6 +414,58 @@ async def test_a_stop_waits_for_the_batch_in_flight_only(applier: Applier) -> No
     assert worker.committed == 2
     assert _outcome_offsets(host) == [0, 1]
     assert host.fatal_errors == []
+
+
+async def test_later_batches_are_applied_while_an_earlier_ones_records_wait_for_their_ack(
+    applier: Applier,
+) -> None:
+    """A partition's next batch goes into the database as soon as the previous batch's
+    transaction committed, not after an earlier batch's outcome records were
+    acknowledged and its offset committed (issue 22: until then the third batch waited
+    for the first one's tail); the records are still written in offset order, and
+    nothing is committed past a batch whose records are not acknowledged."""
+    install_retry_hooks()
+    host = FakeHost(applier)
+    host.config = WorkerConfig(
+        batch_max_events=2, max_event_bytes=65_536, retry_wait_initial=0.01, retry_wait_max=0.02
+    )
+    recording = _RecordingApplier(applier, host)
+    host.applier = recording
+    assert host.outcomes is not None
+    sink = host.outcomes
+    write = sink.write_outcomes
+    acknowledge = asyncio.Event()
+    held = asyncio.Event()
+
+    async def slow_first_write(messages: Any) -> None:
+        if not held.is_set():
+            held.set()
+            await acknowledge.wait()  # batch 1's acknowledgement does not come yet
+        await write(messages)
+
+    sink.write_outcomes = slow_first_write  # type: ignore[method-assign]
+    consumer = _consumer(11)
+    host.expect_offset = 6
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    try:
+        worker.feed([_event(0, consumer), _event(1, consumer)])
+        await asyncio.wait_for(held.wait(), 10)
+        worker.feed([_event(2, consumer), _event(3, consumer)])
+        await asyncio.wait_for(recording.applied[1].wait(), 10)
+        worker.feed([_event(4, consumer), _event(5, consumer)])
+        await asyncio.wait_for(recording.applied[2].wait(), 10)
+        # batches 2 and 3 are in the database while batch 1's records wait for their ack
+        assert [call[0] for call in recording.calls] == [[0, 1], [2, 3], [4, 5]]
+        assert _outcome_offsets(host) == [] and host.commits == []
+        acknowledge.set()
+        await asyncio.wait_for(host.committed_all.wait(), 10)
+    finally:
+        await worker.stop(1.0)
+    assert host.fatal_errors == []
+    assert _outcome_offsets(host) == [0, 1, 2, 3, 4, 5]
+    assert [c[0] for c in host.commits][-1] == 6
+    assert all(outcomes >= offset for offset, _, outcomes in host.commits)
 
 
 @pytest.mark.parametrize("every_outcome", [True, False])

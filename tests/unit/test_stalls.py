@@ -89,6 +89,8 @@ def test_the_stall_bound_must_be_below_the_poll_interval_limit() -> None:
         load_settings(stall_seconds=300, max_poll_interval_ms=300_000)
     with pytest.raises(ConfigError, match="CONSUMERGEN_STALL_SECONDS"):
         load_settings(stall_seconds=0)
+    assert load_settings().stall_bound == 120  # unset: the default
+    assert load_settings(max_poll_interval_ms=100_000).stall_bound == 40  # below the limit
 
 
 # -- the daemon over fakes ---------------------------------------------------------------

@@ -29,6 +29,10 @@ What a dialect provides:
 * ``durability_risks(connection, settings)``: what, in this database's configuration,
   could lose a commit on a crash (``DurabilityRisk``; ``service.store.durability``
   warns about the accepted ones and refuses the others);
+* ``group_writer(settings)``: for a single-writer store, the writer that runs the
+  batches ready on several partitions as one transaction in one hand-off
+  (``service.store.unit_of_work.GroupWriter``, ``service.apply.group``); None where
+  concurrent transactions are the better way (PostgreSQL);
 * ``single_writer``: True when the database admits one writer at a time (the apply path
   then queues its writers fairly in-process instead of in the database's busy handler).
 """
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from sqlalchemy.sql.dml import Insert
 
     from service.config import Settings
+    from service.store.unit_of_work import GroupWriter
 
 #: The setting that chooses the database (named in every error about it).
 DATABASE_URL_VARIABLE: Final = "CONSUMERGEN_DATABASE_URL"
@@ -132,6 +137,8 @@ class Dialect(Protocol):
     async def durability_risks(
         self, connection: AsyncConnection, settings: Settings
     ) -> list[DurabilityRisk]: ...
+
+    def group_writer(self, settings: Settings) -> GroupWriter | None: ...
 
 
 @cache

@@ -26,6 +26,7 @@ from service.store.dialects import CAS_COLUMNS, DurabilityRisk
 
 if TYPE_CHECKING:
     from service.config import Settings
+    from service.store.unit_of_work import GroupWriter
 
 #: SQLSTATE classes/codes that mean "try again later", not "your statement is wrong":
 #: connection (08), transaction rollback (40: serialization failure, deadlock),
@@ -162,6 +163,10 @@ class PostgreSQL:
         arrays["a_now"] = now
         hit = (await connection.execute(_CAS_UPDATE, arrays)).scalars().all()
         return len(hit) == len(rows) and set(hit) == set(arrays["b_uuid"])
+
+    def group_writer(self, settings: Settings) -> GroupWriter | None:
+        """None: concurrent transactions on the pool's connections are PostgreSQL's way."""
+        return None
 
     def transient(self, error: BaseException) -> bool | None:
         """By SQLSTATE when the error has one (the verdict is final either way); True

@@ -26,6 +26,7 @@ says what it risks, reported as a warning at start (``durability_risks``).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -50,6 +51,7 @@ from service.store.dialects import (
 
 if TYPE_CHECKING:
     from service.config import Settings
+    from service.store.unit_of_work import GroupWriter
 
 #: Messages of SQLITE_BUSY, SQLITE_LOCKED and I/O trouble (the driver has no SQLSTATE).
 TRANSIENT_MESSAGES: Final = (
@@ -102,6 +104,12 @@ class SQLite:
 
         return engine
 
+    def group_writer(self, settings: Settings) -> GroupWriter | None:
+        """The apply path's own writer (``store.sqlite_writer``) for a plain file."""
+        from service.store.sqlite_writer import SqliteGroupWriter  # it imports this module
+
+        return SqliteGroupWriter(settings) if SqliteGroupWriter.supports(settings) else None
+
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
 
@@ -115,7 +123,7 @@ class SQLite:
     ) -> int:
         """One driver ``executemany``; its row count counts the rows inserted (a
         conflict's ignored row changes nothing)."""
-        sql = _insert_sql(table, key, tuple(columns))
+        sql = insert_sql(table, key, tuple(columns))
         result = await connection.exec_driver_sql(sql, list(rows))
         return int(result.rowcount)
 
@@ -127,7 +135,8 @@ class SQLite:
 
     def transient(self, error: BaseException) -> bool | None:
         """True for an ``OperationalError`` with a busy/locked/I-O message, else None."""
-        if isinstance(error, sa_exc.OperationalError):
+        # (raw ``sqlite3`` errors too: the apply path's writer, ``store.sqlite_writer``)
+        if isinstance(error, (sa_exc.OperationalError, sqlite3.OperationalError)):
             text = str(getattr(error, "orig", error)).lower()
             if any(marker in text for marker in TRANSIENT_MESSAGES):
                 return True
@@ -185,7 +194,7 @@ def existing_file_url(url: str, mode: Literal["ro", "rw"]) -> str:
 
 
 @cache
-def _insert_sql(table: Table, key: str, columns: tuple[str, ...]) -> str:
+def insert_sql(table: Table, key: str, columns: tuple[str, ...]) -> str:
     """The insert-if-absent, compiled once, its ``?`` in the order of ``columns``."""
     statement = DIALECT.insert_ignoring_conflicts(table, key).values(
         {name: bindparam(name) for name in columns}
