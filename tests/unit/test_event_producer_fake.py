@@ -25,6 +25,7 @@ from service.kafka.clients import BrokerUnavailable
 from service.producer.client import EventProducer, ProduceError
 from service.producer.events import encode, new_event
 from service.producer.replies import OutcomeTimeout, ReplyListener, choose_reply_partition
+from service.producer.update import RetryPolicy
 from service.testing.fake_aiokafka import FakeCluster, consumer_class, producer_class
 
 SETTINGS = load_settings(
@@ -463,3 +464,104 @@ async def test_a_listener_without_a_broker_is_broker_unavailable(
     with pytest.raises(BrokerUnavailable, match="reply consumer: KafkaConnectionError"):
         await ReplyListener(SETTINGS, 0).start()
     assert cluster.consumers[-1].stopped
+
+
+# --- what the fresh mutation run showed unheld -----------------------------------------
+
+
+async def test_update_runs_the_loop_with_one_reader_and_this_producer_s_settings(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readers: list[Any] = []
+    calls: list[tuple[Any, ...]] = []
+
+    class Reader:
+        def __init__(self, settings: Any) -> None:
+            assert settings is SETTINGS
+            self.started = self.closed = 0
+            readers.append(self)
+
+        async def start(self) -> None:
+            self.started += 1
+
+        async def close(self) -> None:
+            self.closed += 1
+
+        async def get(self, uuid: str) -> None:
+            return None
+
+    done = object()
+
+    async def loop(*args: Any, **kwargs: Any) -> Any:
+        calls.append((*args, kwargs))
+        return done
+
+    monkeypatch.setattr(client, "ConsumerReader", Reader)
+    monkeypatch.setattr(client, "run_update", loop)
+    policy = RetryPolicy(attempts=3)
+
+    def change(state: Any) -> Any:
+        return state
+
+    async with EventProducer(SETTINGS, producer_name="me") as producer:
+        assert await producer.update(CONSUMER, change, policy=policy, wait_seconds=7) is done
+        assert await producer.update(OTHER, change) is done
+    [reader] = readers
+    assert (reader.started, reader.closed) == (1, 1)
+    first, second = calls
+    assert first[:5] == (producer, reader.get, CONSUMER, change, policy)
+    assert first[5] == {"wait_seconds": 7, "producer": "me", "max_bytes": 2048}
+    assert second[2] == OTHER and second[4] == RetryPolicy()
+    assert second[5]["wait_seconds"] is None
+
+
+async def test_a_bulk_send_logs_its_count_failures_and_time(
+    cluster: FakeCluster, producer: EventProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    docs: list[Any] = [event_doc(), event_doc(type="bad"), b"{", event_doc()]
+    docs[1]["event_id"] = 5  # not a string: not reported as an id
+    results = await producer.send_many(docs)
+    assert [r.event_id for r in results][1:3] == [None, None]
+    [line] = [
+        orjson.loads(text) for text in caplog.text.splitlines() if "bulk_send_finished" in text
+    ]
+    assert (line["event"], line["events"], line["failed"]) == ("bulk_send_finished", 4, 2)
+    assert 0 <= line["seconds"] < 60 and round(line["seconds"], 3) == line["seconds"]
+
+
+async def test_a_bulk_item_whose_send_was_cancelled_is_reported_as_such(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    cluster.hold = True
+    docs = [event_doc(), event_doc(OTHER)]
+    bulk = asyncio.ensure_future(producer.send_many(docs))
+    accumulator = cluster.producers[0]._message_accumulator
+    for _ in range(100):
+        held = [f for bs in accumulator._batches.values() for b in bs for f, _ in b._msg_futures]
+        if len(held) == 2:
+            break
+        await asyncio.sleep(0.001)
+    cancelled = next(
+        f for bs in accumulator._batches.values() for b in bs for f, _ in b._msg_futures
+    )
+    cancelled.cancel()
+    cluster.hold = False
+    cluster.deliver()
+    results = await asyncio.wait_for(bulk, 5)
+    [item] = [r for r in results if not r.ok]
+    assert isinstance(item.error, ProduceError) and str(item.error) == "the send was cancelled"
+    assert item.event_id == docs[item.index]["event_id"] and item.result is None
+
+
+async def test_delete_carries_its_precondition(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    await producer.delete(OTHER, expected_generation=4)
+    [record] = cluster.written("events")
+    assert decode_event(record.value or b"", max_bytes=2048).expected_generation == 4
+
+
+async def test_a_producer_not_started_says_how_to_start_it(cluster: FakeCluster) -> None:
+    with pytest.raises(RuntimeError) as raised:
+        await EventProducer(SETTINGS).send(event_doc())
+    assert str(raised.value) == "EventProducer is not started (use 'async with')"
