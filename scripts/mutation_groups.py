@@ -137,6 +137,12 @@ GROUPS: dict[str, Group] = {
         "the command line: arguments, exit codes, tables",
         ("tests/producer", "tests/integration"),
     ),
+    "tracing": Group(
+        ("service/tracing/*", "service/logging/trace_ids.py"),
+        ("tests/tracing", "tests/unit"),
+        "traces: OTEL_* set-up, trace context in Kafka headers, spans, their redaction",
+        ("tests/tracing",),
+    ),
 }
 
 #: Modules no group mutates, and why (docs/mutation.md says the same).

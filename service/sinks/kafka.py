@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import structlog
@@ -30,7 +30,7 @@ from service.contract.replies import CORRELATION_HEADER, partition_of_topic
 from service.failures import broker_unavailable, record_refused
 from service.kafka.partitioning import partition_for
 from service.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES
-from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
+from service.sinks.base import DeadLetter, Headers, OutcomeMessage, SinkUnavailable
 from service.sinks.fit import FittedLetter, bare_letter, fit_letter, letter_size
 from service.sinks.kafka_producer import KafkaProducerHandle
 
@@ -204,99 +204,74 @@ async def _send_replies(
     """Each reply to the partition its request named, with its correlation id; a reply
     to a partition the topic does not have is dropped (logged): the request was wrong,
     and retrying it would block the partition for ever."""
-    futures: list[asyncio.Future[object]] = []
-    try:
-        await _replies(producer, topic, messages, futures)
-    except BaseException:
-        _seen_when_done(futures)
-        raise
-
-
-async def _replies(
-    producer: AIOKafkaProducer,
-    topic: str,
-    messages: Sequence[OutcomeMessage],
-    futures: list[asyncio.Future[object]],
-) -> None:
     partitions = len(await producer.partitions_for(topic))
-    builders: dict[int, BatchBuilder] = {}
-    dropped = 0
+    records: list[_Record] = []
     for message in messages:
         route = message.reply
         assert route is not None
-        if not partition_of_topic(route.partition, partitions):
-            dropped += 1
-            continue
-        headers = [(CORRELATION_HEADER, route.correlation), *(message.headers or ())]
-        builder = builders.get(route.partition)
-        if builder is None:
-            builder = builders[route.partition] = producer.create_batch()
-        if (
-            builder.append(key=message.key, value=message.value, timestamp=None, headers=headers)
-            is None
-        ):
-            futures.append(await producer.send_batch(builder, topic, partition=route.partition))
-            builder = builders[route.partition] = producer.create_batch()
-            if (
-                builder.append(
-                    key=message.key, value=message.value, timestamp=None, headers=headers
-                )
-                is None
-            ):
-                raise ValueError("a reply record larger than a whole batch")
-    for partition, builder in builders.items():
-        futures.append(await producer.send_batch(builder, topic, partition=partition))
-    if dropped:
+        if partition_of_topic(route.partition, partitions):
+            headers = [(CORRELATION_HEADER, route.correlation), *(message.headers or ())]
+            records.append((route.partition, message.key, message.value, headers))
+    if len(records) < len(messages):
         log.warning(
             "replies dropped: their requests named a partition the reply topic lacks",
             reply_topic=topic,
-            dropped=dropped,
+            dropped=len(messages) - len(records),
             partitions=partitions,
         )
-    await asyncio.gather(*futures)
+    await _send_records(producer, topic, records, "a reply record")
 
 
 async def _send_batched(
     producer: AIOKafkaProducer, topic: str, messages: Sequence[OutcomeMessage]
 ) -> None:
+    """Each outcome record to the partition the default partitioner would choose,
+    exactly as ``send()`` would put it (``service.kafka.partitioning``: the same
+    murmur2, a word at a time)."""
+    partitions = sorted(await producer.partitions_for(topic))
+    records = (
+        (
+            random.choice(partitions) if m.key is None else partition_for(m.key, partitions),
+            m.key,
+            m.value,
+            m.headers,
+        )
+        for m in messages
+    )
+    await _send_records(producer, topic, records, "an outcome record")
+
+
+#: A record ready for a batch: partition, key, value, headers.
+_Record = tuple[int, bytes | None, bytes | None, Headers | None]
+
+
+async def _send_records(
+    producer: AIOKafkaProducer, topic: str, records: Iterable[_Record], what: str
+) -> None:
     """Send with one batch builder per partition and wait for every ack.
 
     ``send()`` per record (a coroutine, a future, an accumulator lookup each) cost about
     as much CPU as building the record itself; the outcomes are one record per event,
-    so this is on the daemon's hot path.  Keyed records land on the partition the
-    default partitioner would choose, exactly as ``send()`` would put them
-    (``service.kafka.partitioning``: the same murmur2, a word at a time).
-    """
+    so this is on the daemon's hot path."""
     futures: list[asyncio.Future[object]] = []
     try:
-        await _batched(producer, topic, messages, futures)
+        builders: dict[int, BatchBuilder] = {}
+        for partition, key, value, headers in records:
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                # full: send it, and start the partition's next batch with this record
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = builders[partition] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    raise ValueError(f"{what} larger than a whole batch")
+        for partition, builder in builders.items():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+        await asyncio.gather(*futures)
     except BaseException:
         _seen_when_done(futures)
         raise
-
-
-async def _batched(
-    producer: AIOKafkaProducer,
-    topic: str,
-    messages: Sequence[OutcomeMessage],
-    futures: list[asyncio.Future[object]],
-) -> None:
-    partitions = sorted(await producer.partitions_for(topic))
-    builders: dict[int, BatchBuilder] = {}
-    for message in messages:
-        key, value, headers = message.key, message.value, message.headers
-        partition = random.choice(partitions) if key is None else partition_for(key, partitions)
-        builder = builders.get(partition)
-        if builder is None:
-            builder = builders[partition] = producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
-            futures.append(await producer.send_batch(builder, topic, partition=partition))
-            builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                raise ValueError("an outcome record larger than a whole batch")
-    for partition, builder in builders.items():
-        futures.append(await producer.send_batch(builder, topic, partition=partition))
-    await asyncio.gather(*futures)
 
 
 def _seen_when_done(futures: list[asyncio.Future[object]]) -> None:

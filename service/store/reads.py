@@ -10,7 +10,7 @@ and the consumer SELECT with its owner joins.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -66,6 +66,23 @@ DECIDING: Final = select(
     .join(users, users.c.id == consumers.c.user_id)
     .outerjoin(consumer_types, consumer_types.c.id == consumers.c.consumer_type_id)
 )
+
+
+def deciding_states(rows: Iterable[Sequence[Any]]) -> dict[str, ConsumerState]:
+    """``DECIDING``'s rows as states by UUID: one conversion for every driver that runs
+    it (SQLAlchemy's rows here, ``sqlite3``'s tuples in ``store.sqlite_writer``)."""
+    return {
+        uuid: ConsumerState(
+            uuid=uuid,
+            generation=generation,
+            deleted=bool(deleted),
+            project_id=project_id,
+            user_id=user_id,
+            consumer_type=consumer_type,
+            last_event_id=last_event_id,
+        )
+        for uuid, generation, deleted, last_event_id, project_id, user_id, consumer_type in rows
+    }
 
 
 def _consumer(row: Any) -> ConsumerState:
@@ -125,18 +142,7 @@ async def load_consumers(
     if not wanted:
         return {}
     rows = await connection.execute(DECIDING.where(consumers.c.uuid.in_(wanted)))
-    return {
-        uuid: ConsumerState(
-            uuid=uuid,
-            generation=generation,
-            deleted=bool(deleted),
-            project_id=project_id,
-            user_id=user_id,
-            consumer_type=consumer_type,
-            last_event_id=last_event_id,
-        )
-        for uuid, generation, deleted, last_event_id, project_id, user_id, consumer_type in rows
-    }
+    return deciding_states(rows)
 
 
 async def get_consumer(engine: AsyncEngine, uuid: str) -> ConsumerState | None:

@@ -42,7 +42,7 @@ from service.store.dialects import CAS_UPDATE_NUMBERED
 from service.store.dialects.sqlite import SYNCHRONOUS, database_path, insert_sql
 from service.store.errors import TransientDatabaseError, describe, is_transient
 from service.store.owners import OwnerCache
-from service.store.reads import DECIDING
+from service.store.reads import DECIDING, deciding_states
 from service.store.schema import consumer_types, consumers, processed_events, projects, users
 from service.store.writes import (
     CONSUMER_COLUMNS,
@@ -190,18 +190,7 @@ class SqliteUnit:
         if not wanted:
             return {}
         rows = self._connection.execute(_DECIDING_SQL.format(_marks(len(wanted))), wanted)
-        return {
-            uuid: ConsumerState(
-                uuid=uuid,
-                generation=generation,
-                deleted=bool(deleted),
-                project_id=project_id,
-                user_id=user_id,
-                consumer_type=consumer_type,
-                last_event_id=last_event_id,
-            )
-            for uuid, generation, deleted, last_event_id, project_id, user_id, consumer_type in rows
-        }
+        return deciding_states(rows)
 
     async def write_consumers(self, writes: Sequence[Write], now: datetime) -> None:
         if not writes:
