@@ -36,6 +36,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder, MessageAccumulat
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
+from service.testing.fake_kafka import fetched_record
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -295,18 +297,6 @@ class FakeAIOKafkaConsumer:
         log = self.cluster.log(tp.topic, tp.partition)[start:]
         self._positions[tp] = start + len(log)
         return [
-            ConsumerRecord(
-                w.topic,
-                w.partition,
-                w.offset,
-                0,
-                0,
-                w.key,
-                w.value,
-                None,
-                len(w.key or b""),
-                len(w.value or b""),
-                list(w.headers),
-            )
+            fetched_record(tp, w.offset, w.value, w.key, w.headers)
             for w in log
         ]

@@ -39,6 +39,30 @@ async def no_hook(*_: Any) -> None:
     return None
 
 
+def fetched_record(
+    tp: TopicPartition,
+    offset: int,
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: Iterable[tuple[str, bytes]] = (),
+) -> ConsumerRecord:
+    """A record as aiokafka's consumer hands it out (no timestamp, no checksum): the one
+    builder of the fakes and of tests that feed a worker by hand."""
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=list(headers),
+    )
+
+
 class FakeBroker:
     """One topic's partitions, the group's committed offsets and its members."""
 
@@ -69,21 +93,7 @@ class FakeBroker:
         tp = self.partitions[partition]
         log = self.logs[tp]
         offset = len(log)
-        log.append(
-            ConsumerRecord(
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=offset,
-                timestamp=0,
-                timestamp_type=0,
-                key=key,
-                value=value,
-                checksum=None,
-                serialized_key_size=len(key or b""),
-                serialized_value_size=len(value),
-                headers=[],
-            )
-        )
+        log.append(fetched_record(tp, offset, value, key))
         self._data().set()
         return offset
 

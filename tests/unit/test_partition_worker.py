@@ -30,6 +30,7 @@ from service.sinks.memory import MemoryDeadLetterSink, MemoryOutcomeSink
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.testing.fake_kafka import fetched_record
 from service.testing.model import event_doc
 from service.testing.polling import poll
 
@@ -40,19 +41,7 @@ CONFIG = WorkerConfig(
 
 
 def _record(offset: int, value: bytes, key: bytes | None = None) -> ConsumerRecord:
-    return ConsumerRecord(
-        topic=TP.topic,
-        partition=TP.partition,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value),
-        headers=[],
-    )
+    return fetched_record(TP, offset, value, key)
 
 
 def _event(offset: int, consumer: str) -> ConsumerRecord:
