@@ -425,7 +425,10 @@ class EventProducer:
         except KafkaError as exc:
             return ItemResult(index, event_id, error=self._produce_error(exc))
         except asyncio.CancelledError:
-            if not delivery.cancelled():
+            # Cancelling the caller cancels the future it awaits, the delivery itself: so
+            # the task's own count says whose cancellation this is.
+            task = asyncio.current_task()
+            if not delivery.cancelled() or (task is not None and task.cancelling()):
                 raise  # we are being cancelled, not the send
             return ItemResult(index, event_id, error=ProduceError("the send was cancelled"))
         return ItemResult(

@@ -6,6 +6,7 @@ which failures become ``ProduceError``, and request-reply matched by correlation
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -565,3 +566,148 @@ async def test_a_producer_not_started_says_how_to_start_it(cluster: FakeCluster)
     with pytest.raises(RuntimeError) as raised:
         await EventProducer(SETTINGS).send(event_doc())
     assert str(raised.value) == "EventProducer is not started (use 'async with')"
+
+
+async def test_a_producer_without_a_broker_says_which_client_could_not_connect(
+    cluster: FakeCluster,
+) -> None:
+    cluster.up = False
+    with pytest.raises(BrokerUnavailable) as raised:
+        await EventProducer(SETTINGS).start()
+    assert str(raised.value).startswith("cannot connect the producer to Kafka at localhost:1: ")
+    assert cluster.producers[0].stopped  # the half-started one closed
+
+
+async def test_a_close_the_broker_fails_is_logged_not_raised(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = EventProducer(SETTINGS)
+    await producer.start()
+
+    async def fails() -> None:
+        raise KafkaConnectionError("gone")
+
+    monkeypatch.setattr(cluster.producers[0], "stop", fails)
+    await producer.close()
+    [line] = [
+        orjson.loads(text) for text in caplog.text.splitlines() if "producer_close_unclean" in text
+    ]
+    assert (line["level"], line["error"]) == ("warning", "KafkaConnectionError")
+
+
+async def test_a_bulk_send_cancelled_while_it_waits_for_acks_is_cancelled(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    """Cancelling the caller is not a send that was cancelled: it ends the bulk send with
+    ``CancelledError`` instead of reporting the item and going on."""
+    cluster.hold = True
+    bulk = asyncio.ensure_future(producer.send_many([event_doc(), event_doc(OTHER)]))
+    accumulator = cluster.producers[0]._message_accumulator
+    for _ in range(100):
+        if sum(b.record_count for bs in accumulator._batches.values() for b in bs) == 2:
+            break
+        await asyncio.sleep(0.001)
+    bulk.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(bulk, 5)
+
+
+async def test_the_listener_reads_without_a_group_from_the_first_byte(
+    cluster: FakeCluster,
+) -> None:
+    """No group (nothing to commit, no rebalance) and a fetch answered as soon as one
+    reply is there."""
+    listener = ReplyListener(SETTINGS, 0)
+    await listener.start()
+    try:
+        options = cluster.consumers[0].options
+        assert options["group_id"] is None and options["enable_auto_commit"] is False
+        assert options["fetch_min_bytes"] == 1
+        assert "replies" in {task.get_name() for task in asyncio.all_tasks()}
+    finally:
+        await listener.close()
+
+
+async def test_a_wait_the_caller_cancelled_does_not_stop_the_listener(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    abandoned = await producer.request(event_doc())
+    abandoned.future.cancel()  # the caller gave up on its outcome
+    kept = await producer.request(event_doc())  # same consumer: answered after it
+    assert answer(cluster) == 2
+    assert (await kept.outcome(5)).kind is OutcomeKind.APPLIED
+
+
+async def test_waits_nobody_awaits_are_ended_quietly_at_close(cluster: FakeCluster) -> None:
+    """A request whose outcome nobody awaits any more: its wait ends at the close
+    without asyncio's "exception was never retrieved" when it is collected."""
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        producer = EventProducer(SETTINGS)
+        await producer.start()
+        await producer.request(event_doc())  # its PendingOutcome dropped at once
+        await producer.close()
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
+async def test_every_field_of_an_upsert_is_sent(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    await producer.upsert(CONSUMER, project_id="p", user_id="u", consumer_type="TYPE_A")
+    [record] = cluster.written("events")
+    event = decode_event(record.value or b"", max_bytes=2048)
+    assert (event.project_id, event.user_id, event.consumer_type) == ("p", "u", "TYPE_A")
+
+
+async def test_a_producer_for_another_topic_sends_there(cluster: FakeCluster) -> None:
+    cluster.topics["other.events"] = 2
+    async with EventProducer(SETTINGS, topic="other.events") as producer:
+        sent = await producer.send(event_doc())
+    assert sent.topic == "other.events"
+    assert len(cluster.written("other.events")) == 1 and cluster.written("events") == []
+
+
+async def test_the_default_wait_for_an_outcome_is_the_setting(cluster: FakeCluster) -> None:
+    settings = SETTINGS.model_copy(update={"outcome_wait_seconds": 0.05})
+    async with EventProducer(settings) as producer:
+        pending = await producer.request(event_doc())
+        with pytest.raises(OutcomeTimeout, match=r"within 0\.05 s"):
+            await asyncio.wait_for(pending.outcome(), 5)
+
+
+async def test_an_acknowledgement_nobody_waits_for_any_more_is_dropped_quietly(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        cluster.hold = True
+        acked = await producer.submit(event_doc())
+        acked.cancel()  # the caller gave up waiting: the event is still sent
+        cluster.hold = False
+        cluster.deliver()
+        for _ in range(100):
+            if cluster.written("events"):
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert len(cluster.written("events")) == 1 and errors == []
+
+
+async def test_a_bulk_send_the_broker_refuses_at_hand_over_reports_each_event_s_id(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    events = [new_event(EventType.UPSERT, CONSUMER), new_event(EventType.DELETE, OTHER)]
+    cluster.up = False
+    results = await producer.send_many(events)
+    assert [r.event_id for r in results] == [e.event_id for e in events]
+    assert all(isinstance(r.error, ProduceError) for r in results)
