@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from typing import Any
 
 import orjson
@@ -313,3 +314,59 @@ async def test_a_stop_that_never_ends_is_given_up_at_twice_the_bound(
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(handle.stop(), 5)
     assert loop.time() - began < 4  # its own bound (0.4 s) ended it, not this test's
+
+
+async def test_the_limit_warnings_name_the_topic_the_default_and_the_error(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits(monkeypatch, None, BrokerUnavailable("no answer from the admin client"))
+    handle = KafkaProducerHandle(SETTINGS)
+    for _ in range(2):
+        await handle.start()
+        await handle.stop()
+    unknown, unread = [e for e in events(caplog) if e["level"] == "warning"]
+    assert (unknown["topic"], unknown["default"]) == ("dlq", 1_048_588)
+    assert (unread["topic"], unread["default"]) == ("dlq", 1_048_588)
+    assert unread["error"] == "no answer from the admin client"
+
+
+async def test_writes_nobody_awaits_any_more_leave_no_asyncio_error_when_abandoned(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage releases the writers before it abandons the producer: nobody looks at
+    the failed futures any more (a message's, its batch's, the batch's drain waiter), and
+    asyncio would log "exception was never retrieved" for each when it is collected."""
+    limits(monkeypatch, None)
+    cluster.hold = True
+    handle = KafkaProducerHandle(SLOW)
+    producer = await handle.ready()
+    await pending_send(producer)  # its writer was released: the future is dropped
+    await producer.send("dlq", b"w", key=b"other", partition=0)
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        await asyncio.wait_for(handle.abandon(), 5)
+        del producer
+        cluster.producers.clear()
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
+async def test_a_producer_that_stopped_is_not_held_until_the_stop_bound(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timer that would fail its pending writes at the bound (30 s here) goes with
+    the stop: the stopped producer, its buffers and its client are freed at once."""
+    limits(monkeypatch, None)
+    handle = KafkaProducerHandle(SLOW)
+    producer = await handle.ready()
+    freed = weakref.ref(producer)
+    await asyncio.wait_for(handle.stop(), 5)
+    del producer
+    cluster.producers.clear()
+    gc.collect()
+    assert freed() is None

@@ -480,3 +480,29 @@ async def test_of_several_failures_the_first_letter_s_is_raised(cluster: FakeClu
     cluster.refuse = lambda w: RuntimeError(f"partition {w.partition}")
     with pytest.raises(RuntimeError, match=f"partition {first}"):
         await KafkaDeadLetterSink(SETTINGS, handle()).write_dead_letters(letters)
+
+
+async def test_outcome_records_and_replies_keep_their_own_headers_in_every_batch(
+    cluster: FakeCluster,
+) -> None:
+    """The trace context the daemon puts on each outcome (``service.tracing.daemon``)
+    travels with its record and its reply, in a first batch and in the ones restarted
+    when a batch is full; a reply's correlation id comes first."""
+    cluster.batch_size = 256
+    messages = [
+        OutcomeMessage(
+            b"event-%d" % n,
+            b'{"n":%d}' % n,
+            ReplyRoute("replies", 0, b"c%d" % n),
+            [("traceparent", b"context-%d" % n)],
+        )
+        for n in range(16)
+    ]
+    await KafkaOutcomeSink("out", handle()).write_outcomes(messages)
+    assert len([b for b in cluster.batches if b[0] == "replies"]) > 1
+    headers = {m.value: m.headers for m in messages}
+    written = cluster.written("out")
+    assert len(written) == 16 and all(w.headers == headers[w.value or b""] for w in written)
+    assert [w.headers for w in cluster.log("replies", 0)] == [
+        [(CORRELATION_HEADER, b"c%d" % n), ("traceparent", b"context-%d" % n)] for n in range(16)
+    ]

@@ -84,3 +84,57 @@ async def test_a_cancelled_caller_does_not_cancel_the_others_write() -> None:
         await leaving
     # the cancelled caller's records were taken out before the write that followed
     assert inner.calls == [[b"x0"], [b"b0"]]
+
+
+async def test_a_caller_cancelled_during_its_write_leaves_the_others_answered() -> None:
+    """The write goes on for the callers after the cancelled one (its records are written
+    all the same: at-least-once), and the cancelled caller's future, cancelled, is looked
+    at without an error in any callback."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        inner = GatedSink()
+        sink = CoalescingOutcomeSink(inner)
+        leaving = asyncio.ensure_future(sink.write_outcomes(_records("a", 1)))
+        staying = asyncio.ensure_future(sink.write_outcomes(_records("b", 1)))
+        await asyncio.wait_for(inner.entered.wait(), 5)
+        assert inner.calls == [[b"a0", b"b0"]]  # one write carries both
+        leaving.cancel()
+        await asyncio.sleep(0)
+        inner.gate.set()
+        await asyncio.wait_for(staying, 5)
+        assert leaving.cancelled()
+        assert [m.value for m in inner.messages] == [b"a0", b"b0"]
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+
+
+async def test_a_failed_write_reaches_the_callers_after_a_cancelled_one() -> None:
+    inner = GatedSink()
+    inner.fail_next(1)
+    sink = CoalescingOutcomeSink(inner)
+    first = asyncio.ensure_future(sink.write_outcomes(_records("a", 1)))
+    leaving = asyncio.ensure_future(sink.write_outcomes(_records("b", 1)))
+    last = asyncio.ensure_future(sink.write_outcomes(_records("c", 1)))
+    await asyncio.wait_for(inner.entered.wait(), 5)
+    leaving.cancel()
+    await asyncio.sleep(0)
+    inner.gate.set()
+    done, _ = await asyncio.wait([first, last], timeout=5)
+    assert len(done) == 2
+    assert isinstance(first.exception(), SinkUnavailable)
+    assert isinstance(last.exception(), SinkUnavailable)
+    assert leaving.cancelled() and inner.messages == []
+
+
+async def test_the_writer_is_a_task_named_for_what_it_does() -> None:
+    """A task dump (or asyncio's "Task was destroyed but it is pending") names it."""
+    inner = GatedSink()
+    sink = CoalescingOutcomeSink(inner)
+    writing = asyncio.ensure_future(sink.write_outcomes(_records("a", 1)))
+    await asyncio.wait_for(inner.entered.wait(), 5)
+    assert "outcome-writes" in {task.get_name() for task in asyncio.all_tasks()}
+    inner.gate.set()
+    await asyncio.wait_for(writing, 5)
