@@ -81,7 +81,7 @@ def sampled_by() -> Iterator[Any]:
         tracing.shutdown()
 
 
-def by_offset(spans: list[ReadableSpan]) -> dict[int, ReadableSpan]:
+def by_offset(spans: list[ReadableSpan]) -> dict[Any, ReadableSpan]:
     return {
         dict(s.attributes or {})["messaging.kafka.offset"]: s
         for s in spans

@@ -237,8 +237,8 @@ def test_a_republished_record_s_send_is_linked_to_the_context_it_carried(traced:
     with traced.tracing.tracer.start_as_current_span("replay") as replay:
         linked = SendSpan.republishing(traced.tracing, "events", headers)
         plain = SendSpan.republishing(traced.tracing, "events", [("content-type", b"x")])
-    for span in (linked, plain):
-        span.fail(RuntimeError("ended here"))
+    for send in (linked, plain):
+        send.fail(RuntimeError("ended here"))
     first, second = traced.named("send")
     assert first.name == "send events" and first.kind is SpanKind.PRODUCER
     assert [(link.context.trace_id, link.context.span_id) for link in first.links] == [(0xAB, 0xCD)]
