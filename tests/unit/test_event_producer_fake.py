@@ -711,3 +711,52 @@ async def test_a_bulk_send_the_broker_refuses_at_hand_over_reports_each_event_s_
     results = await producer.send_many(events)
     assert [r.event_id for r in results] == [e.event_id for e in events]
     assert all(isinstance(r.error, ProduceError) for r in results)
+
+
+async def test_the_errors_of_requests_and_their_listener_say_exactly_what_happened(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each text in full: an operator reads it in a traceback or a CLI error line."""
+    async with EventProducer(SETTINGS, reply_partition=1) as producer:
+        pending = await producer.request(event_doc())
+        with pytest.raises(OutcomeTimeout) as raised:
+            await pending.outcome(0.01)
+        assert str(raised.value) == (
+            f"no outcome for event {pending.event_id} within 0.01 s; it is on "
+            f"events[{pending.sent.partition}] at offset {pending.sent.offset} and may still "
+            "be applied later (is the daemon running?)"
+        )
+    with pytest.raises(OutcomeTimeout) as raised:
+        await pending.outcome(1)
+    assert str(raised.value) == "the producer closed before the outcome"
+    with pytest.raises(ConfigError) as refused:
+        await ReplyListener(SETTINGS, 4).start()
+    assert str(refused.value) == "reply partition 4: events.replies has partitions 0 to 3"
+    cluster.topics.pop("events.replies")
+    with pytest.raises(ConfigError) as refused:
+        await ReplyListener(SETTINGS).start()
+    assert str(refused.value) == "CONSUMERGEN_REPLY_TOPIC: no such topic: events.replies"
+    cluster.topics["events.replies"] = 4
+
+    async def gone(self: Any) -> Any:
+        raise KafkaConnectionError("metadata")
+
+    monkeypatch.setattr(type(cluster.consumers[0]._client), "fetch_all_metadata", gone)
+    with pytest.raises(BrokerUnavailable) as unavailable:
+        await ReplyListener(SETTINGS, 0).start()
+    assert str(unavailable.value) == (
+        "reply consumer: KafkaConnectionError: KafkaConnectionError: metadata"
+    )
+
+
+async def test_a_send_cancelled_by_a_closing_producer_says_so(
+    cluster: FakeCluster, producer: EventProducer
+) -> None:
+    cluster.hold = True
+    acked = await producer.submit(event_doc())
+    accumulator = cluster.producers[0]._message_accumulator
+    [(future, _)] = [f for bs in accumulator._batches.values() for b in bs for f in b._msg_futures]
+    future.cancel()
+    with pytest.raises(ProduceError) as raised:
+        await asyncio.wait_for(acked, 5)
+    assert str(raised.value) == "the send was cancelled (producer closed)"
