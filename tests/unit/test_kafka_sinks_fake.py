@@ -506,3 +506,24 @@ async def test_outcome_records_and_replies_keep_their_own_headers_in_every_batch
     assert [w.headers for w in cluster.log("replies", 0)] == [
         [(CORRELATION_HEADER, b"c%d" % n), ("traceparent", b"context-%d" % n)] for n in range(16)
     ]
+
+
+async def test_the_cut_warning_lists_the_parts_cut_in_order(
+    cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    sinks = handle()
+    sinks.dlq_topic_limit = 300
+    both = DeadLetter(
+        key=b"k" * 400,
+        value=b"x" * 1000,
+        headers=[("error.reason", b"not_json")],
+        origin=EventSource("events", 0, 5),
+        reason="not_json",
+        invalid=True,
+    )
+    await KafkaDeadLetterSink(SETTINGS, sinks).write_dead_letters([both])
+    [warning] = [
+        e for e in logged(caplog) if e["event"] == "dead letter cut to fit the dead-letter topic"
+    ]
+    assert warning["cut"] == "value,key"
+    assert (warning["origin_topic"], warning["origin_partition"]) == ("events", 0)
