@@ -137,3 +137,17 @@ def test_the_trace_id_field_is_the_only_32_hex_text_the_guard_skips() -> None:
         json.dumps({"event": "x", "trace_id": trace_hex.upper()}),
     ):
         assert find_clear_uuid(TRACE_ID_FIELD_RE.sub("trace_id", elsewhere)) is not None
+
+
+def test_the_ids_replace_their_carrier_in_the_line(traced: Traced, restore_log_guard: None) -> None:
+    """``add_trace_ids`` leaves the ids for ``KeepingTraceIds`` under a key of its own,
+    which does not reach the output: the line has ``trace_id`` and ``span_id`` only."""
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=stream, warn_missing_key=False)
+    with traced.tracing.tracer.start_as_current_span("work"):
+        structlog.stdlib.get_logger("t").info("inside", other="x")
+    line = _log_line(stream)
+    assert set(line) - {"timestamp", "level", "logger", "event", "other"} == {
+        "trace_id",
+        "span_id",
+    }
