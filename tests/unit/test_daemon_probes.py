@@ -111,10 +111,8 @@ async def test_a_broker_down_at_start_is_reported_waited_for_and_joined_once_up(
     retried = [e for e in logged if e.get("event") == "broker unavailable at start, retrying"]
     assert retried and all(port in str(e.get("cause")) for e in retried), retried
     assert [e["attempt"] for e in retried[:2]] == [1, 2]
-    assert any(
-        e.get("event") == "broker reachable, starting" and e.get("failed_attempts", 0) >= 2
-        for e in logged
-    )
+    [started] = [e for e in logged if e.get("event") == "broker reachable, starting"]
+    assert started["failed_attempts"] == len(retried) >= 2
 
 
 # -- the broker lost while running -------------------------------------------------------
@@ -262,3 +260,54 @@ async def test_a_database_lost_while_running_is_reported_then_ready_again(
     assert logged.count("database unreachable") == 1
     assert "database reachable again" in logged
     assert "database probe failed unexpectedly" not in logged
+
+
+async def test_a_database_down_at_start_is_reported_waited_for_and_the_daemon_starts_once_up(
+    relayed_postgres: tuple[str, Relay], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database cannot be reached when the daemon starts (its connections cut): the
+    daemon listens, /readyz says not started, the database not ok and why, and the
+    schema check is retried with backoff, each attempt counted and logged with its wait;
+    once the database answers the daemon starts, joins and is ready, and says after how
+    many failed attempts."""
+    url, relay = relayed_postgres
+    settings = fake_settings(url, postgresql_allow_commit_loss_on_crash=True)
+    await upgrade(settings)
+    install_retry_hooks()
+    relay.sever()
+    broker = FakeBroker("events", 1)
+    fakes = fake_edges(broker)
+    async with daemon_over_fakes(settings, fakes, health=True) as daemon:
+        await poll(lambda: daemon.health is not None, WITHIN, "listening")
+
+        async def retried_twice() -> bool:
+            return counter(daemon, "consumergen_retries_total", step="startup_database") >= 2
+
+        await poll(retried_twice, WITHIN, "two schema checks retried")
+        status, body = await readyz(daemon)
+        assert status == 503 and body["started"] is False
+        assert body["database_ok"] is False and body["broker_ok"] is True
+        assert body["last_error"].startswith("database: "), body
+        assert "NoneType" not in body["last_error"], body
+        assert broker.consumers[-1].started is False  # the broker is not touched yet
+        relay.restore()
+
+        async def ready() -> bool:
+            return (await readyz(daemon))[0] == 200
+
+        await poll(ready, WITHIN, "started and ready once the database answers")
+        assert assigned_everything(fakes)
+        failures = counter(daemon, "consumergen_infrastructure_failures_total", kind="database")
+    logged = events(caplog)
+    retried = [e for e in logged if e.get("event") == "database unavailable at start, retrying"]
+    assert len(retried) >= 2
+    assert [e["attempt"] for e in retried] == list(range(1, len(retried) + 1))
+    for entry in retried:
+        assert str(entry["error"]).split(":")[0] not in ("", "NoneType"), entry
+        wait = entry["retry_in"]
+        assert isinstance(wait, float) and 0 <= wait <= settings.infra_retry_wait_max_seconds
+        assert wait == round(wait, 2)
+    [started] = [e for e in logged if e.get("event") == "database reachable, starting"]
+    # the first look (before listening) and each failed attempt of the wait
+    assert started["failed_attempts"] == len(retried)
+    assert failures == 1 + started["failed_attempts"]
