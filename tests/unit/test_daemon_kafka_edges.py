@@ -22,6 +22,7 @@ from service.config import Settings, load_settings
 from service.contract.decode import decode_event
 from service.daemon.app import Daemon
 from service.domain.outcomes import EventSource, OutcomeKind
+from service.sinks.base import DeadLetter, SinkUnavailable
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.reads import get_consumer
@@ -128,6 +129,27 @@ async def test_on_sqlite_batches_are_applied_under_group_commit(
         groups = daemon.metrics.registry.get_sample_value("consumergen_group_commit_batches_count")
         assert groups == 1
     finally:
+        if daemon.group_writer is not None:
+            await daemon.group_writer.close()
+        await engine.dispose()
+
+
+async def test_the_sinks_write_nothing_while_the_probe_finds_the_broker_away(
+    recorded: list[RecordedConsumer], sqlite_url: str
+) -> None:
+    """The sinks' producer asks the daemon's readiness before it connects: while the
+    broker probe says it is away, a write fails at once as the broker's (retried by
+    the worker), without a connection attempt."""
+    settings = settings_for(sqlite_url)
+    engine = create_engine(settings)
+    daemon = Daemon(settings, engine)
+    try:
+        daemon.readiness.broker_reachable = False
+        letter = DeadLetter(None, b"x", [], EventSource("events", 0, 0), "bad", True)
+        with pytest.raises(SinkUnavailable, match=r"^broker unreachable; not writing until"):
+            await daemon.dead_letters.write_dead_letters([letter])
+    finally:
+        await daemon.producer.stop_quietly()
         if daemon.group_writer is not None:
             await daemon.group_writer.close()
         await engine.dispose()

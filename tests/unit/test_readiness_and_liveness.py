@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.config import ConfigError, load_settings
 from service.daemon.health import HealthServer, Readiness
+from service.daemon.http_server import HttpServer
 from service.daemon.liveness import (
     STALL_HOOK_VARIABLE,
     beat_interval,
@@ -238,3 +239,11 @@ async def test_an_unknown_path_is_a_json_404(served: tuple[Readiness, DaemonMetr
     _, _, base = served
     status, _, text = await fetch(base + "/nothing-here")
     assert status == 404 and json.loads(text) == {"error": "no such path"}
+
+
+def test_a_server_not_started_has_no_port_and_takes_no_callback() -> None:
+    server = HttpServer("127.0.0.1", 0, lambda app: None, name="never-started")
+    with pytest.raises(RuntimeError, match=r"^the HTTP server is not started$"):
+        _ = server.port
+    with pytest.raises(RuntimeError, match=r"^the HTTP server is not started$"):
+        server.call_soon_threadsafe(lambda: None)
