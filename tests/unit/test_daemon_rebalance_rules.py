@@ -71,13 +71,25 @@ def lag_series(daemon: Daemon) -> dict[str, float]:
     return found
 
 
+def log_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The JSON log lines, without their timestamp and logger."""
+    found = []
+    for line in caplog.text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        found.append({k: v for k, v in event.items() if k not in ("timestamp", "logger")})
+    return found
+
+
 def gauge(daemon: Daemon, name: str) -> float | None:
     return daemon.metrics.registry.get_sample_value(name)
 
 
 # -- a revoked partition's pause reasons go with it -----------------------------------
 async def test_a_partition_paused_for_backpressure_and_revoked_is_paused_again_when_it_fills(
-    database: str,
+    database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Partition 0's transaction hangs, so its worker's queue fills and the partition is
     paused (backpressure: bounded memory).  It is revoked and assigned again: the new
@@ -114,6 +126,31 @@ async def test_a_partition_paused_for_backpressure_and_revoked_is_paused_again_w
         assert position is not None and position < broker.end(tp)
         gate.set()
         await poll(broker.all_committed, WITHIN, "everything committed once the gate opens")
+    # The revocation said what it did: the batch in flight abandoned after the grace.
+    logged = log_events(caplog)
+    membership = [
+        {k: v for k, v in e.items() if k != "level"}
+        for e in logged
+        if e["event"].startswith(("partitions ", "revoked partitions", "batch abandoned"))
+    ]
+    assert membership == [
+        {"event": "partitions revoked", "count": 0, "total": 0},  # the join: nothing yet
+        {"event": "partitions assigned", "count": 1, "total": 1},
+        {"event": "batch abandoned at stop", "partition": "events/0", "grace_seconds": 1.0},
+        {
+            "event": "revoked partitions left a batch unfinished; the next owner redoes it",
+            "abandoned_batches": 1,
+        },
+        {"event": "partitions revoked", "count": 1, "total": 0},
+        {"event": "partitions assigned", "count": 1, "total": 1},
+    ]
+    [stopping] = [e for e in logged if e["event"] == "daemon stopping"]
+    assert stopping == {
+        "level": "info",
+        "event": "daemon stopping",
+        "partitions": 1,
+        "abandoned_batches": 0,
+    }
 
 
 # -- a revocation takes the partition's series and count with it -----------------------

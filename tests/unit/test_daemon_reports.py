@@ -91,13 +91,25 @@ def sample(
     return found[(name, tuple(sorted(labels.items())))]
 
 
+def log_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The JSON log lines, without their timestamp and logger."""
+    found = []
+    for line in caplog.text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        found.append({k: v for k, v in event.items() if k not in ("timestamp", "logger")})
+    return found
+
+
 async def started(daemon: Daemon) -> None:
     await poll(lambda: daemon.health is not None and daemon.readiness.started, WITHIN, "started")
 
 
 # -- a partition paused by the database ------------------------------------------------
 async def test_a_partition_paused_by_the_database_shows_on_readyz_and_in_metrics_until_it_recovers(
-    database: str,
+    database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker = FakeBroker("events", 2)
     down = {"database": False}
@@ -165,11 +177,28 @@ async def test_a_partition_paused_by_the_database_shows_on_readyz_and_in_metrics
         assert sample(after, "consumergen_ready") == 1
         assert sample(after, "consumergen_paused_partitions") == 0
         assert sample(after, "consumergen_infrastructure_failures_total", kind="database") == 1
+    logged = [e for e in log_events(caplog) if e.get("partition") == "events/0"]
+    [paused_line] = [e for e in logged if e["event"].startswith("partition paused")]
+    assert paused_line == {
+        "level": "warning",
+        "event": "partition paused: infrastructure failure, retrying with backoff",
+        "partition": "events/0",
+        "step": "database",
+        "error_class": "TransientDatabaseError",
+        "error": "the database is down for partition 0",
+    }
+    [resumed] = [e for e in logged if e["event"] == "partition resumed"]
+    assert resumed == {
+        "level": "info",
+        "event": "partition resumed",
+        "partition": "events/0",
+        "step": "database",
+    }
 
 
 # -- every committed event counted once, under its outcome and reason --------------------
 async def test_every_committed_event_is_counted_once_under_its_outcome_and_reason(
-    database: str,
+    database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On one partition: plain events, one that took 3 compare-and-swap attempts, one
     that lost every one (failed, dead-lettered), an event sent twice (a duplicate) and
@@ -220,3 +249,31 @@ async def test_every_committed_event_is_counted_once_under_its_outcome_and_reaso
     assert sample(found, "consumergen_batch_duration_seconds_count") == batches
     assert sample(found, "consumergen_event_latency_seconds_count") == 6  # the valid events
     assert sample(found, "consumergen_batches_in_progress") == 0
+    # One "batch committed" line per batch: together every offset once, in order, and
+    # the same outcomes as counted.
+    committed = [e for e in log_events(caplog) if e.get("event") == "batch committed"]
+    assert len(committed) == batches
+    assert [e["partition"] for e in committed] == ["events/0"] * len(committed)
+    spans = [(e["first_offset"], e["last_offset"], e["events"]) for e in committed]
+    covered = [o for first, last, _ in spans for o in range(first, last + 1)]
+    assert covered == list(range(7)) and all(n == b - a + 1 for a, b, n in spans)
+    merged: dict[str, int] = {}
+    for entry in committed:
+        for outcome, n in entry["outcomes"].items():
+            merged[outcome] = merged.get(outcome, 0) + n
+        assert isinstance(entry["seconds"], float) and entry["seconds"] == round(
+            entry["seconds"], 4
+        )
+    assert merged == {
+        "applied": 4,
+        "duplicate": 1,
+        "failed:cas_retries_exhausted": 1,
+        f"invalid:{invalid.reason}": 1,
+    }
+    lettered = [e for e in log_events(caplog) if e.get("event") == "dead-lettered"]
+    assert sorted((e["level"], e["reason"], e["origin"]) for e in lettered) == sorted(
+        [
+            ("warning", "cas_retries_exhausted", "events/0@3"),
+            ("warning", invalid.reason, "events/0@6"),
+        ]
+    )
