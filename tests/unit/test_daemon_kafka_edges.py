@@ -22,7 +22,7 @@ from service.config import Settings, load_settings
 from service.contract.decode import decode_event
 from service.daemon.app import Daemon
 from service.domain.outcomes import EventSource, OutcomeKind
-from service.sinks.base import DeadLetter, SinkUnavailable
+from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.reads import get_consumer
@@ -54,6 +54,7 @@ def settings_for(url: str, **extra: Any) -> Settings:
         database_url=url,
         bootstrap_servers="127.0.0.1:9",
         topic="events",
+        outcomes_topic="events.outcomes",
         group_id="the-group",
         **extra,
     )
@@ -148,6 +149,10 @@ async def test_the_sinks_write_nothing_while_the_probe_finds_the_broker_away(
         letter = DeadLetter(None, b"x", [], EventSource("events", 0, 0), "bad", True)
         with pytest.raises(SinkUnavailable, match=r"^broker unreachable; not writing until"):
             await daemon.dead_letters.write_dead_letters([letter])
+        assert daemon.outcomes is not None
+        message = OutcomeMessage(b"key", b"{}", None)  # for the outcomes topic
+        with pytest.raises(SinkUnavailable, match=r"^broker unreachable; not writing until"):
+            await daemon.outcomes.write_outcomes([message])
     finally:
         await daemon.producer.stop_quietly()
         if daemon.group_writer is not None:
