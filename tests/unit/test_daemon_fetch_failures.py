@@ -20,7 +20,13 @@ from aiokafka.structs import ConsumerRecord
 from service.daemon.ports import DaemonEdges
 from service.daemon.retries import install_retry_hooks
 from service.store.migrate import upgrade
-from service.testing.fake_edges import FakeEdges, daemon_over_fakes, fake_edges, fake_settings
+from service.testing.fake_edges import (
+    FakeApplier,
+    FakeEdges,
+    daemon_over_fakes,
+    fake_edges,
+    fake_settings,
+)
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.model import event_doc
 from service.testing.polling import poll
@@ -126,3 +132,29 @@ async def test_a_fetch_failing_otherwise_stops_the_daemon_loudly(
     ]
     assert stopping["level"] == "error" and stopping["error_class"] == "RuntimeError"
     assert stopping["error"] == ("a bug in the fetch " + "x" * 400)[:300]
+
+
+async def test_a_bug_in_a_batch_stops_the_daemon_loudly_and_commits_nothing_past_it(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The applier fails on partition 0's third event with an error that is nobody's
+    infrastructure (a bug): the daemon stops, says which partition and that it is a bug,
+    and partition 0's committed offset stays before that event."""
+    broker = FakeBroker("events", 1)
+    (tp,) = broker.partitions
+
+    async def before_apply(items: Any) -> None:
+        if any(source.offset == 2 for _, source in items):
+            raise ValueError("a bug in the applier")
+
+    fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
+    with pytest.raises(AssertionError, match="stopped on a bug: ValueError"):
+        async with daemon_over_fakes(fake_settings(database, batch_max_events=1), fakes) as daemon:
+            await poll(lambda: bool(fakes.current_consumer().assignment()), WITHIN, "assigned")
+            produce_events(broker, 0, 4)
+            await poll(lambda: daemon.fatal_error is not None, WITHIN, "the daemon stopping")
+    assert broker.committed.get(tp, 0) <= 2
+    assert [s.offset for s in fakes.applier.applied] == [0, 1]  # nothing after the bug
+    [crashed] = [e for e in events(caplog) if e.get("event") == "partition worker crashed"]
+    assert crashed["level"] == "error" and crashed["partition"] == "events/0"
+    assert crashed["failure_class"] == "bug" and crashed["error_class"] == "ValueError"

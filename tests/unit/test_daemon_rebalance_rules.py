@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.daemon.app import Daemon
 from service.daemon.ports import DaemonEdges
 from service.daemon.retries import install_retry_hooks
+from service.store.errors import TransientDatabaseError
 from service.store.migrate import upgrade
 from service.testing.fake_edges import (
     FakeApplier,
@@ -353,3 +354,72 @@ async def test_a_parking_abandons_a_batch_in_flight_at_once_rather_than_after_th
         await poll(broker.all_committed, WITHIN, "the abandoned batch done again")
     assert [s.offset for s in fakes.applier.applied] == [0]
     assert broker.committed[tp] == 1
+
+
+# -- a partition revoked while paused by the database no longer holds readiness down -------
+async def test_a_partition_revoked_while_paused_by_the_database_no_longer_holds_readiness(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partition 0's transaction fails (the database, for it alone): paused, /readyz 503
+    naming it.  It is revoked (another member takes it): its retrying is given up and
+    said so, and /readyz no longer names it; the daemon is ready with partition 1."""
+    broker = FakeBroker("events", 2)
+
+    async def before_apply(items: Any) -> None:
+        if any(source.partition == 0 for _, source in items):
+            raise TransientDatabaseError("down for partition 0")
+
+    fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
+    async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
+        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        produce_events(broker, 0, 2)
+        await poll(
+            lambda: daemon.readiness.verdict()[1]["paused_partitions"] == ["events/0"],
+            WITHIN,
+            "partition 0 paused",
+        )
+        assert not daemon.readiness.verdict()[0]
+        assert gauge(daemon, "consumergen_paused_partitions") == 1
+        await broker.revoke_only(fakes.current_consumer(), {broker.partitions[0]})
+        await poll(lambda: daemon.readiness.verdict()[0], WITHIN, "ready without partition 0")
+        assert daemon.readiness.verdict()[1]["paused_partitions"] == []
+        assert gauge(daemon, "consumergen_paused_partitions") == 0
+        produce_events(broker, 1, 1)
+        tp1 = broker.partitions[1]
+        await poll(lambda: broker.committed.get(tp1) == 1, WITHIN, "partition 1 flows")
+    given_up = [
+        e
+        for e in log_events(caplog)
+        if e["event"] == "retrying partition given up: revoked or stopping"
+    ]
+    assert given_up == [
+        {
+            "level": "info",
+            "event": "retrying partition given up: revoked or stopping",
+            "partition": "events/0",
+        }
+    ]
+
+
+# -- the lag of a partition that falls behind ----------------------------------------------
+async def test_the_lag_is_the_end_offset_less_the_committed_one(database: str) -> None:
+    """Two events committed, then the transaction hangs while five more arrive: /metrics
+    says 5 behind (end 7, committed 2); once they are done, 0."""
+    broker = FakeBroker("events", 1)
+    gate = asyncio.Event()
+    gate.set()
+
+    async def before_apply(items: Any) -> None:
+        await gate.wait()
+
+    fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
+    async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
+        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        produce_events(broker, 0, 2)
+        await poll(broker.all_committed, WITHIN, "two committed")
+        gate.clear()
+        produce_events(broker, 0, 5)
+        await poll(lambda: lag_series(daemon).get("0") == 5, WITHIN, "5 behind")
+        gate.set()
+        await poll(broker.all_committed, WITHIN, "caught up")
+        await poll(lambda: lag_series(daemon).get("0") == 0, WITHIN, "0 behind")
