@@ -62,6 +62,19 @@ async def test_a_first_signal_stops_the_daemon_gracefully_with_status_0(
         assert loop.remove_signal_handler(signal.SIGINT) is False
     finally:
         await engine.dispose()
+    logged = []
+    for line in caplog.text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("logger") == "service.daemon.signals":
+            logged.append({k: v for k, v in event.items() if k not in ("timestamp", "logger")})
+    assert logged[0] == {"level": "info", "event": "stop requested", "signal": signum.name}
+    exited = logged[1]
+    assert (exited["level"], exited["event"]) == ("info", "daemon exited") and len(logged) == 2
+    seconds = exited["seconds"]
+    assert isinstance(seconds, float) and 0 <= seconds < 60 and seconds == round(seconds, 1)
 
 
 def test_a_second_signal_exits_at_once_with_status_130(tmp_path: Path) -> None:
