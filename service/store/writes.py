@@ -26,7 +26,7 @@ from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind
 from service.domain.rules import Write, WriteKind
 from service.store.dialects import bind_timestamp, dialect_for
-from service.store.owners import OwnerCache, resolve_owners
+from service.store.owners import OwnerCache, OwnerIds, SqlOwnerRows, resolve_owners
 from service.store.schema import consumers, processed_events
 
 
@@ -80,8 +80,25 @@ async def write_consumers(
     if not writes:
         return
     dialect = dialect_for(connection.dialect.name)
-    owners = await resolve_owners(connection, writes, now, owner_cache)
+    owners = await resolve_owners(SqlOwnerRows(connection), writes, now, owner_cache)
     stamp = bind_timestamp(connection, now)
+    inserts, updates = consumer_rows(writes, owners, stamp)
+    if inserts:
+        inserted = await dialect.insert_new(
+            connection, consumers, "uuid", CONSUMER_COLUMNS, inserts
+        )
+        if inserted != len(inserts):
+            raise StoreRace(RaceKind.CONSUMER)
+    if updates and not await dialect.update_consumers(connection, updates, stamp):
+        raise StoreRace(RaceKind.CONSUMER)
+
+
+def consumer_rows(
+    writes: Sequence[Write], owners: OwnerIds, stamp: Any
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The writes as plain tuples: inserts in ``CONSUMER_COLUMNS`` order, updates in
+    ``CAS_COLUMNS`` order (``stamp``: the batch's bound timestamp).  One conversion for
+    every driver that performs them (here and ``store.postgresql_unit``)."""
     projects, users, types = owners.projects, owners.users, owners.types
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
@@ -121,14 +138,7 @@ async def write_consumers(
                     deleted_at,
                 )
             )
-    if inserts:
-        inserted = await dialect.insert_new(
-            connection, consumers, "uuid", CONSUMER_COLUMNS, inserts
-        )
-        if inserted != len(inserts):
-            raise StoreRace(RaceKind.CONSUMER)
-    if updates and not await dialect.update_consumers(connection, updates, stamp):
-        raise StoreRace(RaceKind.CONSUMER)
+    return inserts, updates
 
 
 # --- the inbox --------------------------------------------------------------------
