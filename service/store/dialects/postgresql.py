@@ -2,7 +2,12 @@
 
 The pool has ``database_pool_size`` connections and no overflow; pre-ping makes a
 server restart cost one failed checkout, not a crash.  Errors are classified by their
-SQLSTATE, which asyncpg puts on every server error.
+SQLSTATE, which asyncpg puts on every server error, wrapped by SQLAlchemy or not.
+
+The batch writes (``insert_rows``, ``update_rows``: the compare-and-swap) are asyncpg
+statements over arrays, one text per table whatever the batch size, run on the
+driver's connection inside SQLAlchemy's transaction (``driver_connection``); the apply
+path's unit of work sends its reads the same way (``service.store.postgresql_unit``).
 
 Durability is the server's: ``durability_risks`` reads ``fsync``, ``synchronous_commit``
 and ``full_page_writes`` (what this session would run with) and names each that voids
@@ -16,17 +21,18 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Column, ColumnElement, Table, TextClause, text
+from sqlalchemy import Column, ColumnElement, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from service.config import env_name
-from service.store.dialects import CAS_COLUMNS, DurabilityRisk
+from service.store.dialects import DurabilityRisk
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.store.unit_of_work import GroupWriter
+    from service.store.owners import OwnerCache
+    from service.store.unit_of_work import GroupWriter, SqlUnitOfWork
 
 #: SQLSTATE classes/codes that mean "try again later", not "your statement is wrong":
 #: connection (08), transaction rollback (40: serialization failure, deadlock),
@@ -83,20 +89,17 @@ def sqlstate(error: BaseException) -> str | None:
 
 
 #: Every CAS update of a batch in one statement: the rows as read (uuid, generation,
-#: last_event_id) and their new values travel as arrays, the rows are locked in UUID
-#: order first (so that concurrent batches cannot deadlock on each other), and
-#: RETURNING names the rows that matched.  Under READ COMMITTED a row changed by a
-#: concurrent commit is re-checked against the WHERE clause on its newest version, so
-#: a lost race is a missing row in RETURNING, never an overwrite.
-_CAS_UPDATE = text(
-    """
+#: last_event_id) and their new values travel as arrays ($1-$9, ``CAS_COLUMNS``; $10 is
+#: ``now``), the rows are locked in UUID order first (so that concurrent batches cannot
+#: deadlock on each other), and RETURNING names the rows that matched.  Under READ
+#: COMMITTED a row changed by a concurrent commit is re-checked against the WHERE
+#: clause on its newest version, so a lost race is a missing row in RETURNING, never an
+#: overwrite.  One text whatever the batch size: asyncpg prepares it once per connection.
+CAS_UPDATE: Final = """
 WITH v AS (
     SELECT * FROM unnest(
-        CAST(:b_uuid AS VARCHAR[]), CAST(:b_generation AS BIGINT[]),
-        CAST(:b_last_event_id AS VARCHAR[]), CAST(:a_generation AS BIGINT[]),
-        CAST(:a_project_id AS INTEGER[]), CAST(:a_user_id AS INTEGER[]),
-        CAST(:a_consumer_type_id AS INTEGER[]), CAST(:a_last_event_id AS VARCHAR[]),
-        CAST(:a_deleted_at AS TIMESTAMPTZ[])
+        $1::VARCHAR[], $2::BIGINT[], $3::VARCHAR[], $4::BIGINT[], $5::INTEGER[],
+        $6::INTEGER[], $7::INTEGER[], $8::VARCHAR[], $9::TIMESTAMPTZ[]
     ) AS v(b_uuid, b_generation, b_last_event_id, a_generation, a_project_id, a_user_id,
            a_consumer_type_id, a_last_event_id, a_deleted_at)
 ), locked AS (
@@ -106,13 +109,59 @@ WITH v AS (
 UPDATE consumers AS c
 SET generation = v.a_generation, project_id = v.a_project_id, user_id = v.a_user_id,
     consumer_type_id = v.a_consumer_type_id, last_event_id = v.a_last_event_id,
-    updated_at = :a_now, deleted_at = v.a_deleted_at
+    updated_at = $10::TIMESTAMPTZ, deleted_at = v.a_deleted_at
 FROM v
 WHERE c.uuid = v.b_uuid AND c.generation = v.b_generation
   AND c.last_event_id = v.b_last_event_id AND c.id IN (SELECT id FROM locked)
 RETURNING c.uuid
 """
-)
+
+
+async def driver_connection(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under ``connection`` (from SQLAlchemy's pool), inside the
+    transaction SQLAlchemy holds open on it.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, before the first statement it runs
+    itself; a statement sent straight to asyncpg before that would run outside any
+    transaction and commit on its own.  So the transaction is begun as SQLAlchemy would
+    on a first statement (its autobegin, then the adapter's own BEGIN with its isolation
+    level and read-only flag), and SQLAlchemy still commits or rolls it back and still
+    invalidates a connection found broken.  ``_transaction`` and ``_start_transaction``
+    are private members of SQLAlchemy's ``AsyncAdapt_asyncpg_connection`` (2.1):
+    should they change, this raises (a bug, loudly); it never runs a statement outside
+    the transaction (``tests/store/test_postgresql_unit.py``: the writes roll back
+    with it).
+    """
+    if not connection.in_transaction():
+        await connection.begin()
+    fairy = await connection.get_raw_connection()
+    adapter: Any = fairy.dbapi_connection
+    if adapter._transaction is None:
+        await adapter._start_transaction()
+    return fairy.driver_connection
+
+
+async def insert_rows(
+    driver: Any, table: Table, key: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """Insert-if-absent ``rows`` (tuples in ``columns`` order) on an asyncpg connection,
+    in one statement whose columns travel as arrays; how many rows it inserted."""
+    if not rows:
+        return 0
+    status: str = await driver.execute(
+        insert_statement(table, key, tuple(columns)), *zip(*rows, strict=True)
+    )
+    return int(status.rpartition(" ")[2])  # "INSERT 0 <count>"
+
+
+async def update_rows(driver: Any, rows: Sequence[tuple[Any, ...]], now: Any) -> bool:
+    """``CAS_UPDATE`` over ``rows`` (tuples in ``CAS_COLUMNS`` order) on an asyncpg
+    connection; True only if every row hit."""
+    if not rows:
+        return True
+    columns = tuple(zip(*rows, strict=True))
+    hit = await driver.fetch(CAS_UPDATE, *columns, now)
+    return len(hit) == len(rows) and {record[0] for record in hit} == set(columns[0])
 
 
 class PostgreSQL:
@@ -146,23 +195,21 @@ class PostgreSQL:
         columns: Sequence[str],
         rows: Sequence[tuple[Any, ...]],
     ) -> int:
-        """One statement for the batch: the columns travel as arrays (``unnest``) and
-        RETURNING names the rows inserted."""
-        statement = _insert_statement(table, key, tuple(columns))
-        arrays = {f"c{i}": list(values) for i, values in enumerate(zip(*rows, strict=True))}
-        return len((await connection.execute(statement, arrays)).all())
+        """One statement for the batch, on the driver's connection (``insert_rows``)."""
+        return await insert_rows(await driver_connection(connection), table, key, columns, rows)
 
     async def update_consumers(
         self, connection: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: Any
     ) -> bool:
-        """The batch's CAS updates in one round trip; True only if every one hit."""
-        arrays: dict[str, Any] = {
-            name: list(values)
-            for name, values in zip(CAS_COLUMNS, zip(*rows, strict=True), strict=True)
-        }
-        arrays["a_now"] = now
-        hit = (await connection.execute(_CAS_UPDATE, arrays)).scalars().all()
-        return len(hit) == len(rows) and set(hit) == set(arrays["b_uuid"])
+        """The batch's CAS updates in one round trip (``update_rows``); True only if
+        every one hit."""
+        return await update_rows(await driver_connection(connection), rows, now)
+
+    def unit_of_work(self, connection: AsyncConnection, owners: OwnerCache) -> SqlUnitOfWork:
+        """The apply path's statements straight on asyncpg (``store.postgresql_unit``)."""
+        from service.store.postgresql_unit import PostgresUnitOfWork  # it imports this module
+
+        return PostgresUnitOfWork(connection, owners)
 
     def group_writer(self, settings: Settings) -> GroupWriter | None:
         """None: concurrent transactions on the pool's connections are PostgreSQL's way."""
@@ -206,15 +253,16 @@ _ARRAY_TYPES: Final = {
 
 
 @cache
-def _insert_statement(table: Table, key: str, columns: tuple[str, ...]) -> TextClause:
-    """``INSERT .. SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING key``.
-    Names come from the schema's ``Table`` objects, never from data."""
-    casts = ", ".join(
-        f"CAST(:c{i} AS {_array_type(table.c[name])})" for i, name in enumerate(columns)
+def insert_statement(table: Table, key: str, columns: tuple[str, ...]) -> str:
+    """``INSERT .. SELECT FROM unnest($1, $2, ..) ON CONFLICT (key) DO NOTHING``, one text
+    per table whatever the number of rows.  Names come from the schema's ``Table``
+    objects, never from data."""
+    arrays = ", ".join(
+        f"${i}::{_array_type(table.c[name])}" for i, name in enumerate(columns, start=1)
     )
-    return text(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({casts})"  # noqa: S608 - names from Table objects
-        f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608 - names from Table objects
+        f" ON CONFLICT ({key}) DO NOTHING"
     )
 
 
