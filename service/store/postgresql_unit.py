@@ -4,13 +4,15 @@ Through SQLAlchemy a PostgreSQL batch spent most of its event-loop CPU in SQLAlc
 per-statement and per-row work (65 µs of the "apply" stage per event in ``python -m
 benchmarks e2e --quick``, against 9 µs on SQLite), and its ``IN (...)`` reads expanded
 one parameter per value, so every batch size was a new statement text and a new
-server-side prepare.  Here every statement of the apply path is one fixed text that
-takes arrays (``= ANY($1)``, ``unnest``), sent straight to asyncpg, which prepares it
-once per connection (its statement cache) and hands back its own ``Record`` rows, read
-without SQLAlchemy's row processing.  A transaction is: BEGIN, the inbox read, the
-consumers read, the owner reads (none once their ids are cached), one insert and one
-compare-and-swap update for the consumers, one insert for the inbox, COMMIT: one round
-trip per statement kind whatever the batch size.
+server-side prepare. Here every statement of the apply path is one fixed text whatever
+the batch size, sent straight to asyncpg, which prepares it once per connection (its
+statement cache) and hands back its own ``Record`` rows, read without SQLAlchemy's row
+processing. The reads take their keys as one array (``= ANY($1::VARCHAR[])``); the
+writes take their rows as one JSON array (``dialects.postgresql.rows_select``, which
+says why: asyncpg's per-element array encoding cost more than the rest of a write). A
+transaction is: BEGIN, the inbox read, the consumers read, the owner reads (none once
+their ids are cached), one insert and one compare-and-swap update for the consumers, one
+insert for the inbox, COMMIT: one round trip per statement kind whatever the batch size.
 
 SQLAlchemy keeps everything else: the pool (size, pre-ping, disposal), the transaction
 (``SqlUnitOfWorkFactory`` begins it and commits or rolls it back, as on every
@@ -38,7 +40,14 @@ from service.domain.consumer import ConsumerState
 from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind, Reason
 from service.domain.rules import Write
-from service.store.dialects.postgresql import driver_connection, insert_rows, update_rows
+from service.store.dialects.postgresql import (
+    driver_connection,
+    insert_rows,
+    json_rows,
+    rows_select,
+    sql_type,
+    update_rows,
+)
 from service.store.owners import OwnerCache, resolve_owners
 from service.store.reads import DECIDING, deciding_states
 from service.store.schema import consumers, processed_events
@@ -123,10 +132,9 @@ class PostgresUnitOfWork(SqlUnitOfWork):
             if inserted != len(inserts):
                 raise StoreRace(RaceKind.INBOX)
         if replaced:
-            # The columns REPLACE_FAILED_UPDATE takes, from INBOX_COLUMNS' order.
-            columns = tuple(zip(*replaced, strict=True))
-            arrays = [columns[_INBOX_INDEX[name]] for name in _REPLACED]
-            hit = await driver.fetch(REPLACE_FAILED_UPDATE, *arrays, now)
+            # The fields REPLACE_FAILED_UPDATE takes, from INBOX_COLUMNS' order.
+            picked = [tuple(row[_INBOX_INDEX[name]] for name in _REPLACED) for row in replaced]
+            hit = await driver.fetch(REPLACE_FAILED_UPDATE, json_rows(picked), now)
             if len(hit) != len(replaced):
                 raise StoreRace(RaceKind.INBOX)
 
@@ -178,17 +186,13 @@ _REPLACED: Final = (
     "source_offset",
 )
 _INBOX_INDEX: Final = {name: index for index, name in enumerate(INBOX_COLUMNS)}
-REPLACE_FAILED_UPDATE: Final = f"""
-UPDATE processed_events AS p
-SET outcome = v.outcome, reason = v.reason, generation_after = v.generation_after,
-    attempts = v.attempts, source_topic = v.source_topic,
-    source_partition = v.source_partition, source_offset = v.source_offset,
-    processed_at = $10::TIMESTAMPTZ
-FROM unnest(
-    $1::VARCHAR[], $2::VARCHAR[], $3::VARCHAR[], $4::VARCHAR[], $5::BIGINT[],
-    $6::INTEGER[], $7::VARCHAR[], $8::INTEGER[], $9::BIGINT[]
-) AS v({", ".join(_REPLACED)})
-WHERE p.event_id = v.event_id AND p.payload_hash = v.payload_hash
-  AND p.outcome = '{OutcomeKind.FAILED.value}'
-RETURNING p.event_id
-"""  # noqa: S608 - the one literal is an enum value of ours
+REPLACE_FAILED_UPDATE: Final = (
+    "UPDATE processed_events AS p"  # noqa: S608 - names from the schema, values parameters
+    " SET outcome = v.outcome, reason = v.reason, generation_after = v.generation_after,"
+    " attempts = v.attempts, source_topic = v.source_topic,"
+    " source_partition = v.source_partition, source_offset = v.source_offset,"
+    " processed_at = $2::TIMESTAMPTZ"
+    f" FROM ({rows_select([(name, sql_type(processed_events.c[name])) for name in _REPLACED])})"
+    " AS v WHERE p.event_id = v.event_id AND p.payload_hash = v.payload_hash"
+    f" AND p.outcome = '{OutcomeKind.FAILED.value}' RETURNING p.event_id"
+)
