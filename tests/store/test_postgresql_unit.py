@@ -18,7 +18,7 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +314,19 @@ async def _compare_reads(db: Db) -> None:
     assert ours[gone].deleted and not ours[live].deleted
     assert ours[live].consumer_type == "T" and ours[gone].consumer_type is None
     assert inbox[ids[0]].reason is Reason.CAS_RETRIES_EXHAUSTED
+
+
+async def test_hostile_strings_travel_as_data(postgres_url: str) -> None:
+    """The rows travel as one JSON document: quotes, backslashes, JSON's own syntax,
+    control characters and any Unicode come back exactly as written, through the
+    SQLAlchemy reads too."""
+    hostile = "p'\"\\\n\t{}[],:null \u2028 é 💥 ' OR 1=1; --"
+    async with migrated(postgres_url) as db:
+        uuid = new_id()
+        outcome = await db.applier.apply(upsert(uuid, project_id=hostile, user_id=hostile[::-1]))
+        assert outcome.kind is OutcomeKind.APPLIED
+        state = await reads.get_consumer(db.engine, uuid)
+        assert state is not None
+        assert (state.project_id, state.user_id) == (hostile, hostile[::-1])
+        assert state.updated_at is not None
+        assert abs(state.updated_at - datetime.now(UTC)) < timedelta(minutes=5)  # no shift

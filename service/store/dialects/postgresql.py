@@ -106,8 +106,9 @@ def rows_select(fields: Sequence[tuple[str, str]]) -> str:
 
 def json_rows(rows: Sequence[tuple[Any, ...]]) -> str:
     """The rows as one JSON array of arrays (``rows_select``'s parameter): strings,
-    integers, None as null, timestamps as RFC 3339 with their offset."""
-    return orjson.dumps(rows).decode()
+    integers, None as null, timestamps as RFC 3339 with their offset (a naive one as
+    UTC, as asyncpg binds it)."""
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
 #: Every CAS update of a batch in one statement: the rows as read (uuid, generation,
