@@ -4,12 +4,12 @@ Through SQLAlchemy a PostgreSQL batch spent most of its event-loop CPU in SQLAlc
 per-statement and per-row work (65 µs of the "apply" stage per event in ``python -m
 benchmarks e2e --quick``, against 9 µs on SQLite), and its ``IN (...)`` reads expanded
 one parameter per value, so every batch size was a new statement text and a new
-server-side prepare. Here every statement of the apply path is one fixed text whatever
+server-side prepare.  Here every statement of the apply path is one fixed text whatever
 the batch size, sent straight to asyncpg, which prepares it once per connection (its
 statement cache) and hands back its own ``Record`` rows, read without SQLAlchemy's row
-processing. The reads take their keys as one array (``= ANY($1::VARCHAR[])``); the
+processing.  The reads take their keys as one array (``= ANY($1::VARCHAR[])``); the
 writes take their rows as one JSON array (``dialects.postgresql.rows_select``, which
-says why: asyncpg's per-element array encoding cost more than the rest of a write). A
+says why: asyncpg's per-element array encoding cost more than the rest of a write).  A
 transaction is: BEGIN, the inbox read, the consumers read, the owner reads (none once
 their ids are cached), one insert and one compare-and-swap update for the consumers, one
 insert for the inbox, COMMIT: one round trip per statement kind whatever the batch size.

@@ -1,11 +1,11 @@
 """The writes of a unit of work: consumer compare-and-swaps and inbox rows.
 
 Every function takes an open ``AsyncConnection`` inside the caller's transaction, so an
-outcome and its effect always commit together. Writes are one driver ``executemany``
+outcome and its effect always commit together.  Writes are one driver ``executemany``
 (SQLite) or one statement over a JSON array of the rows (PostgreSQL) per kind, from
-plain tuples. Every consumer write is a compare-and-swap whose result is checked; a
+plain tuples.  Every consumer write is a compare-and-swap whose result is checked; a
 write that matches nothing raises ``StoreRace`` and the caller rolls the transaction
-back. What differs per database (insert-or-ignore, the bulk CAS) is the dialect's
+back.  What differs per database (insert-or-ignore, the bulk CAS) is the dialect's
 (``service.store.dialects``).
 
 Only bound parameters carry values (statements are compiled from the schema's tables):
