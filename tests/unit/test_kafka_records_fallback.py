@@ -23,7 +23,7 @@ from service.kafka.records import (
     UndecodableRecord,
     undecodable_event,
 )
-from tests.unit.test_kafka_batch_parser import batch_of
+from tests.unit.test_kafka_batch_parser import batch_of, raw_record
 from tests.unit.test_kafka_records import BAD_NAME, build_batch
 
 TS = 1_700_000_000_000
@@ -213,3 +213,20 @@ def test_install_twice_wraps_once() -> None:
     assert fetcher.PartitionRecords is installed
     assert fetcher.PartitionRecords.__mro__[1] is kafka_records._ORIGINALS["PartitionRecords"]
     assert kafka_records._ORIGINALS["MemoryRecords"].__name__ == "MemoryRecords"
+
+
+def test_a_batch_never_hands_out_an_offset_at_or_below_one_it_handed_out() -> None:
+    """The batch wrapper itself (aiokafka's fetcher also skips offsets below its
+    position): what the fast parser gave is not given again by the fallback, and a
+    hostile batch whose offsets go back does not hand out the earlier offset."""
+    kafka_records.install()
+    records = (
+        raw_record(0, b"a", b"0", [(b"h", b"0")])
+        + raw_record(1, b"b", b"1", [(BAD_NAME, b"1")])
+        + raw_record(5, b"c", b"5", [])
+        + raw_record(3, b"d", b"3", [])  # back below 5
+        + raw_record(6, b"e", b"6", [])
+    )
+    batch = TolerantMemoryRecords(batch_of(10, records, 5, last_delta=6)).next_batch()
+    assert isinstance(batch, kafka_records._TolerantBatch)
+    assert [r.offset for r in batch] == [10, 11, 15, 16]
