@@ -146,7 +146,10 @@ class Consumer:
         room = max_records or 1_000_000
         for tp in tps:
             assert tp not in self.paused
-            if tp.partition in self.log.stalled or room <= 0:
+            if tp.partition in self.log.stalled:
+                out[tp] = []  # aiokafka may name a partition with nothing fetched
+                continue
+            if room <= 0:
                 continue
             position = self.positions[tp]
             found = [r for r in self.log.records[tp.partition] if r.offset >= position][:room]

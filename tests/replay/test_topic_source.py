@@ -234,14 +234,22 @@ async def test_an_undecodable_record_is_handed_on_as_such(log: Log) -> None:
 async def test_a_partition_that_stops_delivering_is_an_outage(
     log: Log, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log.stalled.add(1)
+    """The other partitions' records are all handed out first; then the stalled one
+    is an outage once nothing came for the bound (30 s, or twice the request timeout)."""
+    log.stalled.add(0)
     clock = itertools.count(0, 7)  # each reading of the clock: 7 s later
     monkeypatch.setattr(sources, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    got: list[SourceRecord] = []
     with pytest.raises(BrokerUnavailable) as caught:
-        await read(RangeSpec(from_beginning=True), request_timeout_seconds=20)
+        async with TopicSource(
+            settings(request_timeout_seconds=20), TOPIC, RangeSpec(from_beginning=True), 100
+        ) as source:
+            async for chunk in source.batches():
+                got.extend(chunk)
     assert str(caught.value) == (
-        "no records from partition(s) 1 of events for 40 s before the end of the range"
+        "no records from partition(s) 0 of events for 40 s before the end of the range"
     )
+    assert [(r.partition, r.offset) for r in got] == [(1, o) for o in range(2, 6)]
     assert log.consumers[0].stopped
 
 
