@@ -230,3 +230,14 @@ def test_a_batch_never_hands_out_an_offset_at_or_below_one_it_handed_out() -> No
     batch = TolerantMemoryRecords(batch_of(10, records, 5, last_delta=6)).next_batch()
     assert isinstance(batch, kafka_records._TolerantBatch)
     assert [r.offset for r in batch] == [10, 11, 15, 16]
+
+
+def test_a_missing_codec_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(kafka_records.CODECS, "snappy", lambda: False)
+    with pytest.raises(kafka_records.MissingCodec) as caught:
+        kafka_records.check_codecs()
+    assert str(caught.value) == (
+        "cannot decode Kafka batches compressed with snappy: the library is not installed "
+        "(install aiokafka[snappy,lz4,zstd], i.e. cramjam)"
+    )
+    assert isinstance(caught.value, KafkaClientUnfit)

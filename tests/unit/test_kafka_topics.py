@@ -43,6 +43,7 @@ class Broker:
     not_ready: int = 1
     #: A call that never answers, or raises this.
     hang: str | None = None
+    fail_start: bool = False
     fail: BaseException | None = None
     created: list[NewTopic] = field(default_factory=list)
     described: list[list[str]] = field(default_factory=list)
@@ -58,7 +59,8 @@ class Admin:
         broker.admins.append(self)
 
     async def start(self) -> None:
-        pass
+        if self.broker.fail_start:
+            raise KafkaConnectionError("Unable to bootstrap from [('kafka', 9092)]")
 
     async def close(self) -> None:
         self.closed = True
@@ -218,6 +220,12 @@ async def test_everything_existing_creates_nothing(broker: Broker) -> None:
     assert broker.created == [] and broker.described == []
 
 
+DLQ_WARNING = (
+    "the dead-letter topic allows smaller records than the events topic: dead letters of "
+    "big records will be cut; raise its max.message.bytes"
+)
+
+
 @pytest.mark.parametrize(("have", "warned"), [(1_130_495, True), (1_130_496, False), (None, False)])
 async def test_an_existing_dead_letter_topic_too_small_is_logged_not_altered(
     broker: Broker, caplog: pytest.LogCaptureFixture, have: int | None, warned: bool
@@ -225,7 +233,7 @@ async def test_an_existing_dead_letter_topic_too_small_is_logged_not_altered(
     broker.limits.update({"ev.dlq": have})
     assert (await ensure_topics(settings()))["ev.dlq"] == "exists"
     assert "ev.dlq" not in made(broker)
-    warnings = [e for e in logged(caplog) if "dead letters of big records" in e["event"]]
+    warnings = [e for e in logged(caplog) if e["event"] == DLQ_WARNING]
     if warned:
         [entry] = warnings
         assert entry["topic"] == "ev.dlq"
@@ -336,3 +344,14 @@ def test_the_limit_is_read_from_the_named_topics_answer_only() -> None:
 def test_a_topic_is_ready_only_when_every_partition_has_a_leader(topic: dict[str, Any]) -> None:
     assert not topics._ready(topic)
     assert topics._ready({"error_code": 0, "partitions": [LEADER, {"error_code": 0, "leader": 0}]})
+
+
+async def test_an_admin_client_that_cannot_connect_is_named(broker: Broker) -> None:
+    broker.fail_start = True
+    with pytest.raises(BrokerUnavailable) as caught:
+        await ensure_topics(settings())
+    assert str(caught.value) == (
+        "cannot connect the admin client to Kafka at kafka:9092: KafkaConnectionError: "
+        "Unable to bootstrap from [('kafka', 9092)]"
+    )
+    assert broker.created == [] and broker.admins[0].closed
