@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, OffsetAndTimestamp
 
 from service.kafka.records import UndecodableRecord
@@ -58,6 +59,8 @@ class Log:
     stalled: set[int] = field(default_factory=set)
     exists: bool = True
     describe_hangs: bool = False
+    #: Which client's start finds no broker: "consumer" or "admin".
+    unreachable: str = ""
     consumers: list[Consumer] = field(default_factory=list)
     admins: list[Admin] = field(default_factory=list)
 
@@ -77,7 +80,8 @@ class Admin:
         log.admins.append(self)
 
     async def start(self) -> None:
-        pass
+        if self.log.unreachable == "admin":
+            raise KafkaConnectionError("Unable to bootstrap from [('kafka', 9092)]")
 
     async def close(self) -> None:
         self.closed = True
@@ -105,6 +109,8 @@ class Consumer:
         log.consumers.append(self)
 
     async def start(self) -> None:
+        if self.log.unreachable == "consumer":
+            raise KafkaConnectionError("Unable to bootstrap from [('kafka', 9092)]")
         self.started = True
 
     async def stop(self) -> None:

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -262,7 +263,7 @@ async def test_an_undecodable_record_is_logged_with_its_coordinates(
 
 
 def test_the_report_as_json() -> None:
-    report = ReplayReport(source="archive a.jsonl", mode=Mode.APPLY, read=10, seconds=2.0)
+    report = ReplayReport(source="archive a.jsonl", mode=Mode.APPLY, read=10, seconds=3.00049)
     report.outcomes.update(
         {
             ("applied", None): 5,
@@ -282,12 +283,12 @@ def test_the_report_as_json() -> None:
         "rejected_by_reason": {"consumer_not_found": 1, "generation_conflict": 2},
         "invalid": 3,
         "invalid_by_reason": {"not_json": 1, "too_large": 2},
-        "seconds": 2.0,
-        "events_per_second": 5.0,
+        "seconds": 3.0,
+        "events_per_second": 3.3,
         "problems": 4,
     }
     assert list(report.to_json()["invalid_by_reason"]) == ["not_json", "too_large"]
-    assert (report.failed, report.problems, report.rate) == (1, 4, 5.0)
+    assert (report.failed, report.problems, report.rate) == (1, 4, 10 / 3.00049)
     assert ReplayReport(source="s", mode=Mode.APPLY, read=3).rate == 0.0
     assert ReplayReport(source="s", mode=Mode.DRY_RUN).dry_run
     assert not ReplayReport(source="s", mode=Mode.REPUBLISH).dry_run
@@ -405,3 +406,53 @@ async def test_the_report_times_the_run(db: Db) -> None:
     report = await replay(mixed(), settings=db.settings, mode=Mode.DRY_RUN, engine=db.engine)
     assert 0 < report.seconds <= time.monotonic() - began
     assert report.rate == report.read / report.seconds
+
+
+def clocked(monkeypatch: pytest.MonkeyPatch, step: float) -> None:
+    """The runner's clock: each reading ``step`` seconds after the one before."""
+    readings = iter(range(1_000))
+    monkeypatch.setattr(runner, "time", SimpleNamespace(monotonic=lambda: step * next(readings)))
+
+
+def three_chunks() -> ListSource:
+    return ListSource(
+        [
+            [record(2 * i + j, upsert_doc(consumer_id(2 * i + j))) for j in range(2)]
+            for i in range(3)
+        ]
+    )
+
+
+async def test_progress_is_logged_every_5_s_by_default_with_rate_and_eta(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readings 0 (start), 2.5, 5.0, 7.5 (the chunks), 10 (the end): one line, at 5.0."""
+    caplog.set_level(logging.INFO)
+    clocked(monkeypatch, 2.5)
+    report = await replay(
+        three_chunks(), settings=republish_settings(), mode=Mode.REPUBLISH_DRY_RUN
+    )
+    lines = [e for e in logged(caplog) if e["event"] == "replay_progress"]
+    assert [(e["read"], e["total"], e["events_per_second"], e["eta_seconds"]) for e in lines] == [
+        (4, 6, 0.8, 2.5)
+    ]
+    assert report.seconds == 10.0
+
+
+async def test_progress_without_elapsed_time_has_no_rate_and_no_eta(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    clocked(monkeypatch, 0)
+    await replay(
+        three_chunks(),
+        settings=republish_settings(),
+        mode=Mode.REPUBLISH_DRY_RUN,
+        progress_log_seconds=0,
+    )
+    lines = [e for e in logged(caplog) if e["event"] == "replay_progress"]
+    assert [(e["read"], e["events_per_second"], e["eta_seconds"]) for e in lines] == [
+        (2, 0.0, None),
+        (4, 0.0, None),
+        (6, 0.0, None),
+    ]

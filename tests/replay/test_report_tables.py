@@ -4,6 +4,7 @@ in a fixed order, the dry run's list of consumers that would change, the rate co
 from __future__ import annotations
 
 import io
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -90,6 +91,7 @@ def test_the_consumers_that_would_change_in_uuid_order() -> None:
     table = changes_table(dry_run_changes(), 10)
     assert table is not None
     assert table.title == "consumers that would change: 3"
+    assert table.title_justify == "left"
     assert [c.header for c in table.columns] == [
         "consumer",
         "generation before",
@@ -148,3 +150,15 @@ def test_the_bar_counts_what_it_is_told() -> None:
     unknown.start(0, "archive")
     assert unknown._progress.tasks[0].total is None  # no total: no ETA to guess
     unknown.stop()
+
+
+def test_the_bar_says_what_it_counts_in_words() -> None:
+    out = io.StringIO()
+    bar = RichProgress(Console(file=out, width=120, force_terminal=True, color_system=None))
+    bar.start(200, "topic")
+    bar.advance(70)
+    bar._progress.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", " ", out.getvalue())  # without the escapes
+    bar.stop()
+    assert re.search(r"\breplay\b", text) and re.search(r"\beta\b", text), text
+    assert "70/200" in text and " ev/s" in text

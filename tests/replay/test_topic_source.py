@@ -280,3 +280,17 @@ async def test_the_source_must_be_opened_first(log: Log) -> None:
             pass
     await source.close()  # closing what was never opened does nothing
     assert log.consumers == []
+
+
+@pytest.mark.parametrize(
+    ("client", "named"), [("consumer", "replay reader"), ("admin", "admin client")]
+)
+async def test_a_client_that_cannot_connect_is_named(log: Log, client: str, named: str) -> None:
+    log.unreachable = client
+    with pytest.raises(BrokerUnavailable) as caught:
+        await read(RangeSpec(from_beginning=True))
+    assert str(caught.value) == (
+        f"cannot connect the {named} to Kafka at kafka:9092: KafkaConnectionError: "
+        "Unable to bootstrap from [('kafka', 9092)]"
+    )
+    assert log.consumers[0].stopped
