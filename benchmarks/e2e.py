@@ -173,6 +173,8 @@ async def _run(args: argparse.Namespace, infra: Infra, dbs: list[str]) -> dict[s
                 progress=say,
                 extra=daemon_settings(args.set),
             )
+            if not load.verified:
+                raise SystemExit("the daemon's database does not match the model")
             entry["latency"].append(
                 {
                     "offered": load.rate_offered,

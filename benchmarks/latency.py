@@ -102,9 +102,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max": max(load.latencies_ms, default=float("nan")),
                 "matched": len(load.latencies_ms),
                 "unmatched": load.unmatched,
+                "verified": load.verified,
                 "seconds": time.monotonic() - began,
             }
             results["runs"].append(row)
+            if not load.verified:
+                raise SystemExit("the daemon's database does not match the model")
             print(
                 f"[{db} {rate:,.0f}/s {mode} #{r + 1}] achieved {row['achieved']:,.0f}/s: "
                 f"p50 {row['p50']:.0f} ms, p90 {row['p90']:.0f} ms, "

@@ -425,6 +425,8 @@ class LoadRun:
     rss: list[tuple[float, float]]
     peak_rss_mib: float
     unmatched: int
+    #: the database ended in the independent model's state (``verify``)
+    verified: bool
 
 
 async def offered_load(
@@ -563,6 +565,7 @@ async def offered_load(
     for partition, offset, outcome_ms in pending:
         if not account(partition, offset, outcome_ms):
             unmatched += 1
+    verified = await verify(url, workload.belief)
     await infra.drop_database(url)
     return LoadRun(
         rate_offered=rate,
@@ -573,6 +576,7 @@ async def offered_load(
         rss=rss,
         peak_rss_mib=peak,
         unmatched=unmatched,
+        verified=verified,
     )
 
 

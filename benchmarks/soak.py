@@ -65,6 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "achieved": load.rate_achieved,
         "events": load.events,
         "unmatched": load.unmatched,
+        "verified": load.verified,
         "rss_start": start,
         "rss_warm": warm,
         "rss_end": end,
@@ -124,7 +125,8 @@ Run of {machine["date"]}: one daemon (outcomes topic on, {results["db"]}) fed
 {results["offered"]:,.0f} events/s offered ({results["achieved"]:,.0f} achieved) for
 {results["minutes"]:g} minutes, {results["events"]:,} events of the seeded mix.  Latency as
 in the end-to-end section; {results["unmatched"]} outcome(s) could not be matched to a sent
-event.
+event; the database ended {"in" if results["verified"] else "**not** in"} the independent
+model's state (every consumer and every inbox row).
 
 RSS of the daemon: {results["rss_start"]:.0f} MiB at the start (partitions assigned, no
 load yet), {results["rss_warm"]:.0f} MiB after the first minute, {results["rss_end"]:.0f}

@@ -43,6 +43,7 @@ STEPS: tuple[tuple[str, str, str], ...] = (
     ("admitted → transaction committed", "admitted", "committed"),
     ("transaction committed → outcome acknowledged", "committed", "acknowledged"),
     ("outcome acknowledged → reply in hand", "acknowledged", "reply"),
+    ("produced → outcome acknowledged (event → outcome record)", "produced", "acknowledged"),
     ("produced → reply in hand (the whole loop)", "produced", "reply"),
     ("produced → producer's ack (beside the path)", "produced", "acked"),
     ("outcome acknowledged → offset committed (off the path)", "acknowledged", "offset"),
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-events", type=int, default=100)
     parser.add_argument("--idle-gap", type=float, default=0.05, help="seconds between events")
     parser.add_argument("--floor-samples", type=int, default=200)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run every load this many times (the spread)"
+    )
     parser.add_argument("--consumers", type=int, default=2_000)
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
     parser.add_argument(
@@ -313,13 +317,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"[floor] {name}: p50 {spread['p50']:.2f} ms, p99 {spread['p99']:.2f} ms")
         loads: list[tuple[str, float | None, str]] = [("idle", None, "send_and_wait")]
         loads += [(f"{rate:g}/s", rate, mode) for rate in rates for mode in modes]
-        for db in dbs:
-            for index, (label, rate, mode) in enumerate(loads):
-                result = await one_load(
-                    infra, db, label, rate=rate, mode=mode, args=args, seed=3_000 + index
-                )
-                results["runs"].append(result)
-                _print_run(result)
+        # Repeats go round every load in turn, so a slow minute of the machine spreads
+        # over all columns rather than landing on one.
+        for repeat in range(args.repeat):
+            for db in dbs:
+                for index, (label, rate, mode) in enumerate(loads):
+                    result = await one_load(
+                        infra, db, label, rate=rate, mode=mode, args=args, seed=3_000 + index
+                    )
+                    result["repeat"] = repeat
+                    results["runs"].append(result)
+                    _print_run(result)
     finally:
         await infra.close_admin()
         infra.stop()
@@ -341,32 +349,53 @@ def _print_run(result: dict[str, Any]) -> None:
         say(f"    {name:58} p50 {spread['p50']:8.2f}  p99 {spread['p99']:8.2f} ms")
 
 
+def columns(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of each (database, load, producer) column, in the order first run."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for run_ in runs:
+        grouped.setdefault(f"{run_['db']} {run_['load']} {run_['mode']}", []).append(run_)
+    return grouped
+
+
+def _cell(values: list[float], digits: int = 1) -> str:
+    """The median, and the range when there are several runs: how far a re-run moves."""
+    ordered = sorted(values)
+    middle = ordered[len(ordered) // 2]
+    if len(ordered) == 1:
+        return f"{middle:,.{digits}f}"
+    return f"{middle:,.{digits}f} ({ordered[0]:,.{digits}f}-{ordered[-1]:,.{digits}f})"
+
+
 def section(results: dict[str, Any], args: argparse.Namespace) -> str:
     machine = results["machine"]
     floor_rows = "\n".join(
         f"| {name} | {s['p50']:.2f} | {s['p99']:.2f} |" for name, s in results["floor"].items()
     )
-    runs = results["runs"]
-    header = " | ".join(f"{r['db']} {r['load']} {r['mode']}" for r in runs)
+    grouped = columns(results["runs"])
+    header = " | ".join(grouped)
     rows = "\n".join(
-        f"| {name} | "
-        + " | ".join(f"{r['steps'][name]['p50']:.1f} / {r['steps'][name]['p99']:.1f}" for r in runs)
+        f"| {name} p50 | "
+        + " | ".join(_cell([r["steps"][name]["p50"] for r in runs]) for runs in grouped.values())
+        + f" |\n| {name} p99 | "
+        + " | ".join(_cell([r["steps"][name]["p99"] for r in runs]) for runs in grouped.values())
         + " |"
         for name, _, _ in STEPS
     )
-    achieved = " | ".join(f"{r['achieved']:,.0f}" for r in runs)
-    verified = " | ".join("yes" if r["verified"] else "**no**" for r in runs)
-    cpu = " | ".join(f"{r['cpu_us_per_event']:.0f}" for r in runs)
+    achieved = " | ".join(_cell([r["achieved"] for r in runs], 0) for runs in grouped.values())
+    verified = " | ".join(
+        "yes" if all(r["verified"] for r in runs) else "**no**" for runs in grouped.values()
+    )
+    cpu = " | ".join(_cell([r["cpu_us_per_event"] for r in runs], 0) for runs in grouped.values())
     command = "python -m benchmarks timeline " + " ".join(
         [f"--db {args.db}", *(f"--rate {r:g}" for r in (args.rate or [1000, 5000]))]
-        + [f"--seconds {args.seconds:g}", f"--mode {args.mode}"]
+        + [f"--seconds {args.seconds:g}", f"--mode {args.mode}", f"--repeat {args.repeat}"]
         + [f"--set {s}" for s in args.set]
     )
     return f"""## Timeline: where an event's milliseconds go (`{command}`)
 
 {machine.get("date", "?")}, {machine.get("cpu", "?")} ({machine.get("cores", "?")} cores),
 1-minute load average {results["load"][0]:.1f} before and {results["load"][1]:.1f} after
-(the machine was shared: re-run on a quiet one before quoting).
+(the benchmark's own broker, database, daemon and load generator share the machine).
 
 The floor, measured in the same run (ms, {args.floor_samples} samples each):
 
@@ -374,13 +403,14 @@ The floor, measured in the same run (ms, {args.floor_samples} samples each):
 | --- | --- | --- |
 {floor_rows}
 
-Per step, p50 / p99 in ms, every event of each run (idle: `EventProducer.send_and_wait`,
-one event at a time, {args.idle_gap * 1000:g} ms apart; per-request: applications sending
-one record per request, linger 0, one send awaited at a time; batching: one producer,
-linger 0, sends not awaited one by one, batched by the client while a request is in flight):
+Per step in ms over every event of a run, p50 and p99 as the median of {args.repeat} run(s)
+(the range in brackets; loads interleaved). Idle: `EventProducer.send_and_wait`, one
+event at a time, {args.idle_gap * 1000:g} ms apart; per-request: applications sending one
+record per request, linger 0, one send awaited at a time; batching: one producer, linger 0,
+sends not awaited one by one, batched by the client while a request is in flight:
 
 | step | {header} |
-| --- | {" | ".join("---" for _ in runs)} |
+| --- | {" | ".join("---" for _ in grouped)} |
 {rows}
 | achieved events/s | {achieved} |
 | daemon CPU µs/event (whole run, idle included) | {cpu} |
