@@ -158,15 +158,20 @@ def test_a_corrupt_record_is_reported_alone(
 
 def test_a_record_unreadable_from_its_first_field_keeps_the_batch_position() -> None:
     body = b"\x80"  # attributes: a varint that never ends inside the record
-    records = _varint(len(body)) + body + raw_record(1, b"b", b"2", [])
-    [bad, good] = parse_batch(batch_of(9, records, 2))
+    records = (
+        raw_record(0, b"a", b"1", []) + _varint(len(body)) + body + raw_record(2, b"b", b"2", [])
+    )
+    [first, bad, good] = parse_batch(batch_of(9, records, 3))
+    assert first.offset == 9
+    # Its offset delta unread, the record is placed by its position in the batch.
     assert (bad.offset, bad.timestamp, bad.error) == (
-        9,
+        10,
         FIRST_TS,
         "record fields run past the record's length",
     )
-    assert not bad.key_read and not bad.value_read and bad.key is None
-    assert (good.offset, good.value) == (10, b"2")
+    assert not bad.key_read and not bad.value_read
+    assert (bad.key, bad.value, bad.headers) == (None, None, ())
+    assert (good.offset, good.value) == (11, b"2")
 
 
 def test_a_varint_longer_than_a_varlong_is_corrupt_not_a_huge_number() -> None:
@@ -239,3 +244,22 @@ def test_what_is_not_a_v2_batch_is_refused() -> None:
 def test_a_memoryview_is_read_like_bytes() -> None:
     batch = build_batch(3, [(b"k", b"v", [(b"h", b"1")])])
     assert list(parse_batch(memoryview(batch))) == list(parse_batch(batch))
+
+
+@pytest.mark.parametrize("size", [63, 64, 300, 70_000])
+def test_long_fields_are_read_whole(size: int) -> None:
+    """Lengths past one varint byte (64 and more, zig-zag) and offsets and times far
+    from the batch's base, as any producer writes them."""
+    value = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    header = (b"n" * size, b"v" * (size // 2))
+    records = raw_record(0, b"k" * size, value, [header], ts_delta=123_456_789) + raw_record(
+        300, b"k", b"v", [], ts_delta=-1_000_000
+    )
+    [long, far] = parse_batch(batch_of(5, records, 2, last_delta=300))
+    assert long.decodable and (long.key, long.value, long.headers) == (
+        b"k" * size,
+        value,
+        (header,),
+    )
+    assert long.timestamp == FIRST_TS + 123_456_789
+    assert (far.offset, far.timestamp) == (305, FIRST_TS - 1_000_000)

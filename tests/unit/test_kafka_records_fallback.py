@@ -6,11 +6,13 @@ one; and the checks that refuse an aiokafka whose internals changed."""
 
 from __future__ import annotations
 
+import struct
 from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer import fetcher
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
@@ -30,11 +32,18 @@ TS = 1_700_000_000_000
 
 
 def fetched(data: bytes, fetch_offset: int = 0) -> tuple[list[ConsumerRecord], int]:
-    """What aiokafka's fetcher hands out for ``data``, and the next fetch offset."""
+    """What aiokafka's fetcher hands out for ``data``, and the next fetch offset.
+
+    The ``PartitionRecords`` subclass is built here, by the function ``install`` builds
+    it with, rather than taken from ``fetcher`` (built once per process): so that a
+    mutation of that function, switched on after ``install`` ran, is what is tested."""
     kafka_records.install()
-    records = fetcher.PartitionRecords(
+    partition_records = kafka_records._make_partition_records(
+        kafka_records._ORIGINALS["PartitionRecords"]
+    )
+    records = partition_records(
         TopicPartition("t", 3),
-        fetcher.MemoryRecords(data),
+        TolerantMemoryRecords(data),
         [],
         fetch_offset,
         None,
@@ -44,6 +53,14 @@ def fetched(data: bytes, fetch_offset: int = 0) -> tuple[list[ConsumerRecord], i
     )
     out = list(records)
     return out, records.next_fetch_offset
+
+
+def test_the_installed_classes_are_the_ones_built_here() -> None:
+    kafka_records.install()
+    assert fetcher.MemoryRecords is TolerantMemoryRecords
+    built = kafka_records._make_partition_records(kafka_records._ORIGINALS["PartitionRecords"])
+    assert fetcher.PartitionRecords.__mro__[1:] == built.__mro__[1:]
+    assert fetcher.PartitionRecords.__qualname__ == built.__qualname__
 
 
 def test_an_unreadable_record_carries_every_field_that_could_be_read() -> None:
@@ -241,3 +258,15 @@ def test_a_missing_codec_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
         "(install aiokafka[snappy,lz4,zstd], i.e. cramjam)"
     )
     assert isinstance(caught.value, KafkaClientUnfit)
+
+
+def test_a_batch_header_claiming_nothing_is_corrupt_as_aiokafka_says() -> None:
+    """A record set ending in a bare 12-byte batch header of length 0: aiokafka's own
+    reader calls it corrupt; the tolerant one hands it to aiokafka, not drops it."""
+    kafka_records.install()
+    first = build_batch(0, [(b"a", b"1", [])])
+    records = TolerantMemoryRecords(first + struct.pack(">qi", 1, 0))
+    assert records.next_batch() is not None
+    assert records.has_next()
+    with pytest.raises(CorruptRecordException):
+        records.next_batch()

@@ -214,3 +214,11 @@ def test_a_closed_connection_without_tls_or_closing_words_is_not_explained() -> 
     with_tls = load_settings(security_protocol="SSL")
     assert tls.explain_connect_error(KafkaConnectionError("reset"), with_tls, SERVER) is None
     assert tls.explain_connect_error(OSError("closed"), with_tls, SERVER) is None
+
+
+def test_without_a_ca_file_the_sentence_names_the_system_cas() -> None:
+    settings = load_settings(security_protocol="SSL")
+    assert tls.explain(_verify_failed(19), settings, SERVER) == (
+        f"TLS: the certificate of the broker at {SERVER} is not signed by a CA in the "
+        "system's default CAs (CONSUMERGEN_SSL_CAFILE is not set)"
+    )
