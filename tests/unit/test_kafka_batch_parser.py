@@ -209,7 +209,7 @@ def test_an_unusable_length_prefix_ends_the_batch_in_one_value(prefix: bytes) ->
     assert bad.error == "record length prefix is corrupt; rest of the batch unreadable"
     assert (bad.timestamp, bad.timestamp_type) == (FIRST_TS, 1)
     assert (bad.key, bad.value, bad.headers) == (None, None, ())
-    assert not bad.key_read and not bad.value_read
+    assert bad.key_read is False and bad.value_read is False
 
 
 @pytest.mark.parametrize("codec_id", [5, 6, 7])
@@ -220,7 +220,7 @@ def test_an_unknown_codec_makes_the_batch_one_undecodable_value(codec_id: int) -
     assert bad.error == "the batch cannot be decompressed: ValueError"
     assert (bad.timestamp, bad.timestamp_type) == (FIRST_TS, 0)
     assert (bad.key, bad.value, bad.headers) == (None, None, ())
-    assert not bad.key_read and not bad.value_read
+    assert bad.key_read is False and bad.value_read is False
 
 
 def test_an_undecompressable_log_append_batch_carries_the_batch_time() -> None:
@@ -232,7 +232,7 @@ def test_an_undecompressable_log_append_batch_carries_the_batch_time() -> None:
 
 def test_what_is_not_a_v2_batch_is_refused() -> None:
     batch = build_batch(0, [(b"k", b"v", [])])
-    with pytest.raises(ValueError, match="shorter than its header"):
+    with pytest.raises(ValueError, match=r"^not a record batch: shorter than its header$"):
         list(parse_batch(batch[:60]))
     assert len(list(parse_batch(batch[:61]))) == 1  # the header's 61 bytes are enough
     legacy = bytearray(batch)
@@ -263,3 +263,14 @@ def test_long_fields_are_read_whole(size: int) -> None:
     )
     assert long.timestamp == FIRST_TS + 123_456_789
     assert (far.offset, far.timestamp) == (305, FIRST_TS - 1_000_000)
+
+
+def test_an_empty_record_is_one_unreadable_record_and_the_batch_goes_on() -> None:
+    """A length prefix of 0 delimits a record (an empty one, which cannot hold its
+    fields): that record is unreadable, the prefix is not corrupt, the rest is read."""
+    records = raw_record(0, b"a", b"1", []) + _varint(0) + raw_record(2, b"c", b"3", [])
+    [first, empty, last] = parse_batch(batch_of(0, records, 3))
+    assert (first.offset, first.decodable) == (0, True)
+    assert (empty.offset, empty.error) == (1, "record fields run past the record's length")
+    assert empty.last_offset == -1
+    assert (last.offset, last.value, last.decodable) == (2, b"3", True)

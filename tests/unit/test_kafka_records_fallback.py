@@ -216,7 +216,7 @@ def test_an_aiokafka_without_the_methods_relied_on_is_refused(
 ) -> None:
     kafka_records.install()
     original = kafka_records._ORIGINALS["PartitionRecords"]
-    monkeypatch.setattr(original, method, None)
+    monkeypatch.delattr(original, method)
     with pytest.raises(
         IncompatibleAiokafka, match=rf"^aiokafka PartitionRecords.{method} is gone$"
     ):
@@ -270,3 +270,34 @@ def test_a_batch_header_claiming_nothing_is_corrupt_as_aiokafka_says() -> None:
     assert records.has_next()
     with pytest.raises(CorruptRecordException):
         records.next_batch()
+
+
+def test_install_replaces_the_two_names_and_keeps_the_originals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``install`` on an aiokafka as imported (it ran once already in this process: the
+    originals are put back for the test, and again after it)."""
+    kafka_records.install()
+    originals = dict(kafka_records._ORIGINALS)
+    monkeypatch.setattr(kafka_records, "_ORIGINALS", {})
+    monkeypatch.setattr(fetcher, "MemoryRecords", originals["MemoryRecords"])
+    monkeypatch.setattr(fetcher, "PartitionRecords", originals["PartitionRecords"])
+    assert not kafka_records.installed()
+    kafka_records.check_aiokafka()  # before install: the fetcher's own class is checked
+    kafka_records.install()
+    assert kafka_records.installed()
+    assert originals == kafka_records._ORIGINALS
+    assert fetcher.MemoryRecords is TolerantMemoryRecords
+    assert fetcher.PartitionRecords.__name__ == "TolerantPartitionRecords"
+    assert fetcher.PartitionRecords.__mro__[1] is originals["PartitionRecords"]
+
+
+def test_before_install_the_fetchers_class_is_the_one_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kafka_records.install()
+    monkeypatch.setattr(kafka_records, "_ORIGINALS", {})
+    kafka_records.check_aiokafka()
+    monkeypatch.setattr(fetcher, "PartitionRecords", object)
+    with pytest.raises(IncompatibleAiokafka, match=r"PartitionRecords._unpack_records is gone"):
+        kafka_records.check_aiokafka()
