@@ -355,3 +355,10 @@ async def test_an_admin_client_that_cannot_connect_is_named(broker: Broker) -> N
         "Unable to bootstrap from [('kafka', 9092)]"
     )
     assert broker.created == [] and broker.admins[0].closed
+
+
+def test_the_limit_is_found_among_the_resources_of_one_response() -> None:
+    both = _response(
+        (0, "other", [("max.message.bytes", "1")]), (0, "dlq", [("max.message.bytes", "7")])
+    )
+    assert max_message_bytes_of([both], "dlq") == 7

@@ -222,3 +222,39 @@ def test_without_a_ca_file_the_sentence_names_the_system_cas() -> None:
         f"TLS: the certificate of the broker at {SERVER} is not signed by a CA in the "
         "system's default CAs (CONSUMERGEN_SSL_CAFILE is not set)"
     )
+
+
+async def test_an_ipv6_broker_is_asked_at_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _connect(monkeypatch, _verify_failed(10))
+    settings = load_settings(
+        bootstrap_servers="[::1]:9093", security_protocol="SSL", request_timeout_seconds=0.1
+    )
+    text = await tls.diagnose(settings, client_options(settings))
+    assert (
+        text
+        == "TLS: the certificate of the broker at [::1]:9093 has expired: renew it on the broker"
+    )
+    assert calls[0][1] == 9093
+
+
+def test_the_host_named_is_all_of_the_address_but_the_port() -> None:
+    settings = load_settings(security_protocol="SSL")
+    text = tls.explain(_verify_failed(62), settings, "[fd00::7]:9093")
+    assert text is not None and "does not name the host [fd00::7] (from" in text
+
+
+def test_a_verify_failure_without_a_code_is_explained_by_its_words() -> None:
+    bare = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    settings = load_settings(security_protocol="SSL")
+    assert tls.explain(bare, settings, SERVER) == (
+        f"TLS: the certificate of the broker at {SERVER} failed verification "
+        "(certificate verify failed)"
+    )
+
+
+def test_a_connection_error_is_explained_with_the_settings() -> None:
+    settings = load_settings(security_protocol="SSL", ssl_cafile=CA)
+    assert tls.explain_connect_error(_verify_failed(20), settings, SERVER) == (
+        f"TLS: the certificate of the broker at {SERVER} is not signed by a CA in "
+        "CONSUMERGEN_SSL_CAFILE=/etc/cg/ca.pem"
+    )
