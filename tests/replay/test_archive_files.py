@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import orjson
 import pytest
 
+from service.replay import archive as archive_module
 from service.replay.archive import write_archive
 from service.replay.ranges import RangeSpec
 from service.replay.records import SourceRecord, to_archive_line
@@ -225,3 +227,15 @@ async def test_the_archive_is_written_under_a_hidden_name_next_to_it_until_compl
     assert len(seen) == 2 and all(len(names_then) == 1 for names_then in seen)
     assert seen[0][0].startswith(".events.jsonl.") and seen[1] == seen[0]
     assert names(tmp_path) == ["events.jsonl"]
+
+
+async def test_the_archive_s_log_line_gives_its_time_in_milliseconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    readings = iter([100.0, 100.123456])
+    monkeypatch.setattr(archive_module, "time", SimpleNamespace(monotonic=lambda: next(readings)))
+    report = await write_archive(topic_like(source()), tmp_path / "a.jsonl", RecordingProgress())
+    assert report.seconds == pytest.approx(0.123456)
+    [done] = [e for e in logged(caplog) if e["event"] == "archive_written"]
+    assert (done["records"], done["seconds"]) == (4, 0.123)

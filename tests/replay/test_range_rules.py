@@ -5,6 +5,8 @@ the range by the same rules a topic is seeked by."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from service.replay.ranges import (
@@ -183,3 +185,13 @@ def test_a_resolved_range_is_never_negative() -> None:
     assert PartitionRange(0, 5, 9).size == 4
     assert PartitionRange(0, 9, 9).size == 0
     assert PartitionRange(0, 9, 5).size == 0
+
+
+def test_a_naive_time_is_utc_whatever_the_machine_s_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_timestamp("2024-05-01T12:00:00", "--from-timestamp") == NOON_UTC
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -456,3 +456,26 @@ async def test_progress_without_elapsed_time_has_no_rate_and_no_eta(
         (4, 0.0, None),
         (6, 0.0, None),
     ]
+
+
+async def test_each_progress_line_s_rate_and_eta_to_a_tenth(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chunks of 3, 2 and 2 read at 2, 4 and 6 s: the rate and the time left to one
+    decimal, and no time left at the end."""
+    caplog.set_level(logging.INFO)
+    clocked(monkeypatch, 2)
+    docs = [upsert_doc(consumer_id(n)) for n in range(7)]
+    chunks = [[record(n, docs[n]) for n in part] for part in ([0, 1, 2], [3, 4], [5, 6])]
+    await replay(
+        ListSource(chunks),
+        settings=republish_settings(),
+        mode=Mode.REPUBLISH_DRY_RUN,
+        progress_log_seconds=0,
+    )
+    lines = [e for e in logged(caplog) if e["event"] == "replay_progress"]
+    assert [(e["read"], e["total"], e["events_per_second"], e["eta_seconds"]) for e in lines] == [
+        (3, 7, 1.5, 2.7),
+        (5, 7, 1.2, 1.6),
+        (7, 7, 1.2, 0.0),
+    ]

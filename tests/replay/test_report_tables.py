@@ -73,7 +73,7 @@ def test_a_republish_says_how_many_went_back_and_a_dry_run_says_so() -> None:
     assert "republished" not in [r[0] for r in rows(summary_table(report(Mode.DRY_RUN)))]
 
 
-UUIDS = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(4)]
+UUIDS = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(5)]
 
 
 def dry_run_changes() -> ReplayReport:
@@ -83,6 +83,7 @@ def dry_run_changes() -> ReplayReport:
         UUIDS[0]: GenerationChange(None, 1, False, False),
         UUIDS[2]: GenerationChange(4, 4, False, False),  # unchanged: not listed
         UUIDS[1]: GenerationChange(5, 5, True, False),  # revived at the same generation
+        UUIDS[4]: GenerationChange(6, None, False, False),  # no row after
     }
     return made
 
@@ -90,7 +91,7 @@ def dry_run_changes() -> ReplayReport:
 def test_the_consumers_that_would_change_in_uuid_order() -> None:
     table = changes_table(dry_run_changes(), 10)
     assert table is not None
-    assert table.title == "consumers that would change: 3"
+    assert table.title == "consumers that would change: 4"
     assert table.title_justify == "left"
     assert [c.header for c in table.columns] == [
         "consumer",
@@ -105,16 +106,17 @@ def test_the_consumers_that_would_change_in_uuid_order() -> None:
         (UUIDS[0], "-", "1", "no"),
         (UUIDS[1], "5", "5", "no"),
         (UUIDS[3], "2", "3", "yes"),
+        (UUIDS[4], "6", "-", "no"),
     ]
 
 
 def test_the_list_is_cut_at_the_limit_and_says_so() -> None:
     table = changes_table(dry_run_changes(), 2)
     assert table is not None
-    assert table.title == "consumers that would change: 3 (first 2; --json lists all)"
+    assert table.title == "consumers that would change: 4 (first 2; --json lists all)"
     assert [r[0] for r in rows(table)] == [UUIDS[0], UUIDS[1]]
-    exact = changes_table(dry_run_changes(), 3)
-    assert exact is not None and exact.title == "consumers that would change: 3"
+    exact = changes_table(dry_run_changes(), 4)
+    assert exact is not None and exact.title == "consumers that would change: 4"
 
 
 def test_no_change_no_list() -> None:
@@ -162,3 +164,5 @@ def test_the_bar_says_what_it_counts_in_words() -> None:
     bar.stop()
     assert re.search(r"\breplay\b", text) and re.search(r"\beta\b", text), text
     assert "70/200" in text and " ev/s" in text
+    assert "━" in text  # the bar
+    assert re.search(r"ev/s +0:00:\d\d +eta +(-:--:--|\d+:\d\d:\d\d)", text), text
