@@ -59,6 +59,8 @@ class Log:
     stalled: set[int] = field(default_factory=set)
     exists: bool = True
     describe_hangs: bool = False
+    #: What a describe of the topic answers instead, when set (a broker's other answers).
+    described: list[dict[str, Any]] | None = None
     #: Which client's start finds no broker: "consumer" or "admin".
     unreachable: str = ""
     consumers: list[Consumer] = field(default_factory=list)
@@ -89,6 +91,8 @@ class Admin:
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
         if self.log.describe_hangs:
             await asyncio.Event().wait()
+        if self.log.described is not None:
+            return self.log.described
         if not self.log.exists or names != [self.log.topic]:
             return [{"error_code": 3, "topic": names[0], "partitions": []}]
         partitions = [{"error_code": 0, "partition": p} for p in sorted(self.log.records)]

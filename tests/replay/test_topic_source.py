@@ -94,6 +94,8 @@ async def test_the_whole_topic_from_each_log_start_to_its_end(log: Log) -> None:
     assert consumer.assigned == [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
     assert {f["timeout_ms"] for f in consumer.fetches} == {500}
     assert {f["max_records"] for f in consumer.fetches} == {100}
+    # Each partition paused once read to its end: nothing more is fetched for it.
+    assert consumer.paused == {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
     [admin] = log.admins
     assert admin.closed
     assert admin.options["bootstrap_servers"] == ["kafka:9092"]
@@ -275,7 +277,8 @@ async def test_a_short_request_timeout_still_waits_30_s_for_a_stalled_partition(
 async def test_the_source_must_be_opened_first(log: Log) -> None:
     source = TopicSource(settings(), TOPIC, RangeSpec(from_beginning=True), 10)
     assert source.describe() == "topic events (no partitions)"
-    with pytest.raises(RuntimeError, match=r"open the source first \(async with\)"):
+    assert source.total == 0 and source.ranges == []
+    with pytest.raises(RuntimeError, match=r"^open the source first \(async with\)$"):
         async for _ in source.batches():
             pass
     await source.close()  # closing what was never opened does nothing
@@ -294,3 +297,48 @@ async def test_a_client_that_cannot_connect_is_named(log: Log, client: str, name
         "Unable to bootstrap from [('kafka', 9092)]"
     )
     assert log.consumers[0].stopped
+
+
+@pytest.mark.parametrize(
+    ("described", "exists"),
+    [
+        ([], False),
+        ([{"error_code": 29, "topic": TOPIC, "partitions": [{"partition": 0}]}], False),
+        ([{"topic": TOPIC, "partitions": [{"partition": 0}]}], True),  # no error code: none
+    ],
+    ids=["no answer", "an error with partitions", "no error code"],
+)
+async def test_what_a_describe_says_about_the_topic(
+    log: Log, described: list[dict[str, Any]], exists: bool
+) -> None:
+    log.described = described
+    if exists:
+        source, _ = await read(RangeSpec(from_beginning=True))
+        assert [r.partition for r in source.ranges] == [0]
+    else:
+        with pytest.raises(SourceError, match=r"^topic events does not exist$"):
+            await read(RangeSpec(from_beginning=True))
+
+
+async def test_a_stall_is_more_than_the_bound_without_records(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clock readings 8 s apart, records last at 8 s, the bound 40 s: the fetch whose
+    check reads 48 s (40 s without records) goes on, the next one (48 s) ends it."""
+    log.stalled.add(0)
+    clock = itertools.count(0, 8)
+    monkeypatch.setattr(sources, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    with pytest.raises(BrokerUnavailable, match=r"partition\(s\) 0 of events for 40 s"):
+        await read(RangeSpec(from_beginning=True), request_timeout_seconds=20)
+    assert len(log.consumers[0].fetches) == 6
+
+
+async def test_every_stalled_partition_is_named(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    log.stalled.update({0, 1})
+    clock = itertools.count(0, 20)
+    monkeypatch.setattr(sources, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    with pytest.raises(BrokerUnavailable) as caught:
+        await read(RangeSpec(from_beginning=True))
+    assert str(caught.value) == (
+        "no records from partition(s) 0, 1 of events for 30 s before the end of the range"
+    )
