@@ -239,3 +239,12 @@ async def test_the_archive_s_log_line_gives_its_time_in_milliseconds(
     assert report.seconds == pytest.approx(0.123456)
     [done] = [e for e in logged(caplog) if e["event"] == "archive_written"]
     assert (done["records"], done["seconds"]) == (4, 0.123)
+
+
+async def test_an_archive_s_times_are_filtered_by_the_time_range(tmp_path: Path) -> None:
+    lines = [line(0, o, timestamp_ms=1_000 * o) for o in range(5)] + [line(0, 9)]
+    spec = RangeSpec(from_timestamp=1_000, to_timestamp=3_000)
+    source = ArchiveSource(archive(tmp_path, lines), "events", spec, batch_size=10)
+    assert source.total == 0  # until scanned
+    assert source.scan() == 3  # 1 s, 2 s, and the line without a time
+    assert await chunks(source) == [[(0, 1), (0, 2), (0, 9)]]

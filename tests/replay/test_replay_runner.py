@@ -263,7 +263,7 @@ async def test_an_undecodable_record_is_logged_with_its_coordinates(
 
 
 def test_the_report_as_json() -> None:
-    report = ReplayReport(source="archive a.jsonl", mode=Mode.APPLY, read=10, seconds=3.00049)
+    report = ReplayReport(source="archive a.jsonl", mode=Mode.APPLY, read=10, seconds=3.14159)
     report.outcomes.update(
         {
             ("applied", None): 5,
@@ -283,12 +283,12 @@ def test_the_report_as_json() -> None:
         "rejected_by_reason": {"consumer_not_found": 1, "generation_conflict": 2},
         "invalid": 3,
         "invalid_by_reason": {"not_json": 1, "too_large": 2},
-        "seconds": 3.0,
-        "events_per_second": 3.3,
+        "seconds": 3.142,
+        "events_per_second": 3.2,
         "problems": 4,
     }
     assert list(report.to_json()["invalid_by_reason"]) == ["not_json", "too_large"]
-    assert (report.failed, report.problems, report.rate) == (1, 4, 10 / 3.00049)
+    assert (report.failed, report.problems, report.rate) == (1, 4, 10 / 3.14159)
     assert ReplayReport(source="s", mode=Mode.APPLY, read=3).rate == 0.0
     assert ReplayReport(source="s", mode=Mode.DRY_RUN).dry_run
     assert not ReplayReport(source="s", mode=Mode.REPUBLISH).dry_run

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from service.replay import runner
 from service.replay.runner import Mode, ReplayReport, replay
 from service.replay.sources import SourceError
 from service.replay.verify import FIELDS, Difference, VerifyReport, verify
@@ -201,3 +203,45 @@ def test_the_report_as_json_counts_each_kind() -> None:
     }
     assert doc["rebuild"] == report.rebuild.to_json()
     assert [d.uuid for d in report.problems] == ["a", "c"]
+
+
+async def test_an_extra_consumer_before_the_others_is_extra(live: Db) -> None:
+    first = consumer_id(0)  # sorts before every consumer of the history
+    await _sql(
+        live,
+        "INSERT INTO consumers (uuid, project_id, user_id, generation, last_event_id,"
+        f" created_at, updated_at) SELECT '{first}', project_id, user_id, 1,"
+        f" last_event_id, created_at, updated_at FROM consumers WHERE uuid = '{C[4]}'",
+    )
+    report = await run_verify(live)
+    assert [(d.uuid, d.kind) for d in report.differences] == [(first, "extra")]
+    assert report.compared == 6
+
+
+async def test_every_pruned_tombstone_is_counted(tmp_path: Path) -> None:
+    a, b = consumer_id(7), consumer_id(8)
+    gone = ListSource(
+        [
+            [
+                record(i, doc)
+                for i, doc in enumerate(
+                    [upsert_doc(a), upsert_doc(b), delete_doc(a), delete_doc(b)]
+                )
+            ]
+        ]
+    )
+    async with migrated(f"sqlite+aiosqlite:///{tmp_path / 'live.db'}") as db:
+        await replay(gone, settings=db.settings, mode=Mode.APPLY, engine=db.engine)
+        await _sql(db, "DELETE FROM consumers")
+        report = await verify([gone], settings=db.settings, live=db.engine)
+    assert report.pruned_tombstones == 2 and report.clean
+
+
+async def test_the_rebuild_s_time_is_every_source_s(
+    live: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each replay reads the clock at its start, at each chunk and at its end."""
+    readings = iter(range(100))
+    monkeypatch.setattr(runner, "time", SimpleNamespace(monotonic=lambda: float(next(readings))))
+    report = await run_verify(live)
+    assert report.rebuild.seconds == 4.0  # 0 -> 2, then 3 -> 5
