@@ -195,3 +195,33 @@ def test_a_naive_time_is_utc_whatever_the_machine_s_zone(monkeypatch: pytest.Mon
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"from_offset": ["0:-1"]}, "--from-offset: partition and offset must be >= 0 in '0:-1'"),
+        ({"from_offset": ["x"]}, "--from-offset: expected PARTITION:OFFSET, e.g. 0:1200, not 'x'"),
+        ({"from_offset": ["2:1", "2:3"]}, "--from-offset: partition 2 given twice"),
+        (
+            {"from_beginning": True, "to_offset": ["0:-1"]},
+            "--to-offset: partition and offset must be >= 0 in '0:-1'",
+        ),
+        (
+            {"from_beginning": True, "to_offset": ["y"]},
+            "--to-offset: expected PARTITION:OFFSET, e.g. 0:1200, not 'y'",
+        ),
+        (
+            {"from_timestamp": "soon"},
+            "--from-timestamp: expected an ISO 8601 time, e.g. 2024-05-01T12:00:00Z, not 'soon'",
+        ),
+        (
+            {"from_beginning": True, "to_timestamp": "later"},
+            "--to-timestamp: expected an ISO 8601 time, e.g. 2024-05-01T12:00:00Z, not 'later'",
+        ),
+    ],
+)
+def test_each_option_s_error_names_that_option(options: dict[str, object], message: str) -> None:
+    with pytest.raises(RangeError) as refused:
+        RangeSpec.from_options(**options)  # type: ignore[arg-type]
+    assert str(refused.value) == message

@@ -479,3 +479,24 @@ async def test_each_progress_line_s_rate_and_eta_to_a_tenth(
         (5, 7, 1.2, 1.6),
         (7, 7, 1.2, 0.0),
     ]
+
+
+async def test_every_invalid_record_and_every_duplicate_of_a_refusal_is_counted(db: Db) -> None:
+    refused = upsert_doc(C2, expected_generation=3)  # C2 does not exist: rejected
+    source = ListSource(
+        [
+            [
+                record(0, value=None, key=None, undecodable="header #1 name is not UTF-8"),
+                record(1, value=None, key=None, undecodable="header #2 name is not UTF-8"),
+                record(2, value=b"{", key=C1.encode()),
+                record(3, value=b"[", key=C1.encode()),
+                record(4, refused),
+            ],
+            [record(5, refused)],  # the same refused event again: a duplicate
+        ]
+    )
+    report = await replay(source, settings=db.settings, mode=Mode.APPLY, engine=db.engine)
+    assert report.invalid == Counter({"undecodable": 2, "not_json": 2})
+    assert report.outcomes == Counter(
+        {("rejected", "consumer_not_found"): 1, ("duplicate", None): 1}
+    )
