@@ -80,6 +80,7 @@ GROUPS: dict[str, Group] = {
         (
             "service/store/unit_of_work.py",
             "service/store/sqlite_writer.py",
+            "service/store/postgresql_unit.py",
             "service/apply/group.py",
             "service/store/reads.py",
             "service/store/owners.py",
@@ -92,7 +93,7 @@ GROUPS: dict[str, Group] = {
         ),
         ("tests/store", "tests/apply", "tests/unit", "tests/replay/test_verify_fields.py"),
         "the database edge but the writes: unit of work, reads, prune, durability, dialects, "
-        "SQLite's writer and group commit",
+        "SQLite's writer and group commit, PostgreSQL's unit of work",
         ("tests/daemon/test_database_outage.py", "tests/replay"),
     ),
     "daemon": Group(

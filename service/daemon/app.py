@@ -315,6 +315,7 @@ class Daemon:
     async def _shutdown(self) -> None:
         self.readiness.stopping = True
         await self.membership.stop_all(self.settings.shutdown_grace_seconds)
+        self.host.committed_log.flush()  # the last batches' line, not left to a timer
         # Bounded: with the broker gone, leaving the group or flushing could wait long.
         # Everything durable is committed by now; nothing else is left to lose.
         bound = self.settings.request_timeout_seconds

@@ -2,11 +2,13 @@
 
 The ports (applier, sinks, commit) and what a worker reports back: backpressure,
 infrastructure failures (the partition is paused and readiness says so) and the
-numbers of each committed batch.
+numbers of each committed batch (counted at once; logged a line per partition at most
+every second, ``service.daemon.committed_log``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ from aiokafka import TopicPartition
 
 from service.daemon.batch import dead_letter_fields
 from service.daemon.commits import CommitCoalescer
+from service.daemon.committed_log import CommittedLog
 from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
@@ -56,6 +59,8 @@ class DaemonWorkerHost:
         self._fatal = fatal
         #: A worker with this many records queued has its partition paused.
         self.high_water = config.batch_max_events * 4
+        #: The committed batches' INFO lines, a partition's batches of a second in one.
+        self.committed_log = CommittedLog(functools.partial(log.info, "batch committed"))
 
     async def commit(self, tp: TopicPartition, offset: int) -> bool:
         return await self._commits.commit(tp, offset)
@@ -105,9 +110,10 @@ class DaemonWorkerHost:
         seconds: float,
     ) -> None:
         metrics = self.metrics
-        counts: dict[tuple[str, str], int] = {}
+        counts: dict[str, int] = {}
         for outcome in outcomes:
-            key = (outcome.kind.value, outcome.reason.value if outcome.reason else "")
+            why = outcome.reason
+            key = f"{outcome.kind.value}:{why.value}" if why else outcome.kind.value
             counts[key] = counts.get(key, 0) + 1
             if outcome.attempts > 1:
                 metrics.cas_retries.inc(outcome.attempts - 1)
@@ -117,17 +123,18 @@ class DaemonWorkerHost:
             log.warning("dead-lettered", **dead_letter_fields(letter))
             metrics.dead_lettered.labels(letter.reason).inc()
             if letter.invalid:
-                counts[("invalid", letter.reason)] = counts.get(("invalid", letter.reason), 0) + 1
-        for (kind, reason), n in counts.items():
-            metrics.events.labels(kind, reason).inc(n)
+                key = f"invalid:{letter.reason}"
+                counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            kind, _, label = key.partition(":")
+            metrics.events.labels(kind, label).inc(n)
         metrics.batch_size.observe(len(batch))
         metrics.batch_seconds.observe(seconds)
-        log.info(
-            "batch committed",
-            partition=f"{tp.topic}/{tp.partition}",
-            first_offset=batch[0].offset,
-            last_offset=batch[-1].offset,
-            events=len(batch),
-            outcomes={f"{k}:{r}" if r else k: n for (k, r), n in sorted(counts.items())},
-            seconds=round(seconds, 4),
+        self.committed_log.committed(
+            f"{tp.topic}/{tp.partition}",
+            batch[0].offset,
+            batch[-1].offset,
+            len(batch),
+            counts,
+            seconds,
         )

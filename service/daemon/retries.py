@@ -99,8 +99,24 @@ async def retry_until_stopped(
     def retried(error: Exception) -> bool:
         return retry_on(error) and not stop.is_set()
 
-    async def attempts() -> T:
+    async def attempt_once() -> T:
         nonlocal in_attempt
+        in_attempt = True
+        try:
+            return await operation()
+        finally:
+            in_attempt = False
+
+    async def attempts() -> T:
+        # The first attempt outside stamina (the fetch loop polls many times a second,
+        # nearly always successfully); a failure to retry is stamina's first attempt,
+        # so the hooks, counters and backoff are what they were (``step_retry`` too).
+        try:
+            return await attempt_once()
+        except Exception as exc:
+            if not retried(exc):
+                raise
+            first: Exception | None = exc
         async for attempt in stamina.retry_context(
             on=retried,
             attempts=None,
@@ -109,11 +125,10 @@ async def retry_until_stopped(
             wait_max=wait_max,
         ):
             with attempt:
-                in_attempt = True
-                try:
-                    return await operation()
-                finally:
-                    in_attempt = False
+                if first is not None:
+                    replayed, first = first, None
+                    raise replayed
+                return await attempt_once()
         raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover
 
     work = asyncio.create_task(attempts())

@@ -4,6 +4,15 @@ The three stages of a partition worker (``service.daemon.worker``: the database,
 sinks, the offset commit) each retry their own step; while any of them fails on the
 infrastructure the partition is paused and reported not ready, and it is resumed only
 once none of them fails any more.
+
+The first attempt runs bare: at light load every batch is small, so a step's retry
+machinery (stamina's retry context, its tenacity state, the retry scope's context
+variable) entered for every step of every batch was a per-batch cost paid for nothing
+(issue 22's profile).  Only a first infrastructure failure enters it, and that failure
+is handed to stamina as the outcome of its first attempt: stamina counts it, calls its
+hooks and backs off before the second attempt exactly as if it had made the first one
+itself, so what happens on failure (the hooks, the counters, the waits, the attempt
+numbers) is what it was.
 """
 
 from __future__ import annotations
@@ -39,7 +48,22 @@ class StepRetry:
         resume once it works.  Never gives up on its own; only a stop or a revocation
         (which cancel this task) ends it.  Any other failure propagates at once: a bug,
         or a record refusal the step should have handled itself."""
-        failing = False
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise  # not retried (stamina's predicate says the same)
+            failure = exc
+        return await self._until_it_works(what, operation, failure)
+
+    async def _until_it_works(
+        self, what: str, operation: Callable[[], Awaitable[T]], failure: Exception
+    ) -> T:
+        """The first attempt failed on the infrastructure with ``failure``: report it,
+        then retry with stamina, whose first attempt is that failure (module docstring)."""
+        self.failing += 1
+        self.host.infrastructure_failed(self.tp, what, failure)
+        first: Exception | None = failure
         resumed = True
         config = self.host.config
         try:
@@ -52,25 +76,18 @@ class StepRetry:
                     wait_max=config.retry_wait_max,
                 ):
                     with attempt:
-                        try:
-                            return await operation()
-                        except Exception as exc:
-                            if not is_infrastructure(exc):
-                                raise  # not retried (stamina's predicate says the same)
-                            if not failing:
-                                failing = True
-                                self.failing += 1
-                                self.host.infrastructure_failed(self.tp, what, exc)
-                            raise
+                        if first is not None:
+                            replayed, first = first, None
+                            raise replayed  # the attempt made before: counted, backed off
+                        return await operation()
         except asyncio.CancelledError:
             resumed = False  # abandoned at a revocation or a stop, not recovered
             raise
         finally:
-            if failing:
-                # Several steps of a partition may fail at once (the database step of
-                # one batch, a sink of an earlier one, the offset commit): the partition
-                # is resumed only once none of them is failing any more.
-                self.failing -= 1
-                if not self.failing:
-                    self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
+            # Several steps of a partition may fail at once (the database step of
+            # one batch, a sink of an earlier one, the offset commit): the partition
+            # is resumed only once none of them is failing any more.
+            self.failing -= 1
+            if not self.failing:
+                self.host.infrastructure_recovered(self.tp, what, resumed=resumed)
         raise AssertionError("unreachable: retries are unbounded")  # pragma: no cover

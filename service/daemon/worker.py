@@ -108,6 +108,8 @@ class PartitionWorker:
         self.queue: asyncio.Queue[ConsumerRecord] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        #: The apply stage waiting for a record or a stop (``_take``), woken by either.
+        self._waiting: asyncio.Future[None] | None = None
         self._label = f"{tp.topic}/{tp.partition}"
         #: The group's committed offset as far as this worker knows (None: not yet known).
         self.committed: int | None = None
@@ -133,6 +135,12 @@ class PartitionWorker:
         self.host.metrics.stages.stamp("fetched", records)
         for record in records:
             self.queue.put_nowait(record)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     @property
     def backlog(self) -> int:
@@ -145,6 +153,7 @@ class PartitionWorker:
         committed, so its events come again and the inbox makes them duplicates).
         """
         self._stopping.set()
+        self._wake()
         if self._applying is not None and len(self._open) > 1:
             self._applying.cancel()  # only the batches in flight before it are waited for
         task = self._task
@@ -274,21 +283,18 @@ class PartitionWorker:
         """The next batch: wait for one record, then take what else is queued (None: a
         stop came first).  Adaptive: a lone event goes at once, and under load the queue
         fills while the previous batch is in the database, so batches grow."""
-        if self.queue.empty():
-            getter = asyncio.ensure_future(self.queue.get())
-            stopping = asyncio.ensure_future(self._stopping.wait())
+        while self.queue.empty() and not self._stopping.is_set():
+            # One future that ``feed`` and ``stop`` resolve (``_wake``): a batch at light
+            # load is often one record, and racing two tasks for it (the queue's getter
+            # and the stop's waiter) cost more than the rest of taking it.
+            waiting = self._waiting = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait((getter, stopping), return_when=asyncio.FIRST_COMPLETED)
+                await waiting
             finally:
-                for waiter in (getter, stopping):
-                    if not waiter.done():
-                        waiter.cancel()
-                await asyncio.gather(getter, stopping, return_exceptions=True)
-            if getter.cancelled() or self._stopping.is_set():
-                return None  # (a record taken at a stop is read again by the next owner)
-            batch = [getter.result()]
-        else:
-            batch = [self.queue.get_nowait()]
+                self._waiting = None
+        if self._stopping.is_set():
+            return None  # (records not taken at a stop are read again by the next owner)
+        batch = [self.queue.get_nowait()]
         limit = self.host.config.batch_max_events
         while len(batch) < limit and not self.queue.empty():
             batch.append(self.queue.get_nowait())

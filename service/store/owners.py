@@ -3,6 +3,10 @@
 A consumer row refers to its owners by row id; events name them by external id.  The
 ids of committed owner rows are cached per ``OwnerCache`` (one per unit-of-work
 factory): owner rows are never updated or deleted, so a cached id stays valid.
+
+The algorithm (``get_or_create``) is written once; how its two statements run is an
+``OwnerRows``: SQLAlchemy's (``SqlOwnerRows``, here) or asyncpg's on PostgreSQL's hot
+path (``service.store.postgresql_unit``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,8 +45,39 @@ class OwnerCache:
                 mapping.clear()
 
 
-async def _get_or_create(
-    connection: AsyncConnection,
+class OwnerRows(Protocol):
+    """The two statements of ``get_or_create`` on one connection, in its transaction."""
+
+    async def ids(self, table: Table, column: str, names: list[str]) -> dict[str, int]:
+        """``{name: id}`` of the rows of ``table`` whose ``column`` is one of ``names``."""
+        ...
+
+    async def insert(self, table: Table, column: str, names: list[str], now: datetime) -> None:
+        """Insert ``names`` (sorted) into ``table``, skipping the ones that exist."""
+        ...
+
+
+class SqlOwnerRows:
+    """``OwnerRows`` through SQLAlchemy (every database)."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def ids(self, table: Table, column: str, names: list[str]) -> dict[str, int]:
+        key = table.c[column]
+        rows = await self.connection.execute(select(key, table.c.id).where(key.in_(names)))
+        return {name: ident for name, ident in rows}
+
+    async def insert(self, table: Table, column: str, names: list[str], now: datetime) -> None:
+        dialect = dialect_for(self.connection.dialect.name)
+        await self.connection.execute(
+            dialect.insert_ignoring_conflicts(table, column),
+            [{column: name, "created_at": now} for name in names],
+        )
+
+
+async def get_or_create(
+    rows: OwnerRows,
     table: Table,
     column: str,
     names: set[str],
@@ -59,13 +95,7 @@ async def _get_or_create(
     cached = {name: cache[name] for name in names if name in cache} if cache else {}
     if len(cached) == len(names):
         return cached
-    key = table.c[column]
-    found = {
-        name: ident
-        for name, ident in await connection.execute(
-            select(key, table.c.id).where(key.in_(sorted(names - cached.keys())))
-        )
-    }
+    found = await rows.ids(table, column, sorted(names - cached.keys()))
     if cache is not None:
         # Only rows that existed before this transaction: owner rows are never updated
         # or deleted, so their ids stay valid; rows we insert below might roll back.
@@ -73,26 +103,15 @@ async def _get_or_create(
     found.update(cached)
     missing = sorted(names - found.keys())
     if missing:
-        dialect = dialect_for(connection.dialect.name)
-        await connection.execute(
-            dialect.insert_ignoring_conflicts(table, column),
-            [{column: name, "created_at": now} for name in missing],
-        )
-        found.update(
-            {
-                name: ident
-                for name, ident in await connection.execute(
-                    select(key, table.c.id).where(key.in_(missing))
-                )
-            }
-        )
+        await rows.insert(table, column, missing, now)
+        found.update(await rows.ids(table, column, missing))
     if len(found) != len(names):  # pragma: no cover - would be a bug, not a race
         raise RuntimeError(f"{table.name}: created names are not visible")
     return found
 
 
 async def resolve_owners(
-    connection: AsyncConnection,
+    rows: OwnerRows,
     writes: Sequence[Write],
     now: datetime,
     cache: OwnerCache | None = None,
@@ -102,11 +121,9 @@ async def resolve_owners(
     cache.trim()
     project_names, user_names, type_names = owner_names(writes)
     return OwnerIds(
-        projects=await _get_or_create(
-            connection, projects, "external_id", project_names, now, cache.projects
+        projects=await get_or_create(
+            rows, projects, "external_id", project_names, now, cache.projects
         ),
-        users=await _get_or_create(connection, users, "external_id", user_names, now, cache.users),
-        types=await _get_or_create(
-            connection, consumer_types, "name", type_names, now, cache.types
-        ),
+        users=await get_or_create(rows, users, "external_id", user_names, now, cache.users),
+        types=await get_or_create(rows, consumer_types, "name", type_names, now, cache.types),
     )

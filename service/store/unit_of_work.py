@@ -3,7 +3,11 @@
 The applier (``service.apply.applier``) and the dry run depend on ``UnitOfWork`` and
 ``UnitOfWorkFactory`` only, never on SQLAlchemy: read the inbox rows and consumers of a
 batch, write the consumers (compare-and-swap) and the inbox rows, and commit all of it
-or nothing.  ``SqlUnitOfWorkFactory`` is the implementation over an ``AsyncEngine``.
+or nothing.  ``SqlUnitOfWorkFactory`` is the implementation over an ``AsyncEngine``;
+its units are the dialect's (``Dialect.unit_of_work``): ``SqlUnitOfWork`` runs the
+statements through SQLAlchemy, PostgreSQL's ``store.postgresql_unit.PostgresUnitOfWork``
+sends them straight to asyncpg on the same pooled connection and transaction (SQLite's
+fast way is its group writer, ``GroupWriter`` below).
 
 What a transaction of the factory guarantees:
 
@@ -125,8 +129,9 @@ class SqlUnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._owner_cache = OwnerCache()
+        self._dialect = dialect_for(engine.dialect.name)
         self._write_turn: asyncio.Lock | None = (
-            asyncio.Lock() if dialect_for(engine.dialect.name).single_writer else None
+            asyncio.Lock() if self._dialect.single_writer else None
         )
 
     @property
@@ -143,7 +148,7 @@ class SqlUnitOfWorkFactory:
                 if read_only:
                     connection = await mark_read_only(connection)
                 async with connection.begin():
-                    yield SqlUnitOfWork(connection, self._owner_cache)
+                    yield self._dialect.unit_of_work(connection, self._owner_cache)
         except ConsumerGenError:
             raise  # already classified (a race, an invalid event, a transient error)
         except Exception as exc:  # the driver's and SQLAlchemy's: classified right here

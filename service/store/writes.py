@@ -2,10 +2,11 @@
 
 Every function takes an open ``AsyncConnection`` inside the caller's transaction, so an
 outcome and its effect always commit together.  Writes are one driver ``executemany``
-(SQLite) or one statement over arrays (PostgreSQL) per kind, from plain tuples.  Every
-consumer write is a compare-and-swap whose result is checked; a write that matches
-nothing raises ``StoreRace`` and the caller rolls the transaction back.  What differs
-per database (insert-or-ignore, the bulk CAS) is the dialect's (``service.store.dialects``).
+(SQLite) or one statement over a JSON array of the rows (PostgreSQL) per kind, from
+plain tuples.  Every consumer write is a compare-and-swap whose result is checked; a
+write that matches nothing raises ``StoreRace`` and the caller rolls the transaction
+back.  What differs per database (insert-or-ignore, the bulk CAS) is the dialect's
+(``service.store.dialects``).
 
 Only bound parameters carry values (statements are compiled from the schema's tables):
 hostile strings are data, never SQL.
@@ -26,7 +27,7 @@ from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind
 from service.domain.rules import Write, WriteKind
 from service.store.dialects import bind_timestamp, dialect_for
-from service.store.owners import OwnerCache, resolve_owners
+from service.store.owners import OwnerCache, OwnerIds, SqlOwnerRows, resolve_owners
 from service.store.schema import consumers, processed_events
 
 
@@ -80,8 +81,25 @@ async def write_consumers(
     if not writes:
         return
     dialect = dialect_for(connection.dialect.name)
-    owners = await resolve_owners(connection, writes, now, owner_cache)
+    owners = await resolve_owners(SqlOwnerRows(connection), writes, now, owner_cache)
     stamp = bind_timestamp(connection, now)
+    inserts, updates = consumer_rows(writes, owners, stamp)
+    if inserts:
+        inserted = await dialect.insert_new(
+            connection, consumers, "uuid", CONSUMER_COLUMNS, inserts
+        )
+        if inserted != len(inserts):
+            raise StoreRace(RaceKind.CONSUMER)
+    if updates and not await dialect.update_consumers(connection, updates, stamp):
+        raise StoreRace(RaceKind.CONSUMER)
+
+
+def consumer_rows(
+    writes: Sequence[Write], owners: OwnerIds, stamp: Any
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The writes as plain tuples: inserts in ``CONSUMER_COLUMNS`` order, updates in
+    ``CAS_COLUMNS`` order (``stamp``: the batch's bound timestamp).  One conversion for
+    every driver that performs them (here and ``store.postgresql_unit``)."""
     projects, users, types = owners.projects, owners.users, owners.types
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
@@ -121,14 +139,7 @@ async def write_consumers(
                     deleted_at,
                 )
             )
-    if inserts:
-        inserted = await dialect.insert_new(
-            connection, consumers, "uuid", CONSUMER_COLUMNS, inserts
-        )
-        if inserted != len(inserts):
-            raise StoreRace(RaceKind.CONSUMER)
-    if updates and not await dialect.update_consumers(connection, updates, stamp):
-        raise StoreRace(RaceKind.CONSUMER)
+    return inserts, updates
 
 
 # --- the inbox --------------------------------------------------------------------

@@ -178,6 +178,27 @@ DATABASE_CASES: list[tuple[str, BaseException, bool]] = [
         True,
     ),
     ("asyncpg connection gone", pg_errors.ConnectionDoesNotExistError(), True),
+    # As asyncpg raises them itself, outside SQLAlchemy's wrapping: PostgreSQL's unit of
+    # work (service/store/postgresql_unit.py) sends its statements straight to asyncpg.
+    ("asyncpg admin shutdown, unwrapped", pg_errors.AdminShutdownError(), True),
+    ("asyncpg cannot connect now, unwrapped", pg_errors.CannotConnectNowError(), True),
+    ("asyncpg connection failure, unwrapped", pg_errors.ConnectionFailureError(), True),
+    (
+        "asyncpg connection closed, unwrapped",
+        pg_errors.InterfaceError("connection is closed"),
+        True,
+    ),
+    ("asyncpg deadlock, unwrapped", pg_errors.DeadlockDetectedError(), True),
+    ("asyncpg serialization, unwrapped", pg_errors.SerializationError(), True),
+    ("asyncpg too many connections, unwrapped", pg_errors.TooManyConnectionsError(), True),
+    ("asyncpg statement timeout, unwrapped", pg_errors.QueryCanceledError(), True),
+    ("asyncpg lock timeout, unwrapped", pg_errors.LockNotAvailableError(), True),
+    ("asyncpg unique violation, unwrapped", pg_errors.UniqueViolationError(), False),
+    ("asyncpg check violation, unwrapped", pg_errors.CheckViolationError(), False),
+    ("asyncpg syntax error, unwrapped", pg_errors.PostgresSyntaxError(), False),
+    ("asyncpg undefined table, unwrapped", pg_errors.UndefinedTableError(), False),
+    ("asyncpg value too long, unwrapped", pg_errors.StringDataRightTruncationError(), False),
+    ("asyncpg data exception, unwrapped", pg_errors.DataError("invalid input"), False),
     # Bugs: never "transient", whatever they look like.
     (
         "asyncpg unique violation",

@@ -14,6 +14,7 @@ from service.daemon.listeners import (
     Listener,
     ListenerError,
     check_exposure,
+    has_read_api_token,
     is_loopback,
     listen_error,
     listeners,
@@ -93,6 +94,22 @@ def test_each_listen_failure_names_its_setting_and_the_address(
     message = str(listen_error(LISTENER, error))
     assert message.startswith(f"{named}: cannot listen on 127.0.0.1:8001: "), message
     assert says in message and "\n" not in message
+
+
+def test_a_listen_failure_without_an_os_reason_says_the_error_itself() -> None:
+    message = str(listen_error(LISTENER, OSError("odd failure")))
+    assert message == "CONSUMERGEN_X_PORT: cannot listen on 127.0.0.1:8001: odd failure"
+
+
+@pytest.mark.parametrize(
+    ("token", "tokens", "has"),
+    [(" ", " ", False), (" ", " , ", False), (None, " ,b", True), ("a", None, True)],
+)
+def test_blank_tokens_are_no_tokens_whichever_settings_carry_them(
+    token: str | None, tokens: str | None, has: bool
+) -> None:
+    given = {k: v for k, v in {"read_api_token": token, "read_api_tokens": tokens}.items() if v}
+    assert has_read_api_token(load_settings(**given)) is has
 
 
 def test_an_ipv6_address_is_bracketed() -> None:

@@ -50,3 +50,72 @@ def test_repeats_collapse_within_the_window(
     for _ in range(7):
         coordinator_log.error("Heartbeat send request failed: %s. Will retry.", "x")
     assert len([r for r in caplog.records if r.name == COORDINATOR_LOGGER]) == 1
+
+
+def test_the_filters_sit_on_aiokafkas_logger_and_its_coordinators_once_each() -> None:
+    """However often installed: the repeat limit on ``aiokafka`` and on the coordinator's
+    logger (a logger's filters see only its own records), the lookup demotion on the
+    coordinator's alone; nothing on the root logger (the service's own lines)."""
+    limit_library_repeats()
+    limit_library_repeats()
+
+    def kinds(name: str | None) -> list[str]:
+        return sorted(type(f).__name__ for f in logging.getLogger(name).filters)
+
+    assert kinds("aiokafka") == ["_RepeatLimiter"]
+    assert kinds(COORDINATOR_LOGGER) == ["_RepeatLimiter", "_RetriableLookupIsInfo"]
+    assert not any(k in ("_RepeatLimiter", "_RetriableLookupIsInfo") for k in kinds(None))
+
+
+def _record(msg: str) -> logging.LogRecord:
+    return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, msg, (), None)
+
+
+def test_a_repeat_window_lets_one_line_through_then_says_how_many_it_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("service.daemon.log_limits.time.monotonic", lambda: clock["now"])
+    limiter = _RepeatLimiter()
+    assert limiter.window == 5.0
+    first = _record("Unable to connect")
+    assert limiter.filter(first) and first.msg == "Unable to connect"
+    for _ in range(6):
+        clock["now"] += 0.5
+        assert not limiter.filter(_record("Unable to connect"))
+    assert limiter.filter(_record("another template"))  # its own window
+    clock["now"] = 1004.99  # still the first line's window
+    assert not limiter.filter(_record("Unable to connect"))
+    clock["now"] = 1005.0
+    after = _record("Unable to connect")
+    assert limiter.filter(after) and after.msg == "Unable to connect [7 similar lines held back]"
+    clock["now"] = 1010.0  # nothing held in that window: the line as it is
+    again = _record("Unable to connect")
+    assert limiter.filter(again) and again.msg == "Unable to connect"
+
+
+def test_only_the_lookup_template_is_demoted(
+    coordinator_log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another line carrying a retriable error keeps its level; the lookup template
+    without its error argument keeps its level (and breaks nothing)."""
+    coordinator_log.error("Heartbeat failed: %s", CoordinatorNotAvailableError())
+    coordinator_log.error(LOOKUP_FAILED)
+    levels = [r.levelno for r in caplog.records if r.name == COORDINATOR_LOGGER]
+    assert levels == [logging.ERROR, logging.ERROR]
+
+
+def test_a_demoted_lookup_failure_is_dropped_where_info_is_not_wanted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Demoted to INFO on a coordinator logger set to WARNING: dropped, as an INFO line of
+    that logger would be (the root logger's level does not decide)."""
+    limit_library_repeats()
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.WARNING, COORDINATOR_LOGGER)
+    logger = logging.getLogger(COORDINATOR_LOGGER)
+    for installed in logger.filters:
+        if isinstance(installed, _RepeatLimiter):
+            installed._last.clear()
+    logger.error(LOOKUP_FAILED, CoordinatorNotAvailableError())
+    assert [r for r in caplog.records if r.name == COORDINATOR_LOGGER] == []

@@ -405,6 +405,26 @@ async def test_a_stop_waits_for_the_batch_in_flight_only(applier: Applier) -> No
     assert host.fatal_errors == []
 
 
+async def test_a_worker_waiting_for_records_stops_without_abandoning_anything(
+    applier: Applier,
+) -> None:
+    """A stop finds the worker waiting for its next record (before any, and after a
+    batch): the wait ends at the stop, nothing is abandoned (``stop`` is True within a
+    grace it never needs)."""
+    for records in ([], [_event(0, _consumer(20))]):
+        host = FakeHost(applier)
+        worker = PartitionWorker(host, TP)
+        worker.start()
+        if records:
+            host.expect_offset = 1
+            worker.feed(records)
+            await asyncio.wait_for(host.committed_all.wait(), 10)
+        await asyncio.sleep(0.05)  # the apply stage is back waiting for a record
+        assert await asyncio.wait_for(worker.stop(5.0), 15) is True
+        assert host.batches == ([[0]] if records else [])
+        assert host.fatal_errors == []
+
+
 async def test_later_batches_are_applied_while_an_earlier_ones_records_wait_for_their_ack(
     applier: Applier,
 ) -> None:

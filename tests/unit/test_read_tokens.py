@@ -3,6 +3,7 @@ refused moment), kept hashed, never logged."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -95,3 +96,59 @@ def test_the_settings_hide_the_tokens() -> None:
 
 def test_file_syntax() -> None:
     assert parse_tokens(" a \n#c\n\n b\r\n") == ["a", "b"]
+
+
+def _token_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    found = []
+    for line in caplog.text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if "read api token" in str(event.get("event")):
+            found.append({k: v for k, v in event.items() if k not in ("timestamp", "logger")})
+    return found
+
+
+def test_the_token_file_is_read_once_per_version_and_each_load_or_loss_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loaded (how many tokens, which setting), then only read again when it changes;
+    a file that cannot be read is said once (why, how many tokens are kept), however
+    many requests come meanwhile, and read again once it is back; never a token."""
+    caplog.set_level(logging.INFO)
+    setting = "CONSUMERGEN_READ_API_TOKENS_FILE"
+    file = tmp_path / "tokens"
+    file.write_text("one-token-1\ntwo-token-2\n")
+    tokens = ReadApiTokens(file=file)
+    for _ in range(3):
+        assert tokens.accepts("one-token-1")
+    assert _token_events(caplog) == [
+        {"level": "info", "event": "read api tokens loaded", "setting": setting, "tokens": 2}
+    ]
+    caplog.clear()
+    file.unlink()
+    for _ in range(3):
+        assert tokens.accepts("two-token-2")
+    assert _token_events(caplog) == [
+        {
+            "level": "warning",
+            "event": "read api token file unreadable; keeping the tokens read last",
+            "setting": setting,
+            "error": "No such file or directory",
+            "tokens": 2,
+        }
+    ]
+    caplog.clear()
+    file.write_text("three-token-3\n")
+    for _ in range(3):
+        assert tokens.accepts("three-token-3") and not tokens.accepts("one-token-1")
+    assert _token_events(caplog) == [
+        {"level": "info", "event": "read api tokens reloaded", "setting": setting, "tokens": 1}
+    ]
+    caplog.clear()
+    _replace(file, "")
+    file.write_bytes(b"\xff\xfe")
+    assert tokens.accepts("three-token-3")  # not UTF-8 now: the tokens read last are kept
+    assert [e["error"] for e in _token_events(caplog)] == ["UnicodeDecodeError"]
+    assert "token-" not in caplog.text

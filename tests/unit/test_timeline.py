@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from service.apply.applier import Applier
 from service.daemon.timeline import BOUNDARIES, Timeline, read_timeline
 from tests.unit.test_partition_worker import (
@@ -59,3 +61,19 @@ async def test_off_by_default(applier: Applier) -> None:  # noqa: F811
     assert host.metrics.stages.timeline is None
     await _run(host, [_event(0, _consumer(1))])
     assert host.commits and host.fatal_errors == []
+
+
+def test_stamps_stop_at_the_bound_and_the_file_names_its_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run keeps its first stamps: once ``MAX_ROWS`` are kept, nothing more (a
+    call that starts below the bound is kept whole); the file's first line names the
+    columns."""
+    monkeypatch.setattr("service.daemon.timeline.MAX_ROWS", 3)
+    timeline = Timeline(tmp_path / "timeline.csv")
+    timeline.stamp("fetched", [_record(0, b"x"), _record(1, b"x"), _record(2, b"x")])
+    timeline.stamp("fetched", [_record(3, b"x")])
+    assert timeline.rows == 3
+    timeline.write()
+    lines = (tmp_path / "timeline.csv").read_text().splitlines()
+    assert lines[0] == "partition,offset,boundary,time" and len(lines) == 4

@@ -33,6 +33,10 @@ What a dialect provides:
   batches ready on several partitions as one transaction in one hand-off
   (``service.store.unit_of_work.GroupWriter``, ``service.apply.group``); None where
   concurrent transactions are the better way (PostgreSQL);
+* ``unit_of_work(connection, owners)``: the apply path's unit of work on a connection
+  inside its transaction (``service.store.unit_of_work.SqlUnitOfWork``, or a subclass
+  whose statements take a faster way to the same database: PostgreSQL's
+  ``service.store.postgresql_unit``); ``owners`` is the factory's owner-id cache;
 * ``single_writer``: True when the database admits one writer at a time (the apply path
   then queues its writers fairly in-process instead of in the database's busy handler).
 """
@@ -60,7 +64,8 @@ if TYPE_CHECKING:
     from sqlalchemy.sql.dml import Insert
 
     from service.config import Settings
-    from service.store.unit_of_work import GroupWriter
+    from service.store.owners import OwnerCache
+    from service.store.unit_of_work import GroupWriter, SqlUnitOfWork
 
 #: The setting that chooses the database (named in every error about it).
 DATABASE_URL_VARIABLE: Final = "CONSUMERGEN_DATABASE_URL"
@@ -139,6 +144,8 @@ class Dialect(Protocol):
     ) -> list[DurabilityRisk]: ...
 
     def group_writer(self, settings: Settings) -> GroupWriter | None: ...
+
+    def unit_of_work(self, connection: AsyncConnection, owners: OwnerCache) -> SqlUnitOfWork: ...
 
 
 @cache

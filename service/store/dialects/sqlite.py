@@ -51,7 +51,8 @@ from service.store.dialects import (
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.store.unit_of_work import GroupWriter
+    from service.store.owners import OwnerCache
+    from service.store.unit_of_work import GroupWriter, SqlUnitOfWork
 
 #: Messages of SQLITE_BUSY, SQLITE_LOCKED and I/O trouble (the driver has no SQLSTATE).
 TRANSIENT_MESSAGES: Final = (
@@ -109,6 +110,12 @@ class SQLite:
         from service.store.sqlite_writer import SqliteGroupWriter  # it imports this module
 
         return SqliteGroupWriter(settings) if SqliteGroupWriter.supports(settings) else None
+
+    def unit_of_work(self, connection: AsyncConnection, owners: OwnerCache) -> SqlUnitOfWork:
+        """SQLAlchemy's (the group writer is SQLite's fast way, ``group_writer``)."""
+        from service.store.unit_of_work import SqlUnitOfWork  # it imports this package
+
+        return SqlUnitOfWork(connection, owners)
 
     def insert_ignoring_conflicts(self, table: Table, key: str) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
