@@ -10,9 +10,12 @@ the tests read and for the hooks that time and fail each step.
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +23,7 @@ import orjson
 from service.config import Settings, load_settings
 from service.daemon.app import Daemon
 from service.daemon.ports import DaemonEdges
+from service.daemon.retries import install_retry_hooks
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
 from service.embedded.process import free_port
@@ -27,7 +31,9 @@ from service.kafka.clients import BrokerUnavailable
 from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
 from service.sinks.memory import MemoryDeadLetterSink, MemoryOutcomeSink
 from service.store.engine import create_engine
+from service.store.migrate import upgrade
 from service.testing.fake_kafka import FakeBroker, FakeConsumer, Hook, no_hook
+from service.testing.model import event_doc
 
 
 class FakeProducer:
@@ -206,6 +212,25 @@ def fake_settings(database_url: str, **extra: Any) -> Settings:
     }
     values.update(extra)
     return load_settings(**values)
+
+
+def migrated_sqlite(folder: Path) -> str:
+    """A migrated SQLite database in ``folder`` for daemons over the fakes, with the retry
+    hooks installed (what a daemon's start does before its first retry), for a module
+    fixture: the schema is made once and each test works on consumers of its own."""
+    url = f"sqlite+aiosqlite:///{folder / 'consumergen.sqlite3'}"
+    asyncio.run(upgrade(fake_settings(url)))
+    install_retry_hooks()
+    return url
+
+
+def produce_new_consumers(broker: FakeBroker, partition: int, count: int) -> None:
+    """``count`` creating events on ``partition``, each for a consumer of its own, so
+    every one is applied whatever else the test's database holds."""
+    for _ in range(count):
+        consumer = str(uuid.uuid4())
+        doc = event_doc(consumer, project="p", user="u")
+        broker.produce(partition, json.dumps(doc).encode(), consumer.encode())
 
 
 @asynccontextmanager

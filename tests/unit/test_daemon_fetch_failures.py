@@ -5,11 +5,8 @@ aiokafka's does (before it hands out any record)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import json
-import uuid
 from typing import Any
 
 import orjson
@@ -18,17 +15,16 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 
 from service.daemon.ports import DaemonEdges
-from service.daemon.retries import install_retry_hooks
-from service.store.migrate import upgrade
 from service.testing.fake_edges import (
     FakeApplier,
     FakeEdges,
     daemon_over_fakes,
     fake_edges,
     fake_settings,
+    migrated_sqlite,
+    produce_new_consumers,
 )
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
-from service.testing.model import event_doc
 from service.testing.polling import poll
 
 WITHIN = 20.0
@@ -36,17 +32,7 @@ WITHIN = 20.0
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('fetch') / 'consumergen.sqlite3'}"
-    asyncio.run(upgrade(fake_settings(url)))
-    install_retry_hooks()
-    return url
-
-
-def produce_events(broker: FakeBroker, partition: int, count: int) -> None:
-    for _ in range(count):
-        consumer = str(uuid.uuid4())
-        doc = event_doc(consumer, project="p", user="u")
-        broker.produce(partition, json.dumps(doc).encode(), consumer.encode())
+    return migrated_sqlite(tmp_path_factory.mktemp("fetch"))
 
 
 class FailingFetches(FakeConsumer):
@@ -94,8 +80,8 @@ async def test_a_fetch_failing_on_the_broker_is_retried_counted_and_logged_and_n
     fakes = failing_edges(broker, failures)
     settings = fake_settings(database)
     async with daemon_over_fakes(settings, fakes) as daemon:
-        produce_events(broker, 0, 3)
-        produce_events(broker, 1, 3)
+        produce_new_consumers(broker, 0, 3)
+        produce_new_consumers(broker, 1, 3)
         await poll(broker.all_committed, WITHIN, "everything committed after the failures")
         assert failures == []
         registry = daemon.metrics.registry
@@ -151,7 +137,7 @@ async def test_a_bug_in_a_batch_stops_the_daemon_loudly_and_commits_nothing_past
     with pytest.raises(AssertionError, match="stopped on a bug: ValueError"):
         async with daemon_over_fakes(fake_settings(database, batch_max_events=1), fakes) as daemon:
             await poll(lambda: bool(fakes.current_consumer().assignment()), WITHIN, "assigned")
-            produce_events(broker, 0, 4)
+            produce_new_consumers(broker, 0, 4)
             await poll(lambda: daemon.fatal_error is not None, WITHIN, "the daemon stopping")
     assert broker.committed.get(tp, 0) <= 2
     assert [s.offset for s in fakes.applier.applied] == [0, 1]  # nothing after the bug

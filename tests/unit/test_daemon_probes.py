@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,19 +20,17 @@ from sqlalchemy.engine import make_url
 from service.daemon.app import Daemon
 from service.daemon.retries import install_retry_hooks
 from service.store.migrate import upgrade
-from service.testing.fake_edges import FakeEdges, daemon_over_fakes, fake_edges, fake_settings
+from service.testing.fake_edges import (
+    FakeEdges,
+    daemon_over_fakes,
+    fake_edges,
+    fake_settings,
+    produce_new_consumers,
+)
 from service.testing.fake_kafka import FakeBroker
-from service.testing.model import event_doc
 from service.testing.polling import poll
 
 WITHIN = 20.0
-
-
-def produce_events(broker: FakeBroker, partition: int, count: int) -> None:
-    for _ in range(count):
-        consumer = str(uuid.uuid4())
-        doc = event_doc(consumer, project="p", user="u")
-        broker.produce(partition, json.dumps(doc).encode(), consumer.encode())
 
 
 def assigned_everything(fakes: FakeEdges) -> bool:
@@ -99,7 +95,7 @@ async def test_a_broker_down_at_start_is_reported_waited_for_and_joined_once_up(
         assert len(failed) >= 2 and all(c.stopped for c in failed)
         assert joined.started and not joined.stopped
         assert fakes.producer.starts == 1
-        produce_events(broker, 0, 1)
+        produce_new_consumers(broker, 0, 1)
         await poll(broker.all_committed, WITHIN, "working")
 
         async def ready() -> bool:
@@ -146,7 +142,7 @@ async def test_a_broker_lost_while_running_is_reported_then_ready_again(
         broker.come_up()
         await poll(lambda: assigned_everything(fakes), WITHIN, "rejoined")
         await poll(ready, WITHIN, "ready again")
-        produce_events(broker, 1, 1)
+        produce_new_consumers(broker, 1, 1)
         await poll(broker.all_committed, WITHIN, "working again")
     logged = [e.get("event") for e in events(caplog)]
     assert "broker unreachable: parking the Kafka clients" in logged

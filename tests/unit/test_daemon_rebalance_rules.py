@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -23,18 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.daemon.app import Daemon
 from service.daemon.ports import DaemonEdges
-from service.daemon.retries import install_retry_hooks
 from service.store.errors import TransientDatabaseError
-from service.store.migrate import upgrade
 from service.testing.fake_edges import (
     FakeApplier,
     FakeEdges,
     daemon_over_fakes,
     fake_edges,
     fake_settings,
+    migrated_sqlite,
+    produce_new_consumers,
 )
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
-from service.testing.model import event_doc
 from service.testing.polling import poll
 
 WITHIN = 20.0
@@ -42,17 +40,7 @@ WITHIN = 20.0
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('rebalance') / 'consumergen.sqlite3'}"
-    asyncio.run(upgrade(fake_settings(url)))
-    install_retry_hooks()
-    return url
-
-
-def produce_events(broker: FakeBroker, partition: int, count: int) -> None:
-    for _ in range(count):
-        consumer = str(uuid.uuid4())
-        doc = event_doc(consumer, project="p", user="u")
-        broker.produce(partition, json.dumps(doc).encode(), consumer.encode())
+    return migrated_sqlite(tmp_path_factory.mktemp("rebalance"))
 
 
 def assigned_everything(fakes: FakeEdges) -> bool:
@@ -109,7 +97,7 @@ async def test_a_partition_paused_for_backpressure_and_revoked_is_paused_again_w
     settings = fake_settings(database, batch_max_events=1)
     async with daemon_over_fakes(settings, fakes):
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
-        produce_events(broker, 0, 30)
+        produce_new_consumers(broker, 0, 30)
         consumer = fakes.current_consumer()
         await poll(lambda: tp in consumer.paused(), WITHIN, "paused for backpressure")
         first_stop = consumer.position_of(tp)
@@ -166,8 +154,8 @@ async def test_a_revoked_partition_leaves_the_lag_series_and_the_assigned_count(
     fakes = fake_edges(broker)
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
-        produce_events(broker, 0, 2)
-        produce_events(broker, 1, 2)
+        produce_new_consumers(broker, 0, 2)
+        produce_new_consumers(broker, 1, 2)
         await poll(broker.all_committed, WITHIN, "committed")
         await poll(lambda: set(lag_series(daemon)) == {"0", "1"}, WITHIN, "a lag series each")
         assert lag_series(daemon) == {"0": 0.0, "1": 0.0}
@@ -178,7 +166,7 @@ async def test_a_revoked_partition_leaves_the_lag_series_and_the_assigned_count(
         await poll(lambda: set(lag_series(daemon)) == {"1"}, WITHIN, "partition 0's series gone")
         assert gauge(daemon, "consumergen_assigned_partitions") == 1
         assert daemon.readiness.verdict()[1]["assigned_partitions"] == 1
-        produce_events(broker, 1, 1)
+        produce_new_consumers(broker, 1, 1)
         await poll(
             lambda: broker.committed.get(broker.partitions[1]) == 3, WITHIN, "partition 1 flows"
         )
@@ -230,7 +218,7 @@ async def test_the_old_consumers_stop_at_a_parking_is_bounded_and_never_cut_shor
     settings = fake_settings(database, request_timeout_seconds=0.3)
     async with daemon_over_fakes(settings, fakes):
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
-        produce_events(broker, 0, 1)
+        produce_new_consumers(broker, 0, 1)
         await poll(broker.all_committed, WITHIN, "a first event committed")
         old = fakes.current_consumer()
         assert isinstance(old, SlowToClose)
@@ -242,7 +230,7 @@ async def test_the_old_consumers_stop_at_a_parking_is_bounded_and_never_cut_shor
             WITHIN,
             "a new consumer joined",
         )
-        produce_events(broker, 1, 1)
+        produce_new_consumers(broker, 1, 1)
         await poll(broker.all_committed, WITHIN, "the new consumer working")
         assert not old.closed, "the parking waited for the old consumer's close"
         await poll(
@@ -307,7 +295,7 @@ async def test_backpressure_pauses_at_the_high_water_mark_and_resumes_below_half
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
         consumer = fakes.current_consumer()
         assert isinstance(consumer, Recorded)
-        produce_events(broker, 0, 16)
+        produce_new_consumers(broker, 0, 16)
         await poll(lambda: tp in consumer.paused(), WITHIN, "paused")
         for done in range(16):
             permits.release()
@@ -344,7 +332,7 @@ async def test_a_parking_abandons_a_batch_in_flight_at_once_rather_than_after_th
     async with daemon_over_fakes(settings, fakes) as daemon:
         assert daemon.revoke_grace == 20.0
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
-        produce_events(broker, 0, 1)
+        produce_new_consumers(broker, 0, 1)
         await poll(entered.is_set, WITHIN, "a batch in its transaction")
         old = fakes.current_consumer()
         broker.go_down()
@@ -372,7 +360,7 @@ async def test_a_partition_revoked_while_paused_by_the_database_no_longer_holds_
     fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
-        produce_events(broker, 0, 2)
+        produce_new_consumers(broker, 0, 2)
         await poll(
             lambda: daemon.readiness.verdict()[1]["paused_partitions"] == ["events/0"],
             WITHIN,
@@ -384,7 +372,7 @@ async def test_a_partition_revoked_while_paused_by_the_database_no_longer_holds_
         await poll(lambda: daemon.readiness.verdict()[0], WITHIN, "ready without partition 0")
         assert daemon.readiness.verdict()[1]["paused_partitions"] == []
         assert gauge(daemon, "consumergen_paused_partitions") == 0
-        produce_events(broker, 1, 1)
+        produce_new_consumers(broker, 1, 1)
         tp1 = broker.partitions[1]
         await poll(lambda: broker.committed.get(tp1) == 1, WITHIN, "partition 1 flows")
     given_up = [
@@ -415,10 +403,10 @@ async def test_the_lag_is_the_end_offset_less_the_committed_one(database: str) -
     fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
         await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
-        produce_events(broker, 0, 2)
+        produce_new_consumers(broker, 0, 2)
         await poll(broker.all_committed, WITHIN, "two committed")
         gate.clear()
-        produce_events(broker, 0, 5)
+        produce_new_consumers(broker, 0, 5)
         await poll(lambda: lag_series(daemon).get("0") == 5, WITHIN, "5 behind")
         gate.set()
         await poll(broker.all_committed, WITHIN, "caught up")

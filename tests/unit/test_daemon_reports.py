@@ -9,7 +9,6 @@ HTTP from the daemon's own health server, as a probe or a scraper would.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Any
@@ -19,16 +18,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.daemon.app import Daemon
-from service.daemon.retries import install_retry_hooks
 from service.domain.outcomes import EventSource
 from service.store.errors import TransientDatabaseError
-from service.store.migrate import upgrade
 from service.testing.fake_edges import (
     FakeApplier,
     FakeEdges,
     daemon_over_fakes,
     fake_edges,
     fake_settings,
+    migrated_sqlite,
 )
 from service.testing.fake_kafka import FakeBroker
 from service.testing.model import event_doc
@@ -39,10 +37,7 @@ WITHIN = 20.0
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('reports') / 'consumergen.sqlite3'}"
-    asyncio.run(upgrade(fake_settings(url)))
-    install_retry_hooks()
-    return url
+    return migrated_sqlite(tmp_path_factory.mktemp("reports"))
 
 
 def event(partition: int) -> tuple[bytes, bytes]:
