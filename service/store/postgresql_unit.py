@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain.consumer import ConsumerState
 from service.domain.inbox import InboxWrite, ProcessedEvent
-from service.domain.outcomes import OutcomeKind, Reason
+from service.domain.outcomes import OutcomeKind
 from service.domain.rules import Write
 from service.store.dialects.postgresql import (
     driver_connection,
@@ -53,7 +53,7 @@ from service.store.dialects.postgresql import (
     update_rows,
 )
 from service.store.owners import OwnerCache, resolve_owners
-from service.store.reads import DECIDING, deciding_states
+from service.store.reads import DECIDING, deciding_states, inbox_rows
 from service.store.schema import consumers, processed_events
 from service.store.unit_of_work import SqlUnitOfWork
 from service.store.writes import (
@@ -86,17 +86,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
         if not ids:
             return {}
         rows = await (await self.driver()).fetch(INBOX_SELECT, ids)
-        return {
-            event_id: ProcessedEvent(
-                event_id=event_id,
-                consumer_uuid=consumer_uuid,
-                payload_hash=payload_hash,
-                outcome=OutcomeKind(outcome),
-                reason=Reason(reason) if reason is not None else None,
-                generation_after=generation_after,
-            )
-            for event_id, consumer_uuid, payload_hash, outcome, reason, generation_after in rows
-        }
+        return inbox_rows(rows)
 
     async def load_consumers(self, uuids: Iterable[str]) -> dict[str, ConsumerState]:
         wanted = list(set(uuids))

@@ -100,6 +100,23 @@ def _consumer(row: Any) -> ConsumerState:
     )
 
 
+def inbox_rows(rows: Iterable[Sequence[Any]]) -> dict[str, ProcessedEvent]:
+    """Inbox rows selected as (event_id, consumer_uuid, payload_hash, outcome, reason,
+    generation_after), by event id: one reading for every driver's rows (SQLAlchemy's,
+    sqlite3's, asyncpg's Records)."""
+    return {
+        event_id: ProcessedEvent(
+            event_id=event_id,
+            consumer_uuid=consumer_uuid,
+            payload_hash=payload_hash,
+            outcome=OutcomeKind(outcome),
+            reason=Reason(reason) if reason is not None else None,
+            generation_after=generation_after,
+        )
+        for event_id, consumer_uuid, payload_hash, outcome, reason, generation_after in rows
+    }
+
+
 async def load_inbox(
     connection: AsyncConnection, event_ids: Iterable[str]
 ) -> dict[str, ProcessedEvent]:
@@ -118,17 +135,7 @@ async def load_inbox(
             t.c.generation_after,
         ).where(t.c.event_id.in_(ids))
     )
-    return {
-        row.event_id: ProcessedEvent(
-            event_id=row.event_id,
-            consumer_uuid=row.consumer_uuid,
-            payload_hash=row.payload_hash,
-            outcome=OutcomeKind(row.outcome),
-            reason=Reason(row.reason) if row.reason is not None else None,
-            generation_after=row.generation_after,
-        )
-        for row in rows
-    }
+    return inbox_rows(rows)
 
 
 async def load_consumers(

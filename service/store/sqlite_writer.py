@@ -36,13 +36,12 @@ from sqlalchemy.dialects import sqlite
 from service.config import Settings
 from service.domain.consumer import ConsumerState
 from service.domain.inbox import InboxWrite, ProcessedEvent
-from service.domain.outcomes import OutcomeKind, Reason
 from service.domain.rules import Write, WriteKind, owner_names
 from service.store.dialects import CAS_UPDATE_NUMBERED
 from service.store.dialects.sqlite import SYNCHRONOUS, database_path, insert_sql
 from service.store.errors import TransientDatabaseError, describe, is_transient
 from service.store.owners import OwnerCache
-from service.store.reads import DECIDING, deciding_states
+from service.store.reads import DECIDING, deciding_states, inbox_rows
 from service.store.schema import consumer_types, consumers, processed_events, projects, users
 from service.store.writes import (
     CONSUMER_COLUMNS,
@@ -173,17 +172,7 @@ class SqliteUnit:
         if not ids:
             return {}
         rows = self._connection.execute(_INBOX_SELECT.format(_marks(len(ids))), ids)
-        return {
-            event_id: ProcessedEvent(
-                event_id=event_id,
-                consumer_uuid=consumer_uuid,
-                payload_hash=payload_hash,
-                outcome=OutcomeKind(outcome),
-                reason=Reason(reason) if reason is not None else None,
-                generation_after=generation_after,
-            )
-            for event_id, consumer_uuid, payload_hash, outcome, reason, generation_after in rows
-        }
+        return inbox_rows(rows)
 
     async def load_consumers(self, uuids: Iterable[str]) -> dict[str, ConsumerState]:
         wanted = sorted(set(uuids))
