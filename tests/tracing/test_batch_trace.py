@@ -297,3 +297,36 @@ def test_the_worker_s_one_check_makes_a_batch_trace_only_when_tracing(traced: Tr
         assert batch_trace("events", 3, [record(5)], "g") is None
     finally:
         install(previous)
+
+
+def test_an_event_without_a_span_does_not_hide_the_outcomes_after_it(sampled_by: Any) -> None:
+    """A sampled-out root: the record that carried no context has no span, the one that
+    carried an unsampled context a non-recording one; the sampled events after them in
+    the same decision still get their outcome."""
+    tracing, exporter = sampled_by(ParentBased(ALWAYS_OFF))
+    records = [
+        record(1),
+        record(2, context(0x22, sampled=False)),
+        record(3, context(0x33)),
+        record(4, context(0x44)),
+    ]
+    batch = BatchTrace(tracing, "events", 3, records, None)
+    batch.decided(
+        [(r, outcome(OutcomeKind.APPLIED)) for r in records[:3]],
+        [(r, InvalidEvent(Reason.NOT_JSON, "x")) for r in (records[0], records[1], records[3])],
+    )
+    batch.end()
+    events = by_offset(list(exporter.get_finished_spans()))
+    assert sorted(events) == [3, 4]
+    assert dict(events[3].attributes or {})["consumergen.outcome"] == "applied"
+    assert dict(events[4].attributes or {})["consumergen.outcome"] == "invalid"
+
+
+def test_the_worker_s_check_names_the_batch_s_partition(traced: Traced) -> None:
+    made = batch_trace("events", 7, [record(5, context(0x55))], None)
+    assert made is not None
+    made.end()
+    spans = traced.spans()
+    assert sorted(s.name for s in spans) == ["apply events", "process events"]
+    for span in spans:
+        assert dict(span.attributes or {})["messaging.destination.partition.id"] == "7"

@@ -8,8 +8,9 @@ import asyncio
 import uuid
 from types import SimpleNamespace
 
+import pytest
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from service.logging import pseudonym
 from service.tracing.headers import inject
@@ -104,3 +105,78 @@ def test_without_a_context_in_the_reply_the_receive_span_is_a_child_of_the_send(
     [receive] = traced.named("receive replies")
     assert receive.parent is not None and receive.parent.span_id == sent.context.span_id
     assert receive.links == ()
+
+
+def sdk_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the SDK logged: it warns of an end, a status or an attribute on an ended span."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")]
+
+
+async def test_a_send_ended_by_its_ack_is_not_ended_again_by_a_late_failure(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    span = SendSpan(traced.tracing, "events")
+    delivery: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    span.settle_on(delivery)
+    delivery.set_result(SimpleNamespace(topic="events", partition=0, offset=1))
+    await asyncio.sleep(0)
+    span.fail(RuntimeError("late"))
+    [done] = traced.spans()
+    assert done.status.status_code is StatusCode.UNSET and done.events == ()
+    assert sdk_warnings(caplog) == []  # the operator's log has no "ended span" warning
+
+
+async def test_a_failed_hand_over_is_not_ended_again_by_its_delivery(
+    traced: Traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    span = SendSpan(traced.tracing, "events")
+    delivery: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    span.settle_on(delivery)
+    span.fail(ConnectionResetError("hand-over failed"))
+    span.fail(RuntimeError("again"))
+    delivery.set_result(SimpleNamespace(topic="events", partition=0, offset=1))
+    await asyncio.sleep(0)
+    [done] = traced.spans()
+    assert (done.status.status_code, done.status.description) == (
+        StatusCode.ERROR,
+        "ConnectionResetError",
+    )
+    assert "messaging.kafka.offset" not in dict(done.attributes or {})
+    assert sdk_warnings(caplog) == []
+
+
+async def test_a_failed_send_records_the_error_itself(traced: Traced) -> None:
+    """The exception event names the error's class and message (what an operator reads
+    in the trace), whether the hand-over raised or the broker refused the record."""
+    SendSpan(traced.tracing, "events").fail(ConnectionResetError("hand-over failed"))
+    refused: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    SendSpan(traced.tracing, "events").settle_on(refused)
+    refused.set_exception(ValueError("record too large"))
+    await asyncio.sleep(0)
+    recorded = [
+        (
+            dict(event.attributes or {}).get("exception.type"),
+            dict(event.attributes or {}).get("exception.message"),
+        )
+        for span in traced.spans()
+        for event in span.events
+    ]
+    assert recorded == [
+        ("ConnectionResetError", "hand-over failed"),
+        ("ValueError", "record too large"),
+    ]
+
+
+def test_the_receive_span_describes_the_reply_record(traced: Traced) -> None:
+    sent = SendSpan(traced.tracing, "events")
+    reply_received(traced.tracing, "replies", 2, 7, None, sent.context)
+    [receive] = traced.named("receive")
+    assert receive.name == "receive replies" and receive.kind is SpanKind.CONSUMER
+    assert dict(receive.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "receive",
+        "messaging.operation.type": "receive",
+        "messaging.destination.name": "replies",
+        "messaging.destination.partition.id": "2",
+        "messaging.kafka.offset": 7,
+    }

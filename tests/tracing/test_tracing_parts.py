@@ -6,6 +6,7 @@ shutdown."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -228,6 +229,21 @@ def test_an_exporter_the_sdk_cannot_serve_is_named_with_the_protocol(
     assert "zipkin" in text[len("OTEL_TRACES_EXPORTER='zipkin' (") :]
 
 
+def test_an_unknown_exporter_with_no_protocol_set_says_the_protocol_is_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The protocol the SDK was told is named as the operator set it: nothing (the
+    service's ``http/protobuf`` default is only lent to the SDK while it reads)."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ConfigError) as raised:
+        exporter_classes()
+    assert str(raised.value).startswith(
+        "OTEL_TRACES_EXPORTER='zipkin' (OTEL_EXPORTER_OTLP_PROTOCOL=''): "
+    )
+
+
 # --- spans ---------------------------------------------------------------------------------
 
 
@@ -265,6 +281,22 @@ def test_shutdown_exports_what_is_buffered_and_turns_tracing_off(
         assert tracing_front.active() is None
         assert [s.name for s in inner.get_finished_spans()] == ["buffered"]
         tracing_front.shutdown_tracing()  # nothing installed: nothing to do
+    finally:
+        tracing_front.install(previous)
+
+
+def test_without_opentelemetry_importable_tracing_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As installed without the ``traces`` extra (the SDK's package cannot be imported):
+    not an error, tracing off, even with an exporter named."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    # What an import sees without the package: its parent cannot be imported.
+    monkeypatch.delitem(sys.modules, "opentelemetry.sdk.trace")
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk", None)
+    previous = tracing_front.install(None)
+    try:
+        assert tracing_front.extra_installed() is False
+        assert tracing_front.configure_tracing(Settings()) is None
+        assert tracing_front.active() is None
     finally:
         tracing_front.install(previous)
 
