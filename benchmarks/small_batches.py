@@ -40,7 +40,7 @@ from benchmarks.infra import REPO, Infra
 from benchmarks.latency import daemon_settings
 from benchmarks.measure import PARTITIONS, median, verify, write_json
 from benchmarks.workload import Workload
-from service.testing.daemon_process import DaemonProcess
+from service.testing.daemon_process import DaemonProcess, sample
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,20 +181,27 @@ async def one_run(infra: Infra, tree: Path, args: argparse.Namespace, seed: int)
     )
     phases: dict[str, dict[str, float]] = {}
 
-    Mark = tuple[float, tuple[int, int], dict[str, float], tuple[float, float]]
+    Mark = tuple[float, tuple[int, int], dict[str, float], tuple[float, float], float]
+
+    def batches() -> float:
+        # (scraped outside the CPU marks: the daemon's HTTP thread serves it)
+        return sample(daemon.metrics(), "consumergen_batch_size_count")
 
     def mark(profiled: bool = False, name: str = "") -> Mark:
         if name:  # (for a tool attached from outside: strace, perf)
             say(f"[phase] {name} begins, daemon pid {daemon.pid}")
+        taken = batches()
         if profile is not None and profiled:
             daemon.kill(signal.SIGUSR1)
         counted = _read_counts(counts_file)
-        return time.monotonic(), cpu_ns(daemon.pid), counted, user_system(daemon.pid)
+        return time.monotonic(), cpu_ns(daemon.pid), counted, user_system(daemon.pid), taken
 
     def phase(name: str, began: Mark, events: int) -> None:
         if profile is not None and name != "quiet":
             daemon.kill(signal.SIGUSR2)
-        ended = mark()
+        counted = _read_counts(counts_file)
+        ended = (time.monotonic(), cpu_ns(daemon.pid), counted, user_system(daemon.pid))
+        ended_batches = batches()
         seconds = ended[0] - began[0]
         cpu = (ended[1][0] - began[1][0]) / 1e9
         loop_cpu = (ended[1][1] - began[1][1]) / 1e9
@@ -210,6 +217,7 @@ async def one_run(infra: Infra, tree: Path, args: argparse.Namespace, seed: int)
             "user": ended[3][0] - began[3][0],
             "system": ended[3][1] - began[3][1],
             "events": events,
+            "batches": ended_batches - began[4],
         }
         phases[name] |= {f"count {key}": value for key, value in counted.items()}
 
@@ -287,6 +295,7 @@ async def one_run(infra: Infra, tree: Path, args: argparse.Namespace, seed: int)
         "rate_us_per_event": rate["cpu"] / rate["events"] * 1e6,
         "rate_loop_us_per_event": rate["loop_cpu"] / rate["events"] * 1e6,
         "achieved": rate["achieved"],
+        "rate_events_per_batch": rate["events"] / rate["batches"] if rate["batches"] else 0.0,
         "verified": verified,
         "load_average": os.getloadavg()[0],
         "phases": phases,
@@ -301,12 +310,14 @@ COLUMNS = (
     ("rate_us_per_event", "rate: µs/event"),
     ("rate_loop_us_per_event", "rate, loop thread: µs/event"),
     ("achieved", "rate: achieved ev/s"),
+    ("rate_events_per_batch", "rate: events/batch"),
 )
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], digits: int = 0) -> str:
     ordered = sorted(values)
-    return f"{median(ordered):,.0f} ({ordered[0]:,.0f}-{ordered[-1]:,.0f})"
+    d = digits
+    return f"{median(ordered):,.{d}f} ({ordered[0]:,.{d}f}-{ordered[-1]:,.{d}f})"
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -317,7 +328,10 @@ def table(runs: list[dict[str, Any]]) -> str:
     ]
     for tree in trees:
         mine = [run for run in runs if run["tree"] == tree]
-        cells = " | ".join(_cell([run[key] for run in mine]) for key, _ in COLUMNS)
+        cells = " | ".join(
+            _cell([run[key] for run in mine], 1 if key == "rate_events_per_batch" else 0)
+            for key, _ in COLUMNS
+        )
         ok = "yes" if all(run["verified"] for run in mine) else "**no**"
         lines.append(f"| {tree} | {len(mine)} | {cells} | {ok} |")
     return "\n".join(lines)
@@ -328,7 +342,7 @@ def counts_table(runs: list[dict[str, Any]]) -> str:
     trees = list(dict.fromkeys(run["tree"] for run in runs))
     keys = sorted(
         {key for run in runs for phase in run["phases"].values() for key in phase}
-        - {"seconds", "cpu", "loop_cpu", "user", "system", "events", "achieved"}
+        - {"seconds", "cpu", "loop_cpu", "user", "system", "events", "batches", "achieved"}
     )
     lines = [
         "| tree | count | quiet, per s | lone, per event | rate, per event |",
@@ -366,7 +380,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"lone {result['lone_us_per_event']:,.0f} µs/event "
                     f"(net {result['lone_net_us_per_event']:,.0f}), "
                     f"rate {result['rate_us_per_event']:,.0f} µs/event at "
-                    f"{result['achieved']:,.0f}/s, load {result['load_average']:.2f}, "
+                    f"{result['achieved']:,.0f}/s ({result['rate_events_per_batch']:.1f}/batch), "
+                    f"load {result['load_average']:.2f}, "
                     f"model {'==' if result['verified'] else '!='} database"
                 )
     finally:
