@@ -372,8 +372,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(args.runs):
             # Alternate the order too, so neither tree always runs right after the other.
             for tree in trees if index % 2 == 0 else list(reversed(trees)):
+                before = os.getloadavg()[0]
                 result = await one_run(infra, tree, args, seed=5_000 + index)
                 result["run"] = index
+                result["load_before"] = before
                 runs.append(result)
                 say(
                     f"[{result['tree']} run {index}] quiet {result['quiet_ms_per_s']:.1f} ms/s, "
@@ -381,7 +383,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"(net {result['lone_net_us_per_event']:,.0f}), "
                     f"rate {result['rate_us_per_event']:,.0f} µs/event at "
                     f"{result['achieved']:,.0f}/s ({result['rate_events_per_batch']:.1f}/batch), "
-                    f"load {result['load_average']:.2f}, "
+                    f"load {result['load_before']:.2f} before, {result['load_average']:.2f} after, "
                     f"model {'==' if result['verified'] else '!='} database"
                 )
     finally:
