@@ -23,11 +23,11 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-COUNTS: Counter[str] = Counter()
+COUNTS: defaultdict[str, float] = defaultdict(float)
 
 
 def _patch() -> None:
@@ -74,9 +74,15 @@ def _patch() -> None:
     ):
         setattr(owner, name, wrapper)
 
+    began = [0.0]
+
     def collected(phase: str, info: dict[str, Any]) -> None:
-        if phase == "stop":
+        if phase == "start":
+            began[0] = time.thread_time()
+        else:
             COUNTS[f"gc generation {info['generation']}"] += 1
+            ms = (time.thread_time() - began[0]) * 1e3
+            COUNTS[f"gc generation {info['generation']} CPU ms"] += ms
 
     gc.callbacks.append(collected)
 
