@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 import uuid
@@ -337,6 +338,28 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def per_batch_fit(runs: list[dict[str, Any]]) -> str:
+    """The rate phase's CPU split into a cost per batch and a cost per event: a run's
+    batch sizes follow the machine's load (a daemon that keeps up takes smaller
+    batches), so its µs per event alone does not compare runs.  Least squares over a
+    tree's runs of ``µs/event = per_event + per_batch / (events per batch)``."""
+    lines = []
+    for tree in dict.fromkeys(run["tree"] for run in runs):
+        mine = [r for r in runs if r["tree"] == tree and r["rate_events_per_batch"] > 0]
+        x = [1 / r["rate_events_per_batch"] for r in mine]
+        y = [r["rate_us_per_event"] for r in mine]
+        if len(mine) < 3 or len(set(x)) < 2:
+            continue
+        fit = statistics.linear_regression(x, y)
+        lines.append(
+            f"{tree}: rate phase ≈ {fit.intercept:,.0f} µs per event + {fit.slope:,.0f} µs "
+            f"per batch (least squares over {len(mine)} runs, batches of "
+            f"{min(r['rate_events_per_batch'] for r in mine):.1f}-"
+            f"{max(r['rate_events_per_batch'] for r in mine):.1f} events)"
+        )
+    return "\n".join(lines)
+
+
 def counts_table(runs: list[dict[str, Any]]) -> str:
     """Per event of the lone and rate phases, per second of the quiet one (medians)."""
     trees = list(dict.fromkeys(run["tree"] for run in runs))
@@ -392,6 +415,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_after = os.getloadavg()
     say(f"[small-batches] load average after: {load_after[0]:.2f} {load_after[1]:.2f}")
     say(table(runs))
+    say(per_batch_fit(runs))
     if args.counts:
         say(counts_table(runs))
     results = {"runs": runs, "load": [load_before[0], load_after[0]]}
