@@ -20,6 +20,11 @@ see the same minutes); the default is this tree.  ``--counts`` runs the daemons 
 ``benchmarks/loop_counts.py`` and reports, per event, the loop's iterations, callbacks,
 tasks, timers and garbage collections (its wrappers cost CPU: counted runs are for the
 counts only).  Each run ends with the database checked against the independent model.
+
+Why this module is long: one run's three phases, the trees run in turn, the counting and
+profiling hooks and the tables (medians and ranges, the per-batch fit, the counts) are
+one measurement, read in one place; the daemon-side counting is apart
+(``benchmarks/loop_counts.py``).
 """
 
 from __future__ import annotations
