@@ -114,6 +114,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_rebalance_rules.py",
             "tests/tracing/test_worker_trace.py",
             "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_worker_records.py",
         ),
         "the partition worker: admission, apply, sinks, commit order, its stop; the batch's "
         "outcomes and dead letters; the stage timings",

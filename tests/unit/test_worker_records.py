@@ -1,0 +1,220 @@
+"""What the partition worker writes for each event, field by field, over in-memory sinks
+and a real ``Applier`` on SQLite (no broker).
+
+An application waiting for its event's outcome reads the outcome record; an operator
+after an incident reads the dead letter's headers.  Both must say what happened to which
+event and where it was read (DESIGN.md "Outcomes", docs/contract.md): the outcome, its
+reason, the generation after, the original outcome of a duplicate, the state after, the
+source; for a dead letter the original key, value and headers, the reason, the attempts.
+``test_partition_worker.py`` holds the order and the commits; this file holds the
+content.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.apply.applier import Applier
+from service.config import load_settings
+from service.contract.records import parse_dead_letter_headers
+from service.domain.events import ConsumerEvent
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
+from service.kafka.records import UndecodableRecord
+from service.store.engine import create_engine
+from service.store.migrate import upgrade
+from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.testing.model import event_doc
+from tests.unit.test_partition_worker import TP, FakeHost, _consumer, _record, _run
+
+
+@pytest.fixture
+async def applier(sqlite_url: str) -> AsyncIterator[Applier]:
+    settings = load_settings(database_url=sqlite_url)
+    await upgrade(settings)
+    engine = create_engine(settings)
+    try:
+        yield Applier(SqlUnitOfWorkFactory(engine), settings)
+    finally:
+        await engine.dispose()
+
+
+def _event_record(offset: int, doc: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
+    record = _record(offset, json.dumps(doc).encode(), doc["consumer_uuid"].encode())
+    record.headers.extend(headers)
+    return record
+
+
+def _documents(host: FakeHost) -> dict[int, tuple[bytes | None, dict[str, Any]]]:
+    assert host.outcomes is not None
+    found = {}
+    for message in host.outcomes.messages:
+        doc = json.loads(message.value)
+        found[doc["source"]["offset"]] = (message.key, doc)
+    return found
+
+
+def _recent(stamp: str, before: datetime) -> bool:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return before - timedelta(seconds=1) <= moment <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+async def test_each_outcome_record_says_what_happened_to_its_event_and_where_it_was_read(
+    applier: Applier,
+) -> None:
+    """Applied, duplicate, rejected and invalid in one batch: every field of each
+    record, keyed by its event id (an unreadable record's has no key)."""
+    consumer, other = _consumer(101), _consumer(102)
+    created = event_doc(consumer, expected=None, project="p", user="u")
+    stale = event_doc(other, expected=5, project="p", user="u")
+    records = [
+        _event_record(20, created, []),
+        _event_record(21, created, []),  # the same event again: a duplicate
+        _event_record(22, stale, []),
+        _record(23, b"not json", consumer.encode()),
+    ]
+    before = datetime.now(UTC)
+    host = FakeHost(applier)
+    await _run(host, records)
+    assert host.fatal_errors == []
+    documents = _documents(host)
+    assert sorted(documents) == [20, 21, 22, 23]
+
+    key, applied = documents[20]
+    assert key == created["event_id"].encode()
+    assert applied["schema_version"] == 1
+    assert applied["event_id"] == created["event_id"]
+    assert applied["consumer_uuid"] == consumer
+    assert (applied["outcome"], applied["reason"], applied["generation_after"]) == (
+        "applied",
+        None,
+        1,
+    )
+    assert "original_outcome" not in applied
+    assert applied["source"] == {"topic": TP.topic, "partition": TP.partition, "offset": 20}
+    assert _recent(applied["processed_at"], before)
+    assert applied["state_after"]["generation"] == 1
+    assert applied["state_after"]["project_id"] == "p"
+
+    key, duplicate = documents[21]
+    assert key == created["event_id"].encode()
+    assert (duplicate["outcome"], duplicate["original_outcome"]) == ("duplicate", "applied")
+    assert duplicate["generation_after"] == 1
+    assert duplicate["consumer_uuid"] == consumer
+
+    key, rejected = documents[22]
+    assert key == stale["event_id"].encode()
+    assert (rejected["outcome"], rejected["reason"]) == ("rejected", "consumer_not_found")
+    assert rejected["consumer_uuid"] == other
+    assert rejected["generation_after"] is None
+
+    key, invalid = documents[23]
+    assert key is None
+    assert (invalid["event_id"], invalid["consumer_uuid"]) == (None, None)
+    assert (invalid["outcome"], invalid["reason"]) == ("invalid", "not_json")
+    assert invalid["message"]  # what was wrong with it, for whoever sent it
+    assert invalid["source"] == {"topic": TP.topic, "partition": TP.partition, "offset": 23}
+    assert _recent(invalid["processed_at"], before)
+
+
+async def test_an_invalid_records_dead_letter_keeps_the_record_and_says_why(
+    applier: Applier,
+) -> None:
+    """The dead letter of a refused record is the record itself (key, value, its own
+    headers first) followed by the error headers: class, reason, where it was read, one
+    attempt; an undecodable record's says what could not be read."""
+    broken = _record(30, b"{not json", b"some-key")
+    broken.headers.append(("app-header", b"kept"))
+    undecodable = UndecodableRecord(
+        topic=TP.topic,
+        partition=TP.partition,
+        offset=31,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=b"\x00\x01",
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=2,
+        headers=[],
+        error="a header name cut short",
+    )
+    host = FakeHost(applier)
+    await _run(host, [broken, undecodable])
+    assert host.fatal_errors == []
+    first, second = host.dead_letters.letters
+    assert (first.key, first.value) == (b"some-key", b"{not json")
+    assert first.headers[0] == ("app-header", b"kept")
+    assert (first.reason, first.invalid) == ("not_json", True)
+    assert first.origin == EventSource(TP.topic, TP.partition, 30)
+    parsed = parse_dead_letter_headers(first.headers)
+    assert (parsed.error_class, parsed.error_reason) == ("invalid", "not_json")
+    assert (parsed.origin_topic, parsed.origin_partition, parsed.origin_offset) == (
+        TP.topic,
+        str(TP.partition),
+        "30",
+    )
+    assert parsed.attempts == "1"
+    assert (second.reason, second.invalid) == ("undecodable", True)
+    assert second.origin.offset == 31
+    assert "a header name cut short" in parse_dead_letter_headers(second.headers).error_message
+
+
+class _LosingApplier:
+    """The real applier, but the events of ``losing`` lose every compare-and-swap (the
+    outcome the applier reports after its bounded retries: FAILED, with its attempts)."""
+
+    def __init__(self, applier: Applier, losing: set[str], attempts: int) -> None:
+        self.applier = applier
+        self.losing = losing
+        self.attempts = attempts
+
+    async def apply_batch(self, events: list[tuple[ConsumerEvent, EventSource]]) -> list[Outcome]:
+        outcomes = await self.applier.apply_batch(events)
+        return [
+            replace(
+                outcome,
+                kind=OutcomeKind.FAILED,
+                reason=Reason.CAS_RETRIES_EXHAUSTED,
+                generation_after=None,
+                attempts=self.attempts,
+                state_after=None,
+            )
+            if outcome.event_id in self.losing
+            else outcome
+            for outcome in outcomes
+        ]
+
+
+async def test_an_event_that_lost_every_compare_and_swap_is_dead_lettered_with_its_attempts(
+    applier: Applier,
+) -> None:
+    """A FAILED event's dead letter is its record with ``failed`` headers: the reason,
+    the number of attempts it lost, when; its outcome record says ``failed`` too.  The
+    applied event beside it is not dead-lettered."""
+    losing = event_doc(_consumer(103), project="p", user="u")
+    winning = event_doc(_consumer(104), project="p", user="u")
+    record = _event_record(40, losing, [("trace", b"t-1")])
+    before = datetime.now(UTC)
+    host = FakeHost(_LosingApplier(applier, {losing["event_id"]}, attempts=7))
+    await _run(host, [record, _event_record(41, winning, [])])
+    assert host.fatal_errors == []
+    [letter] = host.dead_letters.letters
+    assert (letter.key, letter.value) == (record.key, record.value)
+    assert (letter.reason, letter.invalid) == ("cas_retries_exhausted", False)
+    assert letter.origin == EventSource(TP.topic, TP.partition, 40)
+    assert letter.headers[0] == ("trace", b"t-1")
+    parsed = parse_dead_letter_headers(letter.headers)
+    assert (parsed.error_class, parsed.error_reason) == ("failed", "cas_retries_exhausted")
+    assert parsed.attempts == "7"
+    assert "lost 7 times" in parsed.error_message
+    assert parsed.origin_offset == "40"
+    assert _recent(parsed.failed_at, before) and _recent(parsed.first_failed_at, before)
+    documents = _documents(host)
+    assert documents[40][1]["outcome"] == "failed"
+    assert documents[41][1]["outcome"] == "applied"
