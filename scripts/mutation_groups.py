@@ -163,7 +163,6 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_stalls.py",
             "tests/unit/test_readiness_and_liveness.py",
             "tests/unit/test_daemon_reports.py",
-            "tests/daemon/test_listeners.py",
         ),
         "the daemon's life: its edges, start and stop, signals, rebalances, pauses, outages, "
         "stalls and the heartbeat",
