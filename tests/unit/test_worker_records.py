@@ -12,17 +12,22 @@ content.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from service.apply.applier import Applier
 from service.config import load_settings
 from service.contract.records import parse_dead_letter_headers
+from service.daemon.timeline import BOUNDARIES, Timeline
+from service.daemon.worker import PartitionWorker
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
 from service.kafka.records import UndecodableRecord
@@ -30,7 +35,8 @@ from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 from service.testing.model import event_doc
-from tests.unit.test_partition_worker import TP, FakeHost, _consumer, _record, _run
+from service.testing.polling import poll
+from tests.unit.test_partition_worker import TP, FakeHost, _consumer, _event, _record, _run
 
 
 @pytest.fixture
@@ -218,3 +224,74 @@ async def test_an_event_that_lost_every_compare_and_swap_is_dead_lettered_with_i
     documents = _documents(host)
     assert documents[40][1]["outcome"] == "failed"
     assert documents[41][1]["outcome"] == "applied"
+
+
+async def test_the_timeline_stamps_each_event_at_each_boundary_in_order(
+    applier: Applier, tmp_path: Path
+) -> None:
+    """The latency benchmark (``CONSUMERGEN_TIMELINE_FILE``) joins the daemon's stamps by
+    partition and offset: every event, valid or not, crosses the five boundaries once
+    each, in the order ``BOUNDARIES`` names them, at non-decreasing times."""
+    host = FakeHost(applier)
+    timeline = Timeline(tmp_path / "timeline.csv")
+    host.metrics.stages.timeline = timeline
+    records = [_event(50, _consumer(105)), _record(51, b"not json"), _event(52, _consumer(106))]
+    await _run(host, records)
+    assert host.fatal_errors == []
+    timeline.write()
+    lines = (tmp_path / "timeline.csv").read_text().splitlines()[1:]
+    for offset in (50, 51, 52):
+        crossed = [line.split(",") for line in lines if line.split(",")[1] == str(offset)]
+        assert [boundary for _, _, boundary, _ in crossed] == list(BOUNDARIES), offset
+        assert {partition for partition, _, _, _ in crossed} == {str(TP.partition)}
+        times = [float(moment) for _, _, _, moment in crossed]
+        assert times == sorted(times)
+
+
+async def test_a_batch_whose_commit_the_group_refused_is_accounted_but_not_timed(
+    applier: Applier,
+) -> None:
+    """When the group has moved on (the commit answers False: the partition went to
+    another member), the batch is still reported (logged, counted) and no longer in
+    progress, but its events' end-to-end latency is not observed and the worker does not
+    claim the offset as committed: the next owner will process them again."""
+    host = FakeHost(applier)
+
+    async def refused(tp: TopicPartition, offset: int) -> bool:
+        host.commits.append((offset, len(host.dead_letters.letters), 0))
+        host.committed_all.set()
+        return False
+
+    host.commit = refused  # type: ignore[method-assign]
+    worker = await _run(host, [_event(60, _consumer(107)), _event(61, _consumer(108))])
+    assert host.fatal_errors == []
+    assert [offset for offset, _, _ in host.commits] == [62]
+    assert host.batches == [[60, 61]]
+    assert worker.committed is None
+    registry = host.metrics.registry
+    assert registry.get_sample_value("consumergen_event_latency_seconds_count") == 0
+    assert registry.get_sample_value("consumergen_batches_in_progress") == 0
+
+
+async def test_a_workers_tasks_are_named_for_its_partition_and_stage(applier: Applier) -> None:
+    """A stuck daemon is read from its task dump (``asyncio.all_tasks``, py-spy, a
+    "Task exception was never retrieved" line): each task names its partition and stage."""
+    host = FakeHost(applier)
+    worker = PartitionWorker(host, TopicPartition("events", 7))
+    worker.start()
+    try:
+        await poll(
+            lambda: (
+                {"apply-events/7", "send-events/7", "commit-events/7"}
+                <= {task.get_name() for task in asyncio.all_tasks()}
+            ),
+            5,
+            "the worker's three stages running",
+        )
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        assert "partition-events/7" in names
+    finally:
+        assert await worker.stop(1.0)
+    assert not {
+        name for name in (t.get_name() for t in asyncio.all_tasks()) if name.endswith("events/7")
+    }
