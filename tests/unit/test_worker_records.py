@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from service.apply.applier import Applier
 from service.config import load_settings
 from service.contract.records import parse_dead_letter_headers
+from service.daemon.retries import install_retry_hooks
 from service.daemon.timeline import BOUNDARIES, Timeline
 from service.daemon.worker import PartitionWorker
 from service.domain.events import ConsumerEvent
@@ -295,3 +297,72 @@ async def test_a_workers_tasks_are_named_for_its_partition_and_stage(applier: Ap
     assert not {
         name for name in (t.get_name() for t in asyncio.all_tasks()) if name.endswith("events/7")
     }
+
+
+class _SlowApplier:
+    """The real applier, after ``delay`` seconds."""
+
+    def __init__(self, applier: Applier, delay: float) -> None:
+        self.applier = applier
+        self.delay = delay
+
+    async def apply_batch(self, events: list[tuple[ConsumerEvent, EventSource]]) -> list[Outcome]:
+        await asyncio.sleep(self.delay)
+        return await self.applier.apply_batch(events)
+
+
+async def test_a_batchs_seconds_run_from_taking_it_to_its_commit(applier: Applier) -> None:
+    """What the worker hands the host for ``consumergen_batch_seconds`` and the "batch
+    committed" line: how long a batch took from being taken to its offset commit, so at
+    least its transaction's time."""
+    seconds: list[float] = []
+
+    class TimingHost(FakeHost):
+        def record_batch(self, tp: Any, batch: Any, outcomes: Any, dead: Any, took: float) -> None:
+            seconds.append(took)
+            super().record_batch(tp, batch, outcomes, dead, took)
+
+    host = TimingHost(_SlowApplier(applier, 0.3))
+    await _run(host, [_event(70, _consumer(109))])
+    assert host.fatal_errors == []
+    [took] = seconds
+    assert 0.3 <= took < 30
+
+
+async def test_a_retried_commit_takes_the_offset_acknowledged_meanwhile(applier: Applier) -> None:
+    """While the broker refuses an offset commit, later batches are acknowledged; the
+    retry commits the latest acknowledged offset, not the stale one and then the next:
+    an outage leaves no queue of stale commits behind it."""
+    host = FakeHost(applier)
+    assert host.outcomes is not None
+    outcomes = host.outcomes
+    succeeded: list[int] = []
+    attempted: list[int] = []
+    first_refused = asyncio.Event()
+
+    async def commit(tp: TopicPartition, offset: int) -> bool:
+        attempted.append(offset)
+        if len(outcomes.messages) < 2:  # the second batch not acknowledged yet
+            first_refused.set()
+            raise KafkaConnectionError("the coordinator is away")
+        succeeded.append(offset)
+        if offset >= 82:
+            host.committed_all.set()
+        return True
+
+    host.commit = commit  # type: ignore[method-assign]
+    install_retry_hooks()
+    worker = PartitionWorker(host, TP)
+    worker.start()
+    try:
+        worker.feed([_event(80, _consumer(110))])
+        await asyncio.wait_for(first_refused.wait(), 10)
+        worker.feed([_event(81, _consumer(111))])
+        await asyncio.wait_for(host.committed_all.wait(), 10)
+    finally:
+        assert await worker.stop(1.0)
+    assert host.fatal_errors == []
+    assert attempted[0] == 81
+    assert succeeded == [82]
+    assert worker.committed == 82
+    assert host.batches == [[80], [81]]
