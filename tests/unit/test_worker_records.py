@@ -82,16 +82,23 @@ async def test_each_outcome_record_says_what_happened_to_its_event_and_where_it_
     stale = event_doc(other, expected=5, project="p", user="u")
     records = [
         _event_record(20, created, []),
-        _event_record(21, created, []),  # the same event again: a duplicate
-        _event_record(22, stale, []),
-        _record(23, b"not json", consumer.encode()),
+        _record(21, b"not json", consumer.encode()),
+        _event_record(22, created, []),  # the same event again: a duplicate
+        _event_record(23, stale, []),
     ]
     before = datetime.now(UTC)
     host = FakeHost(applier)
     await _run(host, records)
     assert host.fatal_errors == []
     documents = _documents(host)
-    assert sorted(documents) == [20, 21, 22, 23]
+    # One each, in offset order, the invalid one in its place among the others.
+    assert host.outcomes is not None
+    assert [json.loads(m.value)["source"]["offset"] for m in host.outcomes.messages] == [
+        20,
+        21,
+        22,
+        23,
+    ]
 
     key, applied = documents[20]
     assert key == created["event_id"].encode()
@@ -109,24 +116,24 @@ async def test_each_outcome_record_says_what_happened_to_its_event_and_where_it_
     assert applied["state_after"]["generation"] == 1
     assert applied["state_after"]["project_id"] == "p"
 
-    key, duplicate = documents[21]
+    key, duplicate = documents[22]
     assert key == created["event_id"].encode()
     assert (duplicate["outcome"], duplicate["original_outcome"]) == ("duplicate", "applied")
     assert duplicate["generation_after"] == 1
     assert duplicate["consumer_uuid"] == consumer
 
-    key, rejected = documents[22]
+    key, rejected = documents[23]
     assert key == stale["event_id"].encode()
     assert (rejected["outcome"], rejected["reason"]) == ("rejected", "consumer_not_found")
     assert rejected["consumer_uuid"] == other
     assert rejected["generation_after"] is None
 
-    key, invalid = documents[23]
+    key, invalid = documents[21]
     assert key is None
     assert (invalid["event_id"], invalid["consumer_uuid"]) == (None, None)
     assert (invalid["outcome"], invalid["reason"]) == ("invalid", "not_json")
     assert invalid["message"]  # what was wrong with it, for whoever sent it
-    assert invalid["source"] == {"topic": TP.topic, "partition": TP.partition, "offset": 23}
+    assert invalid["source"] == {"topic": TP.topic, "partition": TP.partition, "offset": 21}
     assert _recent(invalid["processed_at"], before)
 
 
@@ -207,12 +214,16 @@ async def test_an_event_that_lost_every_compare_and_swap_is_dead_lettered_with_i
     applied event beside it is not dead-lettered."""
     losing = event_doc(_consumer(103), project="p", user="u")
     winning = event_doc(_consumer(104), project="p", user="u")
+    losing_too = event_doc(_consumer(112), project="p", user="u")
     record = _event_record(40, losing, [("trace", b"t-1")])
     before = datetime.now(UTC)
-    host = FakeHost(_LosingApplier(applier, {losing["event_id"]}, attempts=7))
-    await _run(host, [record, _event_record(41, winning, [])])
+    host = FakeHost(
+        _LosingApplier(applier, {losing["event_id"], losing_too["event_id"]}, attempts=7)
+    )
+    await _run(host, [record, _event_record(41, winning, []), _event_record(42, losing_too, [])])
     assert host.fatal_errors == []
-    [letter] = host.dead_letters.letters
+    letter, later = host.dead_letters.letters
+    assert later.origin.offset == 42  # past the applied event, the next loser is found too
     assert (letter.key, letter.value) == (record.key, record.value)
     assert (letter.reason, letter.invalid) == ("cas_retries_exhausted", False)
     assert letter.origin == EventSource(TP.topic, TP.partition, 40)
@@ -226,6 +237,7 @@ async def test_an_event_that_lost_every_compare_and_swap_is_dead_lettered_with_i
     documents = _documents(host)
     assert documents[40][1]["outcome"] == "failed"
     assert documents[41][1]["outcome"] == "applied"
+    assert documents[42][1]["outcome"] == "failed"
 
 
 async def test_the_timeline_stamps_each_event_at_each_boundary_in_order(
@@ -366,3 +378,34 @@ async def test_a_retried_commit_takes_the_offset_acknowledged_meanwhile(applier:
     assert succeeded == [82]
     assert worker.committed == 82
     assert host.batches == [[80], [81]]
+
+
+@pytest.mark.parametrize("every_outcome", [True, False])
+async def test_a_reply_is_sent_to_each_request_whatever_comes_before_it(
+    applier: Applier, every_outcome: bool
+) -> None:
+    """A request for a reply gets it even after records that asked for none, valid or
+    invalid; an invalid record whose headers could be read is answered ``invalid``.
+    Without an outcomes topic (``every_outcome`` false) only the requests get a record."""
+    from service.contract.replies import ReplyPolicy, ReplyRoute, request_headers
+
+    host = FakeHost(applier)
+    host.config = replace(host.config, replies=ReplyPolicy(frozenset({"r"}), every_outcome))
+    plain = event_doc(_consumer(113), project="p", user="u")
+    asked = event_doc(_consumer(114), project="p", user="u")
+    broken = _record(93, b"not json")
+    broken.headers.extend(request_headers("r", 1, b"corr-broken"))
+    records = [
+        _event_record(90, plain, []),
+        _event_record(91, asked, request_headers("r", 0, b"corr-asked")),
+        _record(92, b"[]"),
+        broken,
+    ]
+    await _run(host, records)
+    assert host.fatal_errors == []
+    assert host.outcomes is not None
+    routes = {json.loads(m.value)["source"]["offset"]: m.reply for m in host.outcomes.messages}
+    answered = {91: ReplyRoute("r", 0, b"corr-asked"), 93: ReplyRoute("r", 1, b"corr-broken")}
+    assert routes == ({90: None, 92: None} | answered if every_outcome else answered)
+    invalid = next(m for m in host.outcomes.messages if m.reply == answered[93])
+    assert json.loads(invalid.value)["outcome"] == "invalid"
