@@ -212,6 +212,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_log_setup.py",
             "tests/unit/test_timeline.py",
             "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_read_api_state.py",
         ),
         "the HTTP edge: the server, /readyz and /livez, the read API and its tokens; the "
         "log limits, the timeline",
