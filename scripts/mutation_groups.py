@@ -226,6 +226,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_stages.py",
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_readiness_and_liveness.py",
+            "tests/unit/test_metrics_catalogue.py",
         ),
         "the Prometheus series: names, help, labels, what each counts",
         ("tests/daemon",),
