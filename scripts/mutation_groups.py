@@ -142,6 +142,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_rebalance_rules.py",
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_fetch_still_current.py",
+            "tests/unit/test_daemon_host.py",
         ),
         "between the workers and Kafka: the fetch loop, the host's reports, offset commits, "
         "infrastructure retries",
