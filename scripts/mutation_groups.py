@@ -158,6 +158,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_fetch_failures.py",
             "tests/unit/test_daemon_probes.py",
             "tests/unit/test_stalls.py",
+            "tests/unit/test_daemon_postgres_edges.py",
         ),
         "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
         ("tests/daemon", "tests/integration"),
