@@ -256,3 +256,22 @@ def test_uncaught_exception_hook_logs_redacted(sink: io.StringIO) -> None:
     (line,) = lines(sink)
     assert line["event"] == "uncaught_exception" and line["level"] == "critical"
     assert f"LookupError: {expected(U)}" in line["exception"]
+
+
+def test_an_interrupt_is_shown_as_python_shows_it_not_logged(
+    sink: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C is the person's own act, not a failure to record: Python's usual traceback
+    # on stderr, no critical log line.
+    def interrupted() -> None:
+        raise KeyboardInterrupt("stopped by hand")
+
+    try:
+        interrupted()
+    except KeyboardInterrupt as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert lines(sink) == []
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n"), err
+    assert "in interrupted\n" in err
+    assert err.endswith("KeyboardInterrupt: stopped by hand\n"), err
