@@ -16,15 +16,13 @@ insert for the inbox, COMMIT: one round trip per statement kind whatever the bat
 
 SQLAlchemy keeps everything else: the pool (size, pre-ping, disposal), the transaction
 (``SqlUnitOfWorkFactory`` begins it and commits or rolls it back, as on every
-database: the statements here run on the same connection inside it,
-``dialects.postgresql.driver_connection``), the schema the statements are written
-from, the migrations, and every other read and write.  The semantics are the SQL path's:
-the CAS statement is the dialect's (rows locked in UUID order, READ COMMITTED re-check,
-RETURNING), a write that changed fewer rows than meant is ``StoreRace``, and an error
-asyncpg raises here reaches the caller as SQLAlchemy's execution would hand it on
-(``_Translated``): the same ``IntegrityError``, ``OperationalError``, ... with the same
-SQLSTATE, so failure classes, log lines and their ``error_class`` do not depend on which
-path ran the statement (``tests/daemon/test_bug_stops.py`` pins a bug's class).
+database: the statements here run on the same connection inside it), the schema the
+statements are written from, the migrations, and every other read and write.  The
+semantics are the SQL path's: the CAS statement is the dialect's (rows locked in UUID
+order, READ COMMITTED re-check, RETURNING), and a write that changed fewer rows than
+meant is ``StoreRace``.  ``store.asyncpg_driver`` keeps SQLAlchemy's rules for the
+straight calls: inside its transaction, a round trip cut short invalidates the
+connection, asyncpg's errors raised as SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -34,9 +32,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Final
 
-import asyncpg
 from sqlalchemy import Table
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,8 +40,8 @@ from service.domain.consumer import ConsumerState
 from service.domain.inbox import InboxWrite, ProcessedEvent
 from service.domain.outcomes import OutcomeKind
 from service.domain.rules import Write
+from service.store.asyncpg_driver import DriverConnection, driver_connection
 from service.store.dialects.postgresql import (
-    driver_connection,
     insert_rows,
     json_rows,
     rows_select,
@@ -72,13 +68,13 @@ class PostgresUnitOfWork(SqlUnitOfWork):
 
     def __init__(self, connection: AsyncConnection, owner_cache: OwnerCache) -> None:
         super().__init__(connection, owner_cache)
-        self._driver: Any = None
+        self._driver: DriverConnection | None = None
 
-    async def driver(self) -> Any:
-        """The asyncpg connection, inside the transaction (taken once per unit), its
-        errors translated as SQLAlchemy's execution translates them."""
+    async def driver(self) -> DriverConnection:
+        """The asyncpg connection inside the transaction (taken once per unit), under
+        SQLAlchemy's rules (``store.asyncpg_driver``)."""
         if self._driver is None:
-            self._driver = _Translated(await driver_connection(self.connection), self.connection)
+            self._driver = await driver_connection(self.connection)
         return self._driver
 
     async def load_inbox(self, event_ids: Iterable[str]) -> dict[str, ProcessedEvent]:
@@ -191,46 +187,3 @@ REPLACE_FAILED_UPDATE: Final = (
     " AS v WHERE p.event_id = v.event_id AND p.payload_hash = v.payload_hash"
     f" AND p.outcome = '{OutcomeKind.FAILED.value}' RETURNING p.event_id"
 )
-
-
-class _Translated:
-    """An asyncpg connection whose statements raise what SQLAlchemy's own execution
-    raises for the same failure: asyncpg's error translated by SQLAlchemy's adapter (its
-    DBAPI class, SQLSTATE kept, the adapter told when the connection closed), then
-    wrapped in ``sqlalchemy.exc.DBAPIError``'s matching subclass.  Only asyncpg's own
-    errors are translated, as the adapter does; anything else passes unchanged.  The
-    parameters are left out of the error's text: they hold consumer UUIDs."""
-
-    def __init__(self, raw: Any, connection: AsyncConnection) -> None:
-        self._raw = raw
-        self._connection = connection
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-    async def fetch(self, statement: str, *args: Any) -> Any:
-        try:
-            return await self._raw.fetch(statement, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise await self._wrapped(statement, args, error) from error
-
-    async def execute(self, statement: str, *args: Any) -> Any:
-        try:
-            return await self._raw.execute(statement, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise await self._wrapped(statement, args, error) from error
-
-    async def _wrapped(
-        self, statement: str, args: tuple[Any, ...], error: Exception
-    ) -> sa_exc.DBAPIError:
-        dialect = self._connection.dialect
-        dbapi: Any = dialect.loaded_dbapi
-        adapter: Any = (await self._connection.get_raw_connection()).dbapi_connection
-        try:
-            adapter._handle_exception(error)  # raises the DBAPI-level translation
-        except dbapi.Error as translated:
-            wrapped: sa_exc.DBAPIError = sa_exc.DBAPIError.instance(
-                statement, args, translated, dbapi.Error, hide_parameters=True, dialect=dialect
-            )
-            return wrapped
-        raise AssertionError("SQLAlchemy's asyncpg adapter did not raise") from error

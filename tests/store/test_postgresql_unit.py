@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
 
@@ -332,3 +333,89 @@ async def test_hostile_strings_travel_as_data(postgres_url: str) -> None:
         assert (state.project_id, state.user_id) == (hostile, hostile[::-1])
         assert state.updated_at is not None
         assert abs(state.updated_at - datetime.now(UTC)) < timedelta(minutes=5)  # no shift
+
+
+@pytest.mark.parametrize("cancelled", ["in flight", "answered"])
+async def test_a_unit_cancelled_at_any_round_trip_leaves_the_next_commit_durable(
+    postgres_url: str, cancelled: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's task is cancelled (its partition revoked, the daemon stopping) at each
+    of its round trips in turn (BEGIN, the reads, the writes, COMMIT), while the server
+    works on it or just after it answered.  A batch cancelled before its COMMIT commits
+    nothing, and the pool's one connection carries the next transaction as a real one,
+    committed for every other connection to see.  Cancelled with the answer to its
+    BEGIN in hand, an unguarded straight call left asyncpg's started transaction on the
+    pooled connection while SQLAlchemy's adapter never recorded it: every later commit
+    on it only released a savepoint, and nobody else ever saw those rows
+    (``store.asyncpg_driver``)."""
+    async with migrated(postgres_url, database_pool_size=1) as db:
+        units = SqlUnitOfWorkFactory(db.engine)
+        other = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+        batch_task: asyncio.Task[None] | None = None
+        calls, stop_at, reached = 0, 0, asyncio.Event()
+
+        def counted(real: Any) -> Any:
+            async def call(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+                nonlocal calls
+                if asyncio.current_task() is not batch_task:
+                    return await real(self, query, *args, **kwargs)
+                calls += 1
+                here = calls == stop_at
+                if here and cancelled == "in flight":
+                    reached.set()  # the test cancels while the server works on it
+                result = await real(self, query, *args, **kwargs)
+                if here and cancelled == "answered":
+                    reached.set()
+                    await asyncio.Event().wait()  # cancelled here, the answer in hand
+                return result
+
+            return call
+
+        monkeypatch.setattr(asyncpg.Connection, "execute", counted(asyncpg.Connection.execute))
+        monkeypatch.setattr(asyncpg.Connection, "fetch", counted(asyncpg.Connection.fetch))
+        # (round trip cancelled at, rows of the batch seen, next transaction seen)
+        ends: list[tuple[int, int, bool]] = []
+        try:
+            while True:
+                stop_at += 1
+                calls = 0
+                reached.clear()
+                rows = [failed_row(new_id()), failed_row(new_id())]
+                next_row = failed_row(new_id())
+
+                async def batch(rows: list[ProcessedEvent] = rows) -> None:
+                    async with units.begin() as unit:
+                        await unit.load_inbox([row.event_id for row in rows])
+                        await unit.load_consumers([row.consumer_uuid for row in rows])
+                        await unit.write_inbox([(InboxWrite.INSERT, row) for row in rows], NOW)
+
+                batch_task = asyncio.create_task(batch())
+                done, _ = await asyncio.wait(
+                    {batch_task, asyncio.create_task(reached.wait())},
+                    timeout=10,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if batch_task in done:  # fewer round trips than stop_at: all were tried
+                    await batch_task
+                    break
+                batch_task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await batch_task
+                async with units.begin() as unit:
+                    await unit.write_inbox([(InboxWrite.INSERT, next_row)], NOW)
+                seen = {
+                    row[0]
+                    for row in await other.fetch(
+                        "SELECT event_id FROM processed_events WHERE event_id = ANY($1::VARCHAR[])",
+                        [row.event_id for row in (*rows, next_row)],
+                    )
+                }
+                ends.append((stop_at, len(seen - {next_row.event_id}), next_row.event_id in seen))
+        finally:
+            await other.close()
+    commit = calls  # the last round trip of a batch that completed
+    assert commit >= 5, "fewer round trips than BEGIN, two reads, a write and COMMIT"
+    assert len(ends) == commit
+    assert [at for at, _, next_seen in ends if not next_seen] == [], "commits lost"
+    assert [at for at, batch, _ in ends if batch and at < commit] == [], "cancelled, committed"
+    assert {batch for _, batch, _ in ends} <= {0, 2}, "half a batch committed"

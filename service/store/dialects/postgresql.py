@@ -7,7 +7,8 @@ SQLSTATE, which asyncpg puts on every server error, wrapped by SQLAlchemy or not
 The batch writes (``insert_rows``, ``update_rows``: the compare-and-swap) are asyncpg
 statements whose rows travel as one JSON array (``rows_select``: why not one array per
 column), one text per table whatever the batch size, run on the
-driver's connection inside SQLAlchemy's transaction (``driver_connection``); the apply
+driver's connection inside SQLAlchemy's transaction, under its rules
+(``service.store.asyncpg_driver``); the apply
 path's unit of work sends its reads the same way (``service.store.postgresql_unit``).
 
 Durability is the server's: ``durability_risks`` reads ``fsync``, ``synchronous_commit``
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 from service.config import env_name
+from service.store.asyncpg_driver import driver_connection
 from service.store.dialects import CAS_COLUMNS, DurabilityRisk
 
 if TYPE_CHECKING:
@@ -138,30 +140,6 @@ WHERE c.uuid = v.b_uuid AND c.generation = v.b_generation
 RETURNING c.uuid
 """
 )
-
-
-async def driver_connection(connection: AsyncConnection) -> Any:
-    """The asyncpg connection under ``connection`` (from SQLAlchemy's pool), inside the
-    transaction SQLAlchemy holds open on it.
-
-    SQLAlchemy's asyncpg adapter sends BEGIN lazily, before the first statement it runs
-    itself; a statement sent straight to asyncpg before that would run outside any
-    transaction and commit on its own.  So the transaction is begun as SQLAlchemy would
-    on a first statement (its autobegin, then the adapter's own BEGIN with its isolation
-    level and read-only flag), and SQLAlchemy still commits or rolls it back and still
-    invalidates a connection found broken.  ``_transaction`` and ``_start_transaction``
-    are private members of SQLAlchemy's ``AsyncAdapt_asyncpg_connection`` (2.1):
-    should they change, this raises (a bug, loudly); it never runs a statement outside
-    the transaction (``tests/store/test_postgresql_unit.py``: the writes roll back
-    with it).
-    """
-    if not connection.in_transaction():
-        await connection.begin()
-    fairy = await connection.get_raw_connection()
-    adapter: Any = fairy.dbapi_connection
-    if adapter._transaction is None:
-        await adapter._start_transaction()
-    return fairy.driver_connection
 
 
 async def insert_rows(
