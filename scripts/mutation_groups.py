@@ -81,6 +81,7 @@ GROUPS: dict[str, Group] = {
             "service/store/unit_of_work.py",
             "service/store/sqlite_writer.py",
             "service/store/postgresql_unit.py",
+            "service/store/asyncpg_driver.py",
             "service/apply/group.py",
             "service/store/reads.py",
             "service/store/owners.py",
