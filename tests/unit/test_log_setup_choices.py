@@ -22,6 +22,7 @@ from service.config import Settings
 from service.logging import Redactor, build_formatter, configure_logging
 
 ANSI = "\x1b["
+CONSUMER = "0b7e4a52-9c1d-4f3e-8a26-5d9b1c7e3f80"
 
 
 class Terminal(io.StringIO):
@@ -139,3 +140,17 @@ def test_without_a_key_the_process_keeps_one_random_key(monkeypatch: pytest.Monk
     first = log_setup.active_redaction_key(settings(log_redaction_key=None))
     assert isinstance(first, bytes) and len(first) == 32
     assert log_setup.active_redaction_key(settings(log_redaction_key=SecretStr(""))) == first
+
+
+def test_structlog_from_its_own_defaults_is_pointed_at_the_redacting_handler(
+    restore_log_guard: None,
+) -> None:
+    # A fresh process starts with structlog's defaults (print to stdout, unredacted);
+    # configure_logging must route it through the standard library's handler.
+    structlog.reset_defaults()
+    buffer = io.StringIO()
+    configure_logging(settings(log_format="json"), stream=buffer)
+    structlog.get_logger("service.x").warning("routed", consumer=CONSUMER)
+    (line,) = [json.loads(text) for text in buffer.getvalue().splitlines()]
+    assert (line["event"], line["logger"], line["level"]) == ("routed", "service.x", "warning")
+    assert line["consumer"].startswith("uuid:") and CONSUMER not in buffer.getvalue()
