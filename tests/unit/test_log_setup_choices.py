@@ -58,7 +58,7 @@ def emit() -> None:
 
 def test_auto_on_a_terminal_is_the_console_renderer_in_colour(restore_log_guard: None) -> None:
     terminal = Terminal()
-    configure_logging(settings(), stream=terminal)  # type: ignore[arg-type]
+    configure_logging(settings(), stream=terminal)
     emit()
     text = terminal.getvalue()
     assert not text.startswith("{") and "something_happened" in text
@@ -154,3 +154,25 @@ def test_structlog_from_its_own_defaults_is_pointed_at_the_redacting_handler(
     (line,) = [json.loads(text) for text in buffer.getvalue().splitlines()]
     assert (line["event"], line["logger"], line["level"]) == ("routed", "service.x", "warning")
     assert line["consumer"].startswith("uuid:") and CONSUMER not in buffer.getvalue()
+
+
+def test_sqlalchemy_s_own_echo_handler_is_replaced_by_configure_logging(
+    restore_log_guard: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh process has SQLAlchemy's own hook, which gives an echoing engine's logger a
+    # raw stdout handler (SQL parameters unredacted); the test session's guard replaced
+    # it at start, so the test puts a stand-in for the original back first.
+    import sqlalchemy.log
+
+    def sqlalchemy_default(logger: logging.Logger) -> None:
+        logger.addHandler(logging.StreamHandler(io.StringIO()))
+
+    monkeypatch.setattr(sqlalchemy.log, "_add_default_handler", sqlalchemy_default)
+    configure_logging(settings(log_format="json"), stream=io.StringIO())
+    echoing = logging.getLogger("test.sqlalchemy.echo")
+    try:
+        sqlalchemy.log._add_default_handler(echoing)
+        assert echoing.handlers == []
+    finally:
+        for handler in list(echoing.handlers):
+            echoing.removeHandler(handler)
