@@ -1,5 +1,5 @@
 """``python -m benchmarks e2e | latency | timeline | scaling | soak | hot-path |
-outcome-wait | backlog | tracing`` (``--help`` on each)."""
+outcome-wait | backlog | tracing | small-batches`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from benchmarks import (
     latency,
     outcome_wait,
     scaling,
+    small_batches,
     soak,
     timeline,
     tracing_cost,
@@ -39,6 +40,9 @@ def main() -> None:
     tracing_cost.add_arguments(
         commands.add_parser("tracing", help="daemon CPU per event: tracing off, 100%%, 1%%")
     )
+    small_batches.add_arguments(
+        commands.add_parser("small-batches", help="daemon CPU per small batch, A/B by tree")
+    )
     args = parser.parse_args()
     module = {
         "e2e": e2e,
@@ -50,6 +54,7 @@ def main() -> None:
         "outcome-wait": outcome_wait,
         "backlog": backlog,
         "tracing": tracing_cost,
+        "small-batches": small_batches,
     }[args.command]
     try:
         asyncio.run(module.run(args))

@@ -82,7 +82,10 @@ class CommitCoalescer:
             outcome: bool | BaseException
             self.requests += 1
             try:
-                await asyncio.wait_for(self._commit_offsets(offsets), self._timeout)
+                # (``asyncio.timeout``, not ``wait_for``: the same bound without a task
+                # and its hand-offs for every request, issue 22)
+                async with asyncio.timeout(self._timeout):
+                    await self._commit_offsets(offsets)
                 outcome = True
             except HARMLESS_COMMIT_ERRORS as exc:
                 log.info("commit refused by a rebalance; redelivery is absorbed", error=str(exc))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from aiokafka import TopicPartition
+from prometheus_client import Counter
 
 from service.daemon.batch import dead_letter_fields
 from service.daemon.commits import CommitCoalescer
@@ -61,6 +62,10 @@ class DaemonWorkerHost:
         self.high_water = config.batch_max_events * 4
         #: The committed batches' INFO lines, a partition's batches of a second in one.
         self.committed_log = CommittedLog(functools.partial(log.info, "batch committed"))
+        #: ``consumergen_events_total``'s child per "kind:reason" key: a label lookup
+        #: (validation, a lock, a tuple) per batch and kind is a fixed cost of every
+        #: small batch.  Those children are never removed, so they can be kept.
+        self._event_counters: dict[str, Counter] = {}
 
     async def commit(self, tp: TopicPartition, offset: int) -> bool:
         return await self._commits.commit(tp, offset)
@@ -126,8 +131,11 @@ class DaemonWorkerHost:
                 key = f"invalid:{letter.reason}"
                 counts[key] = counts.get(key, 0) + 1
         for key, n in counts.items():
-            kind, _, label = key.partition(":")
-            metrics.events.labels(kind, label).inc(n)
+            counter = self._event_counters.get(key)
+            if counter is None:
+                kind, _, label = key.partition(":")
+                counter = self._event_counters[key] = metrics.events.labels(kind, label)
+            counter.inc(n)
         metrics.batch_size.observe(len(batch))
         metrics.batch_seconds.observe(seconds)
         self.committed_log.committed(

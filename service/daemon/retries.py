@@ -84,6 +84,7 @@ async def retry_until_stopped(
     wait_max: float,
     interrupt_attempt: bool,
     retry_on: Callable[[Exception], bool] = is_infrastructure,
+    first_failure: Exception | None = None,
 ) -> tuple[bool, T | None]:
     """Run ``operation`` until it succeeds, retrying what ``retry_on`` accepts
     (infrastructure failures: ``failures.is_infrastructure``) with stamina's capped,
@@ -93,6 +94,10 @@ async def retry_until_stopped(
     attempt too when ``interrupt_attempt`` (a fetch may be cancelled; a client start is
     let finish, so that it never leaves a half-started client behind, and is then not
     retried).
+
+    ``first_failure``: the caller made the first attempt itself and it failed so (the
+    fetch loop's polls, ``service.daemon.fetch``): it is stamina's first attempt, counted,
+    hooked and backed off from as if made here.
     """
     in_attempt = False
 
@@ -111,12 +116,14 @@ async def retry_until_stopped(
         # The first attempt outside stamina (the fetch loop polls many times a second,
         # nearly always successfully); a failure to retry is stamina's first attempt,
         # so the hooks, counters and backoff are what they were (``step_retry`` too).
-        try:
-            return await attempt_once()
-        except Exception as exc:
-            if not retried(exc):
-                raise
-            first: Exception | None = exc
+        first = first_failure
+        if first is None:
+            try:
+                return await attempt_once()
+            except Exception as exc:
+                if not retried(exc):
+                    raise
+                first = exc
         async for attempt in stamina.retry_context(
             on=retried,
             attempts=None,

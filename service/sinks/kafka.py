@@ -183,23 +183,33 @@ class KafkaOutcomeSink:
             return
 
         async def write() -> None:
+            # Every topic's batches are handed to the producer first, then all their
+            # acknowledgements awaited at once: a task per topic (gathered coroutines)
+            # was two tasks and their hand-offs for a lone event's outcome and reply.
             producer = await self.handle.ready()
-            sends = []
-            if self.topic is not None:
-                sends.append(_send_batched(producer, self.topic, messages))
-            by_topic: dict[str, list[OutcomeMessage]] = {}
-            for message in messages:
-                if message.reply is not None:
-                    by_topic.setdefault(message.reply.topic, []).append(message)
-            for reply_topic, replies in by_topic.items():
-                sends.append(_send_replies(producer, reply_topic, replies))
-            await asyncio.gather(*sends)
+            futures: list[asyncio.Future[object]] = []
+            try:
+                if self.topic is not None:
+                    await _send_batched(producer, self.topic, messages, futures)
+                by_topic: dict[str, list[OutcomeMessage]] = {}
+                for message in messages:
+                    if message.reply is not None:
+                        by_topic.setdefault(message.reply.topic, []).append(message)
+                for reply_topic, replies in by_topic.items():
+                    await _send_replies(producer, reply_topic, replies, futures)
+                await asyncio.gather(*futures)
+            except BaseException:
+                _seen_when_done(futures)
+                raise
 
         await _classified("outcome records", self.handle, write)
 
 
 async def _send_replies(
-    producer: AIOKafkaProducer, topic: str, messages: Sequence[OutcomeMessage]
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Sequence[OutcomeMessage],
+    futures: list[asyncio.Future[object]],
 ) -> None:
     """Each reply to the partition its request named, with its correlation id; a reply
     to a partition the topic does not have is dropped (logged): the request was wrong,
@@ -219,11 +229,14 @@ async def _send_replies(
             dropped=len(messages) - len(records),
             partitions=partitions,
         )
-    await _send_records(producer, topic, records, "a reply record")
+    await _send_records(producer, topic, records, "a reply record", futures)
 
 
 async def _send_batched(
-    producer: AIOKafkaProducer, topic: str, messages: Sequence[OutcomeMessage]
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Sequence[OutcomeMessage],
+    futures: list[asyncio.Future[object]],
 ) -> None:
     """Each outcome record to the partition the default partitioner would choose,
     exactly as ``send()`` would put it (``service.kafka.partitioning``: the same
@@ -238,7 +251,7 @@ async def _send_batched(
         )
         for m in messages
     )
-    await _send_records(producer, topic, records, "an outcome record")
+    await _send_records(producer, topic, records, "an outcome record", futures)
 
 
 #: A record ready for a batch: partition, key, value, headers.
@@ -246,32 +259,31 @@ _Record = tuple[int, bytes | None, bytes | None, Headers | None]
 
 
 async def _send_records(
-    producer: AIOKafkaProducer, topic: str, records: Iterable[_Record], what: str
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Iterable[_Record],
+    what: str,
+    futures: list[asyncio.Future[object]],
 ) -> None:
-    """Send with one batch builder per partition and wait for every ack.
+    """Hand the records over with one batch builder per partition; each batch's
+    acknowledgement goes into ``futures`` (the caller awaits them all).
 
     ``send()`` per record (a coroutine, a future, an accumulator lookup each) cost about
     as much CPU as building the record itself; the outcomes are one record per event,
     so this is on the daemon's hot path."""
-    futures: list[asyncio.Future[object]] = []
-    try:
-        builders: dict[int, BatchBuilder] = {}
-        for partition, key, value, headers in records:
-            builder = builders.get(partition)
-            if builder is None:
-                builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                # full: send it, and start the partition's next batch with this record
-                futures.append(await producer.send_batch(builder, topic, partition=partition))
-                builder = builders[partition] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise ValueError(f"{what} larger than a whole batch")
-        for partition, builder in builders.items():
+    builders: dict[int, BatchBuilder] = {}
+    for partition, key, value, headers in records:
+        builder = builders.get(partition)
+        if builder is None:
+            builder = builders[partition] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            # full: send it, and start the partition's next batch with this record
             futures.append(await producer.send_batch(builder, topic, partition=partition))
-        await asyncio.gather(*futures)
-    except BaseException:
-        _seen_when_done(futures)
-        raise
+            builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"{what} larger than a whole batch")
+    for partition, builder in builders.items():
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
 
 
 def _seen_when_done(futures: list[asyncio.Future[object]]) -> None:
