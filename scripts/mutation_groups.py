@@ -12,6 +12,7 @@ and ``pyproject.toml`` is never edited to switch groups.
     python scripts/mutation_groups.py --prepare GROUP [--fresh] [--slow]
                                                         (re)write .mutation/GROUP, print it
     python scripts/mutation_groups.py --modules GROUP   the group's modules, one a line
+    python scripts/mutation_groups.py --expand NAME...  the groups NAME stands for
 """
 
 from __future__ import annotations
@@ -97,11 +98,141 @@ GROUPS: dict[str, Group] = {
         "SQLite's writer and group commit, PostgreSQL's unit of work",
         ("tests/daemon/test_database_outage.py", "tests/replay"),
     ),
-    "daemon": Group(
-        ("service/daemon/*",),
-        ("tests/unit", "tests/daemon"),
-        "the daemon: worker, fetch, commits, pauses, outages, probes, HTTP, metrics",
-        ("tests/integration",),
+    # The daemon in seven parts (``scripts/mutation daemon`` runs them all, one after the
+    # other): as one group its 3,627 mutants against every daemon test needed hours on two
+    # cores.  Each part names only the fast tests that drive its modules, so mutmut's stats
+    # step and each mutant's run stay short; the daemon-over-fakes tests
+    # (service/testing/fake_edges.py) reach nearly every module, so they are named only
+    # where they are what holds the part's rules.
+    "daemon-worker": Group(
+        ("service/daemon/worker.py", "service/daemon/batch.py", "service/daemon/stages.py"),
+        (
+            "tests/unit/test_partition_worker.py",
+            "tests/unit/test_daemon_invariants.py",
+            "tests/unit/test_dead_letter_line.py",
+            "tests/unit/test_stages.py",
+            "tests/unit/test_daemon_fetch_failures.py",
+            "tests/unit/test_daemon_rebalance_rules.py",
+            "tests/tracing/test_worker_trace.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_worker_records.py",
+        ),
+        "the partition worker: admission, apply, sinks, commit order, its stop; the batch's "
+        "outcomes and dead letters; the stage timings",
+        ("tests/daemon",),
+    ),
+    "daemon-flow": Group(
+        (
+            "service/daemon/fetch.py",
+            "service/daemon/host.py",
+            "service/daemon/commits.py",
+            "service/daemon/committed_log.py",
+            "service/daemon/retries.py",
+            "service/daemon/step_retry.py",
+            "service/daemon/ports.py",
+        ),
+        (
+            "tests/unit/test_daemon_invariants.py",
+            "tests/unit/test_daemon_fetch_failures.py",
+            "tests/unit/test_commit_coalescing.py",
+            "tests/unit/test_committed_log.py",
+            "tests/unit/test_daemon_retries.py",
+            "tests/unit/test_step_retry.py",
+            "tests/unit/test_partition_worker.py",
+            "tests/unit/test_daemon_rebalance_rules.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_fetch_still_current.py",
+            "tests/unit/test_daemon_host.py",
+        ),
+        "between the workers and Kafka: the fetch loop, the host's reports, offset commits, "
+        "infrastructure retries",
+        ("tests/daemon",),
+    ),
+    "daemon-app": Group(
+        ("service/daemon/app.py",),
+        (
+            "tests/unit/test_daemon_kafka_edges.py",
+            "tests/unit/test_daemon_invariants.py",
+            "tests/unit/test_daemon_rebalance_rules.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_daemon_fetch_failures.py",
+            "tests/unit/test_daemon_probes.py",
+            "tests/unit/test_stalls.py",
+            "tests/unit/test_daemon_postgres_edges.py",
+        ),
+        "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
+        ("tests/daemon", "tests/integration"),
+    ),
+    "daemon-lifecycle": Group(
+        (
+            "service/daemon/signals.py",
+            "service/daemon/membership.py",
+            "service/daemon/pauses.py",
+            "service/daemon/outage.py",
+            "service/daemon/stalls.py",
+            "service/daemon/liveness.py",
+        ),
+        (
+            "tests/unit/test_run_daemon_signals.py",
+            "tests/unit/test_daemon_rebalance_rules.py",
+            "tests/unit/test_daemon_invariants.py",
+            "tests/unit/test_stalls.py",
+            "tests/unit/test_readiness_and_liveness.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_run_daemon_exits.py",
+        ),
+        "the daemon's life: signals, rebalances, pauses, broker outages, stalls, the heartbeat",
+        ("tests/daemon", "tests/integration"),
+    ),
+    "daemon-startup": Group(
+        ("service/daemon/startup.py", "service/daemon/probes.py", "service/daemon/listeners.py"),
+        (
+            "tests/unit/test_daemon_probes.py",
+            "tests/unit/test_listener_rules.py",
+            "tests/daemon/test_listeners.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_daemon_rebalance_rules.py",
+            "tests/unit/test_stalls.py",
+        ),
+        "the clients' start and the schema wait, the broker and database probes, the lag, "
+        "the listeners' checks",
+        ("tests/daemon", "tests/integration"),
+    ),
+    "daemon-http": Group(
+        (
+            "service/daemon/http_server.py",
+            "service/daemon/health.py",
+            "service/daemon/read_api.py",
+            "service/daemon/read_tokens.py",
+            "service/daemon/log_limits.py",
+            "service/daemon/timeline.py",
+        ),
+        (
+            "tests/unit/test_readiness_and_liveness.py",
+            "tests/unit/test_read_api_answers.py",
+            "tests/unit/test_read_tokens.py",
+            "tests/unit/test_log_limits.py",
+            "tests/unit/test_log_setup.py",
+            "tests/unit/test_timeline.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_read_api_state.py",
+        ),
+        "the HTTP edge: the server, /readyz and /livez, the read API and its tokens; the "
+        "log limits, the timeline",
+        ("tests/daemon", "tests/producer/test_read_client.py"),
+    ),
+    "daemon-metrics": Group(
+        ("service/daemon/metrics.py",),
+        (
+            "tests/unit/test_metrics.py",
+            "tests/unit/test_daemon_retries.py",
+            "tests/unit/test_stages.py",
+            "tests/unit/test_daemon_reports.py",
+            "tests/unit/test_readiness_and_liveness.py",
+            "tests/unit/test_metrics_catalogue.py",
+        ),
+        "the Prometheus series: names, help, labels, what each counts",
+        ("tests/daemon",),
     ),
     "sinks": Group(
         ("service/sinks/*",),
@@ -146,6 +277,17 @@ GROUPS: dict[str, Group] = {
         ("tests/tracing",),
     ),
 }
+
+#: Names that stand for several groups, run (and scored) one after the other.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "daemon": tuple(name for name in GROUPS if name.startswith("daemon-")),
+}
+
+
+def expand(names: list[str]) -> list[str]:
+    """``names`` with each alias replaced by its groups (``daemon``: its seven parts)."""
+    return [group for name in names for group in ALIASES.get(name, (name,))]
+
 
 #: Modules no group mutates, and why (docs/mutation.md says the same).
 LEFT_OUT: dict[str, str] = {
@@ -260,16 +402,21 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--prepare"] and len(argv) >= 2:
         print(prepare(argv[1], fresh="--fresh" in argv, slow="--slow" in argv))
         return 0
+    if argv[:1] == ["--expand"]:
+        print("\n".join(expand(argv[1:])))
+        return 0
     if argv[:1] == ["--modules"] and len(argv) == 2:
         print("\n".join(GROUPS[argv[1]].modules))
         return 0
     if argv[:1] == ["--list"]:
         for name, group in GROUPS.items():
-            print(f"{name:9} {group.about}")
-            print(f"{'':9} mutates {' '.join(group.modules)}")
-            print(f"{'':9} tests   {' '.join(group.tests)}")
+            print(f"{name:16} {group.about}")
+            print(f"{'':16} mutates {' '.join(group.modules)}")
+            print(f"{'':16} tests   {' '.join(group.tests)}")
             if group.slow_tests:
-                print(f"{'':9} --slow  + {' '.join(group.slow_tests)}")
+                print(f"{'':16} --slow  + {' '.join(group.slow_tests)}")
+        for alias, names in ALIASES.items():
+            print(f"{alias:16} = {' '.join(names)}")
         print("left out: " + ", ".join(LEFT_OUT))
         return 0
     print(__doc__, file=sys.stderr)

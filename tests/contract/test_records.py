@@ -374,3 +374,30 @@ def test_outcome_records_carry_the_state_after(deleted: bool, consumer_type: str
     # An old reader's view: the record without state_after is still a valid record.
     del document["state_after"]
     assert schema_accepts(OUTCOME, document)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("m" * 500, "m" * 500),  # the longest kept whole
+        ("m" * 501, "m" * 499 + "…"),  # cut to 500 characters, the cut said
+        ("a\tb\n\n" + "c" * 600, ("a b " + "c" * 600)[:499] + "…"),  # on one line first
+    ],
+)
+def test_a_dead_letter_s_message_is_at_most_500_characters_on_one_line(
+    message: str, expected: str
+) -> None:
+    headers = dead_letter_headers(
+        [],
+        error_class="failed",
+        reason="cas_retries_exhausted",
+        message=message,
+        origin_topic="t",
+        origin_partition=0,
+        origin_offset=0,
+        attempts=3,
+        first_failed_at=WHEN,
+        failed_at=WHEN,
+    )
+    assert as_object(headers)["error.message"] == expected
+    assert len(expected) <= 500

@@ -75,3 +75,117 @@ async def test_a_bug_propagates_at_once() -> None:
         await retry_until_stopped(
             bug, stop=asyncio.Event(), wait_initial=0.01, wait_max=0.02, interrupt_attempt=True
         )
+
+
+async def test_a_stop_cancels_an_attempt_that_may_be_cut_short() -> None:
+    """A fetch in flight at a stop (``interrupt_attempt``) is cancelled, not waited for."""
+    stop = asyncio.Event()
+    cancelled = []
+
+    async def endless_fetch() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    result = await asyncio.wait_for(
+        retry_until_stopped(
+            endless_fetch, stop=stop, wait_initial=0.01, wait_max=0.02, interrupt_attempt=True
+        ),
+        5,
+    )
+    assert result == (False, None)
+    assert cancelled == [True]
+
+
+async def test_an_attempt_that_succeeds_after_the_stop_is_kept() -> None:
+    """A client start in flight at a stop is let finish; when it worked, its result is
+    the answer (the caller then owns the started client and closes it)."""
+    stop = asyncio.Event()
+
+    async def start() -> str:
+        stop.set()
+        await asyncio.sleep(0.05)
+        return "started"
+
+    result = await retry_until_stopped(
+        start, stop=stop, wait_initial=0.01, wait_max=0.02, interrupt_attempt=False
+    )
+    assert result == (True, "started")
+
+
+async def test_a_caller_cancelled_at_a_stop_is_cancelled_not_answered() -> None:
+    """Cancelling the task that waits (a shutdown) cancels it even when a stop came
+    first and it was waiting for the attempt in flight: only a cancellation made for the
+    stop is turned into ``(False, None)``; the caller's own is never swallowed."""
+    stop = asyncio.Event()
+    in_flight = asyncio.Event()
+
+    async def slow_start() -> None:
+        stop.set()
+        in_flight.set()
+        await asyncio.sleep(30)
+
+    waiting = asyncio.create_task(
+        retry_until_stopped(
+            slow_start, stop=stop, wait_initial=0.01, wait_max=0.02, interrupt_attempt=False
+        )
+    )
+    await in_flight.wait()
+    await asyncio.sleep(0.05)  # the stop seen; the attempt let finish: it is waited for
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 5)
+
+
+async def test_only_what_retry_on_accepts_is_retried() -> None:
+    calls = {"n": 0}
+
+    async def refused_twice() -> str:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ValueError("not yet")
+        return "done"
+
+    def values(error: Exception) -> bool:
+        return isinstance(error, ValueError)
+
+    result = await retry_until_stopped(
+        refused_twice,
+        stop=asyncio.Event(),
+        wait_initial=0.01,
+        wait_max=0.02,
+        interrupt_attempt=True,
+        retry_on=values,
+    )
+    assert result == (True, "done")
+    assert calls["n"] == 3
+
+    async def down() -> None:
+        raise KafkaConnectionError("down")
+
+    with pytest.raises(KafkaConnectionError):
+        await retry_until_stopped(
+            down,
+            stop=asyncio.Event(),
+            wait_initial=0.01,
+            wait_max=0.02,
+            interrupt_attempt=True,
+            retry_on=values,
+        )
+
+
+async def test_a_failure_after_the_stop_is_not_retried_a_bug_after_it_still_propagates() -> None:
+    stop = asyncio.Event()
+
+    async def bug_at_the_stop() -> None:
+        stop.set()
+        await asyncio.sleep(0.01)
+        raise RuntimeError("ours")
+
+    with pytest.raises(RuntimeError):
+        await retry_until_stopped(
+            bug_at_the_stop, stop=stop, wait_initial=0.01, wait_max=0.02, interrupt_attempt=False
+        )

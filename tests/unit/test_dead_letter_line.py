@@ -43,3 +43,34 @@ def test_what_is_not_a_uuid_stays_out() -> None:
     assert "alice" not in repr(fields)
     for value in (None, b"\xff\xfe", b"[1, 2]", b"{", b"x" * 100_000):
         assert dead_letter_fields(_letter(None, value))["event_id"] is None
+
+
+def test_a_failed_events_letter_and_ids_padded_or_at_the_size_bound() -> None:
+    """A valid event that lost every compare-and-swap is ``failed``, not ``invalid``; a key
+    with blanks around its UUID still names the consumer; the event id is read from a
+    value of up to 64 KiB and no further; a path that is not UTF-8 is still shown."""
+    failed = DeadLetter(
+        key=f" {CONSUMER.upper()}\n".encode(),
+        value=json.dumps({"event_id": EVENT}).encode(),
+        headers=[("error.path", b"$.\xff")],
+        origin=EventSource("events", 0, 7),
+        reason="cas_retries_exhausted",
+        invalid=False,
+    )
+    fields = dead_letter_fields(failed)
+    assert (fields["error_class"], fields["reason"]) == ("failed", "cas_retries_exhausted")
+    assert (fields["consumer"], fields["event_id"], fields["origin"]) == (
+        CONSUMER,
+        EVENT,
+        "events/0@7",
+    )
+    assert fields["path"] == "$.\ufffd"
+
+    def padded(size: int) -> bytes:
+        document = json.dumps({"event_id": EVENT, "pad": ""}).encode()
+        value = document.replace(b'""', b'"' + b"x" * (size - len(document)) + b'"')
+        assert len(value) == size and json.loads(value)["event_id"] == EVENT
+        return value
+
+    assert dead_letter_fields(_letter(None, padded(65_536)))["event_id"] == EVENT
+    assert dead_letter_fields(_letter(None, padded(65_537)))["event_id"] is None

@@ -43,3 +43,16 @@ def test_run_without_uvloop_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPat
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "CONSUMERGEN_EVENT_LOOP" in lines[0], result.output
+
+
+def test_uvloop_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator reads this one line and nothing else: it names the setting, what it
+    # needs, and the command that installs it.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    main = _loop_class()
+    with pytest.raises(ConfigError) as caught:
+        run(load_settings(event_loop="uvloop"), main)
+    assert str(caught.value) == (
+        "CONSUMERGEN_EVENT_LOOP=uvloop needs uvloop: install the 'fast' extra "
+        "(pip install 'consumer-generation-service[fast]')"
+    )

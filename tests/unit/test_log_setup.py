@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -256,3 +257,64 @@ def test_uncaught_exception_hook_logs_redacted(sink: io.StringIO) -> None:
     (line,) = lines(sink)
     assert line["event"] == "uncaught_exception" and line["level"] == "critical"
     assert f"LookupError: {expected(U)}" in line["exception"]
+
+
+def test_an_interrupt_is_shown_as_python_shows_it_not_logged(
+    sink: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C is the person's own act, not a failure to record: Python's usual traceback
+    # on stderr, no critical log line.
+    def interrupted() -> None:
+        raise KeyboardInterrupt("stopped by hand")
+
+    try:
+        interrupted()
+    except KeyboardInterrupt as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert lines(sink) == []
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n"), err
+    assert "in interrupted\n" in err
+    assert err.endswith("KeyboardInterrupt: stopped by hand\n"), err
+
+
+def _failure_in_a_thread(error: BaseException | None) -> threading.ExceptHookArgs:
+    """What the threading module hands its hook when ``error`` escapes a thread."""
+    caught: list[threading.ExceptHookArgs] = []
+
+    def work() -> None:
+        try:
+            if error is not None:
+                raise error
+        except BaseException:
+            caught.append(threading.ExceptHookArgs((*sys.exc_info(), threading.current_thread())))
+        else:
+            caught.append(threading.ExceptHookArgs((None, None, None, threading.current_thread())))
+
+    thread = threading.Thread(target=work, name="reply-listener")
+    thread.start()
+    thread.join()
+    return caught[0]
+
+
+def test_an_exception_escaping_a_thread_is_logged_redacted_with_the_thread_s_name(
+    sink: io.StringIO,
+) -> None:
+    # configure_logging installs the hook (pytest swaps its own in around each test
+    # phase, so the test calls the one installed at set-up).
+    assert threading.excepthook is log_setup._log_uncaught_in_thread
+    log_setup._log_uncaught_in_thread(_failure_in_a_thread(LookupError(str(U))))
+    (line,) = lines(sink)
+    assert (line["event"], line["level"], line["thread"]) == (
+        "uncaught_exception_in_thread",
+        "critical",
+        "reply-listener",
+    )
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert line["exception"].endswith(f"LookupError: {expected(U)}")
+    assert "in work" in line["exception"]
+
+
+def test_a_thread_hook_call_without_an_exception_logs_nothing(sink: io.StringIO) -> None:
+    log_setup._log_uncaught_in_thread(_failure_in_a_thread(None))
+    assert lines(sink) == []

@@ -39,8 +39,22 @@ def test_every_module_of_the_service_is_in_one_group_or_left_out_with_a_reason()
             ("/__init__.py", "service/__main__.py")
         ), module
     assert all(reason.strip() for reason in groups.LEFT_OUT.values())
-    assert owners["service/daemon/worker.py"] == "daemon"
+    assert owners["service/daemon/worker.py"] == "daemon-worker"
     assert owners["service/domain/rules.py"] == "core"
+
+
+def test_daemon_stands_for_exactly_the_groups_that_own_the_daemons_modules() -> None:
+    """``scripts/mutation daemon`` (and ``--score daemon``) runs every part of the daemon,
+    and nothing else: the parts together are what the one daemon group was."""
+    owners = {
+        groups.owner(module)
+        for module in groups.every_module()
+        if module.startswith("service/daemon/") and not module.endswith("/__init__.py")
+    }
+    assert sorted(groups.expand(["daemon"])) == sorted(owners)
+    assert groups.expand(["core", "daemon", "sinks"])[0] == "core"
+    assert groups.expand(["core", "daemon", "sinks"])[-1] == "sinks"
+    assert "daemon" not in groups.GROUPS  # an alias, never a group of its own
 
 
 @pytest.mark.parametrize("name", sorted(groups.GROUPS))

@@ -190,3 +190,24 @@ async def test_the_daemon_replies_inside_the_reply_topic_and_drops_the_rest() ->
     ]
     await sink.write_outcomes(messages)
     assert handle.producer.sent == {0: [b"to 0"], COUNT - 1: [f"to {COUNT - 1}".encode()]}
+
+
+def test_a_correlation_id_of_the_longest_length_copied_back_is_served() -> None:
+    # 255 bytes is the longest the daemon copies back (MAX_CORRELATION_BYTES); 256 is
+    # refused (above): the bound is inclusive.
+    longest = b"c" * 255
+    assert reply_route(request_headers(TOPIC, 1, longest), TOPIC) == ReplyRoute(TOPIC, 1, longest)
+
+
+def test_an_empty_reply_header_counts_as_absent_and_a_later_one_is_read() -> None:
+    # A header with an empty value is not a request for anything: the first non-empty
+    # value of each reply header is the one the reply goes by.
+    headers = [
+        (CORRELATION_HEADER, b""),
+        (REPLY_TOPIC_HEADER, b""),
+        *request_headers(TOPIC, 2, b"id-1"),
+        (CORRELATION_HEADER, b"id-2"),
+    ]
+    assert reply_route(headers, TOPIC) == ReplyRoute(TOPIC, 2, b"id-1")
+    # Empty reply headers alone ask for nothing.
+    assert reply_route([(CORRELATION_HEADER, b""), *request_headers(TOPIC, 0, b"")], TOPIC) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Generator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -96,3 +97,62 @@ def test_a_sync_stage_and_every_label_is_preset() -> None:
             registry.get_sample_value("consumergen_stage_cpu_seconds_total", {"stage": stage})
             is not None
         )
+
+
+async def test_the_seconds_charged_are_the_stages_own_and_no_more() -> None:
+    """Upper bounds too: an awaited stage's wall and CPU seconds are what it took (a
+    dashboard sums them per stage), whether it returns or fails after working."""
+    clock, registry = _clock()
+
+    async def working_then_failing() -> None:
+        _burn(0.05)
+        await asyncio.sleep(0)
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await clock.timed("send", working_then_failing())
+    assert 0.05 <= _value(registry, "t_stage_cpu_seconds_total", "send") < 5
+    assert 0.05 <= _value(registry, "t_stage_seconds_total", "send") < 5
+
+    async def sleeping() -> str:
+        await asyncio.sleep(0.1)
+        return "slept"
+
+    assert await clock.timed("commit", sleeping()) == "slept"
+    assert 0.1 <= _value(registry, "t_stage_seconds_total", "commit") < 5
+    assert _value(registry, "t_stage_cpu_seconds_total", "commit") < 0.1
+
+
+def test_a_sync_stage_is_charged_its_wall_and_its_cpu_and_no_more() -> None:
+    clock, registry = _clock()
+    with clock.sync("admit"):
+        _burn(0.05)
+        time.sleep(0.1)  # wall, not CPU
+    assert 0.05 <= _value(registry, "t_stage_cpu_seconds_total", "admit") < 0.1
+    assert 0.15 <= _value(registry, "t_stage_seconds_total", "admit") < 5
+
+
+def test_a_timed_stage_closed_before_it_ends_closes_what_it_awaits() -> None:
+    """A stage abandoned without being resumed (its task garbage-collected, a
+    generator closed) closes the coroutine it times, so that coroutine's ``finally``
+    runs (a transaction rolled back, a connection released) instead of a "never
+    awaited" warning later."""
+    clock, _ = _clock()
+    cleaned: list[str] = []
+
+    class Pending:
+        def __await__(self) -> Generator[None, None, None]:
+            yield None
+
+    async def stage() -> None:
+        try:
+            await Pending()
+        finally:
+            cleaned.append("finally ran")
+
+    timed = stage()  # held here too: its close must not wait for the garbage collector
+    steps = clock.timed("apply", timed).__await__()
+    next(steps)  # the stage now waits on its first suspension
+    steps.close()
+    assert cleaned == ["finally ran"]
+    assert timed.cr_frame is None  # closed, not merely unreferenced
