@@ -242,9 +242,9 @@ def test_a_line_whose_bytes_break_the_decoder_is_that_line_s_fault(
     assert cluster.written("events") == []
 
 
-def test_a_broker_lost_during_a_file_stops_the_file(cluster: FakeCluster) -> None:
-    """Once a send finds the broker gone the producer is unusable: the line is named as
-    a failed send and nothing after it is tried."""
+def test_sends_the_broker_fails_after_the_first_are_each_named(cluster: FakeCluster) -> None:
+    """The broker takes the first line's event and fails the rest at delivery: each of
+    those lines is named as a failed send, in order, and the exit code is 1."""
     calls = 0
 
     def down_on_second(_: Written) -> BaseException | None:

@@ -251,11 +251,11 @@ def test_a_send_the_broker_refuses_is_named_and_the_file_goes_on(daemon: Daemon)
     assert result.stderr == f"error: line 1: {refused['message']}\n"
 
 
-def test_outcomes_are_awaited_a_window_at_a_time_in_order(
+def test_more_events_than_the_window_are_all_reported_in_order(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With more events than the window, the first outcomes are reported before the
-    last events are sent; every outcome is still reported, in input order."""
+    """With more events than the outcomes awaited at once, every outcome is still
+    reported, in input order."""
     monkeypatch.setattr(waiting, "WINDOW", 2)
     stdin = "".join(line(producer=f"n{i}") + "\n" for i in range(5))
     result = run("--file", "-", input=stdin)
