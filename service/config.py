@@ -260,6 +260,13 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("read_api_port", mode="before")
+    @classmethod
+    def _empty_disables(cls, value: object) -> object:
+        # The setting's own description: an empty value turns the read API off, the
+        # way a Kubernetes or compose file spells "none" (pydantic reads it as an int).
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("stall_seconds")
     @classmethod
     def _stall_before_poll_limit(cls, value: float | None, info: ValidationInfo) -> float | None:

@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 
 from service.config import ConfigError, Settings, env_name, load_settings
+from service.producer.reads import read_api_url
 
 
 @pytest.fixture
@@ -190,3 +191,20 @@ def test_the_reply_topic_defaults_to_the_events_topic_dot_replies(clean_env: Non
     settings = load_settings()
     assert settings.reply_topic == "mine"
     assert settings.reply_topics_allowed == {"mine", "team-a.replies", "team-b.replies"}
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_read_api_port_disables_the_read_api(clean_env: None, empty: str) -> None:
+    """The setting says "empty disables it": an operator's ``READ_API_PORT=`` is no
+    read API, not a start-up refusal ("unable to parse string as an integer"), and a
+    producer is told so rather than pointed at one.  0 still picks a free port, and a
+    value that is no number is still refused, naming the setting."""
+    os.environ["CONSUMERGEN_READ_API_PORT"] = empty
+    settings = load_settings()
+    assert settings.read_api_port is None
+    with pytest.raises(ConfigError, match="CONSUMERGEN_READ_API_URL: not set, and the read API"):
+        read_api_url(settings)
+    os.environ["CONSUMERGEN_READ_API_PORT"] = "0"
+    assert load_settings().read_api_port == 0
+    with pytest.raises(ConfigError, match="CONSUMERGEN_READ_API_PORT"):
+        load_settings(read_api_port="eight")
