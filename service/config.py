@@ -2,6 +2,11 @@
 
 One settings object is shared by every entry point so that a typo in a variable fails
 at start-up, naming the variable, instead of surfacing later as odd behaviour.
+
+Why this module is long: it is the one catalogue of settings, each with its bound and
+its description, and of the checks that tie settings together (the stall bound below
+the poll-interval limit, the reply topic named after the events topic); split by
+subsystem, a variable and the checks across settings would have no one place.
 """
 
 from __future__ import annotations
