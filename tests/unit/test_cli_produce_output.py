@@ -1,0 +1,143 @@
+"""What `consumergen produce` prints besides the happy line: the exit code of a file
+whose every line was sent, JSON output that keeps non-ASCII text as it is, a failed send
+of a file's line in ``--json`` (its line, event id and the broker's message), the
+producer name given to the events of a ``--wait`` file, and the progress bar on a
+terminal for a large file (over ``service.testing.fake_aiokafka``, no broker)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
+from click.testing import CliRunner, Result
+
+import service.cli.produce as produce
+import service.producer.client as client
+import service.producer.replies as replies
+from service.cli import cli
+from service.testing.fake_aiokafka import FakeCluster, consumer_class, producer_class
+
+CONSUMER = "00000000-0000-4000-8000-0000000000c1"
+ENV = {
+    "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    "CONSUMERGEN_TOPIC": "events",
+    "CONSUMERGEN_REQUEST_TIMEOUT_SECONDS": "1",
+}
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
+    found = FakeCluster({"events": 3})
+    monkeypatch.setattr(client, "AIOKafkaProducer", producer_class(found))
+    yield found
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, ["produce", *args], env=ENV, input=input)
+
+
+def line(**doc: Any) -> str:
+    return json.dumps({"type": "consumer.upsert", "consumer_uuid": CONSUMER, **doc})
+
+
+def test_a_file_whose_every_line_was_sent_exits_0(cluster: FakeCluster) -> None:
+    result = run("--file", "-", input=line() + "\n" + line() + "\n")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_json_output_keeps_non_ascii_text_as_it_is(cluster: FakeCluster) -> None:
+    result = run("--file", "-", "--json", input=line(prøject="p") + "\n")
+    assert result.exit_code == 1
+    assert '"path": "$.prøject"' in result.stdout
+    assert json.loads(result.stdout)["path"] == "$.prøject"
+
+
+def test_a_failed_send_of_a_file_line_in_json_names_its_line_event_and_error(
+    cluster: FakeCluster,
+) -> None:
+    cluster.refuse = lambda _: MessageSizeTooLargeError("too big for the broker")
+    result = run("--file", "-", "--json", input=line(event_id=CONSUMER[:-2] + "e1") + "\n")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    message = document.pop("message")
+    assert "MessageSizeTooLargeError" in message
+    assert document == {
+        "line": 1,
+        "ok": False,
+        "event_id": CONSUMER[:-2] + "e1",
+        "reason": "send_failed",
+    }
+    assert result.stderr == f"error: line 1: send failed: {message}\n"
+
+
+def test_the_events_of_a_wait_file_carry_the_producer_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No daemon answers here: what matters is what was sent (the outcome is a time-out)."""
+    cluster = FakeCluster({"events": 3, "events.replies": 1})
+    monkeypatch.setattr(client, "AIOKafkaProducer", producer_class(cluster))
+    monkeypatch.setattr(replies, "AIOKafkaConsumer", consumer_class(cluster))
+    result = CliRunner().invoke(
+        cli,
+        ["produce", "--wait", "--timeout", "0.2", "--file", "-", "--producer", "batch-7"],
+        env=ENV,
+        input=line() + "\n",
+    )
+    assert result.exit_code == 1, result.output
+    [written] = cluster.written("events")
+    assert orjson.loads(written.value or b"{}")["producer"] == "batch-7"
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, keeping what rich draws on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch, path: Path, advance_by: int) -> str:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with path.open("rb") as file, produce._progress(file) as advance:
+        advance(advance_by)
+    return terminal.getvalue()
+
+
+def test_a_large_file_on_a_terminal_shows_a_progress_bar_that_then_goes_away(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"x" * produce.PROGRESS_MIN_BYTES)  # exactly the threshold: a bar
+    drawn = _drawn(monkeypatch, path, produce.PROGRESS_MIN_BYTES // 4)
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn).replace("\r", "\n").splitlines()
+    last = [frame for frame in frames if frame.strip()][-1]
+    assert last.startswith("producing ━"), last
+    assert re.search(r"━ +25% -:--:--$", last), last
+    # Transient: once done, the cursor goes back up and the bar's line is erased.
+    assert drawn.endswith("\r\x1b[1A\x1b[2K"), repr(drawn[-40:])
+
+
+@pytest.mark.parametrize(
+    ("size", "terminal"),
+    [(produce.PROGRESS_MIN_BYTES - 1, True), (produce.PROGRESS_MIN_BYTES, False)],
+)
+def test_no_progress_bar_for_a_small_file_or_off_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, size: int, terminal: bool
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"x" * size)
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with path.open("rb") as file, produce._progress(file) as advance:
+        advance(size)
+    assert stream.getvalue() == ""
