@@ -141,3 +141,18 @@ def test_no_progress_bar_for_a_small_file_or_off_a_terminal(
     with path.open("rb") as file, produce._progress(file) as advance:
         advance(size)
     assert stream.getvalue() == ""
+
+
+def test_wait_json_output_keeps_non_ascii_text_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = FakeCluster({"events": 3, "events.replies": 1})
+    monkeypatch.setattr(client, "AIOKafkaProducer", producer_class(cluster))
+    monkeypatch.setattr(replies, "AIOKafkaConsumer", consumer_class(cluster))
+    result = CliRunner().invoke(
+        cli,
+        ["produce", "--wait", "--json", "--file", "-"],
+        env=ENV,
+        input=line(prøject="p") + "\n",
+    )
+    assert result.exit_code == 1, result.output
+    assert "schema_violation at $.prøject: unknown field" in result.stdout
+    assert cluster.written("events") == []

@@ -163,19 +163,19 @@ def test_only_functions_called_while_importing_are_re_checked(tmp_path: Path) ->
 def test_the_tests_chosen_are_the_files_of_the_calling_modules_tests_quickest_first() -> None:
     stats = {
         "tests_by_mangled_function_name": {
-            "service.cli.get.x_command": ["t/slow.py::a", "t/fast.py::b"],
+            "service.cli.get.x_command": ["t/a_slow.py::a", "t/b_fast.py::b"],
             "service.cli.getter.x_other": ["t/unrelated.py::c"],
             "service.cli.get.sub.x_nested": ["t/nested.py::d"],
             "service.cli._common.x_database_url_option": ["t/first-test-of-the-run.py::e"],
         },
         "duration_by_test": {
-            "t/slow.py::a": 0.5,
-            "t/slow.py::f": 1.0,
-            "t/fast.py::b": 0.1,
-            "t/fast.py::g": 0.2,
+            "t/a_slow.py::a": 0.5,
+            "t/a_slow.py::f": 1.0,
+            "t/b_fast.py::b": 0.1,
+            "t/b_fast.py::g": 0.2,
         },
     }
-    assert fresh.tests_for(["service.cli.get"], stats) == ["t/fast.py", "t/slow.py"]
+    assert fresh.tests_for(["service.cli.get"], stats) == ["t/b_fast.py", "t/a_slow.py"]
     assert fresh.tests_for(["service.cli.show"], stats) == []
 
 
