@@ -7,9 +7,11 @@ here; ``test_cli_show_topics.py`` reads a real database)."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
 import pytest
+from rich.console import Console
 
 from service.cli import show
 from service.domain.consumer import ConsumerState
@@ -72,9 +74,64 @@ def printed(capsys: pytest.CaptureFixture[str], found: show._Found) -> tuple[str
 
 
 def test_a_tombstone_and_its_inbox_rows_as_tables(capsys: pytest.CaptureFixture[str]) -> None:
-    out, err = printed(capsys, show._Found(TOMBSTONE, [FAILED, APPLIED]))
-    assert out == TEXT
+    show._print(C1, show._Found(TOMBSTONE, [FAILED, APPLIED]))
+    raw, err = capsys.readouterr()
+    assert "".join(line.rstrip() + "\n" for line in raw.splitlines()) == TEXT
     assert err == ""
+    # The titles are left-justified over their tables: padded to the table's width.
+    lines = raw.splitlines()
+    assert lines[0] == f"consumer {C1}".ljust(len(lines[1]))
+    assert lines[11] == "last 2 processed events, newest first".ljust(len(lines[12]))
+
+
+def narrow(monkeypatch: pytest.MonkeyPatch, width: int, found: show._Found) -> list[str]:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=False, highlight=False)
+    monkeypatch.setattr(show, "stdout_console", lambda: console)
+    show._print(C1, found)
+    return out.getvalue().splitlines()
+
+
+def test_on_a_narrow_terminal_the_field_names_stay_whole_and_values_fold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = narrow(monkeypatch, 44, show._Found(TOMBSTONE, []))
+    rows = [line.split("│")[1:3] for line in lines if line.startswith("│")]
+    names = [name.strip() for name, _ in rows]
+    assert names == [
+        "state",
+        "",
+        "generation",
+        "project",
+        "user",
+        "consumer type",
+        "last event",
+        "",
+        "created",
+        "updated",
+    ]
+    values = [value.strip() for _, value in rows]
+    assert values[6] + values[7] == E1  # folded, never cut short
+    assert values[0] + " " + values[1] == "deleted (tombstone since 2026-01-02T03:04:05Z)"
+    assert all("…" not in line and len(line) <= 44 for line in lines)
+
+
+def test_on_a_narrow_terminal_the_event_columns_fold_and_the_id_stays_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = narrow(monkeypatch, 60, show._Found(TOMBSTONE, [FAILED, APPLIED]))
+    table = lines[lines.index("last 2 processed events, newest first".ljust(60)) :]
+    assert all("…" not in line for line in lines)
+    body = [line.split("│")[1:7] for line in table if line.startswith("│")]
+    columns = ["".join(cells[i].strip() for cells in body) for i in range(6)]
+    assert columns == [
+        "2026-01-02T04:04:05Z2026-01-02T03:04:05Z",
+        E2 + E1,
+        "-consumer.delete",
+        "failed(consumer_exists)applied",
+        "-3",
+        "-events/2@17",
+    ]
 
 
 def test_a_tombstone_and_its_inbox_rows_as_json() -> None:
