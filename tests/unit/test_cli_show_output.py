@@ -114,6 +114,10 @@ def test_on_a_narrow_terminal_the_field_names_stay_whole_and_values_fold(
     assert values[6] + values[7] == E1  # folded, never cut short
     assert values[0] + " " + values[1] == "deleted (tombstone since 2026-01-02T03:04:05Z)"
     assert all("…" not in line and len(line) <= 44 for line in lines)
+    # Narrower still, the values give way and the field names keep their line.
+    narrower = narrow(monkeypatch, 30, show._Found(TOMBSTONE, []))
+    assert "│ consumer type │ -          │" in narrower
+    assert all(len(line) <= 30 for line in narrower)
 
 
 def test_on_a_narrow_terminal_the_event_columns_fold_and_the_id_stays_whole(
