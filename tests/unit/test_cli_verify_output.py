@@ -7,7 +7,10 @@ only with ``--strict`` (``verify``'s own rendering, over reports built here;
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from rich.console import Console
 
 from service.cli import verify
 from service.replay.runner import Mode, ReplayReport
@@ -71,13 +74,35 @@ PRUNED = (
 
 
 def test_the_differences_whole(capsys: pytest.CaptureFixture[str]) -> None:
-    assert printed(capsys, report(), 2) == (
+    verify._print(report(), 2)
+    raw = capsys.readouterr().out
+    assert "".join(line.rstrip() + "\n" for line in raw.splitlines()) == (
         REBUILD
         + "compared 2,345 consumers: 2 differences\n"
         + PRUNED
         + "differences\n"
         + DIFFERENCES
     )
+    # The title is left-justified over its table: padded to the table's width.
+    lines = raw.splitlines()
+    title = lines.index("differences".ljust(len(lines[-1])))
+    assert lines[title + 1].startswith("┏━")
+
+
+def test_on_a_narrow_terminal_the_ids_stay_whole_and_the_rest_folds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=60, force_terminal=False, highlight=False)
+    monkeypatch.setattr(verify, "stdout_console", lambda: console)
+    verify._print(report(), 50)
+    lines = out.getvalue().splitlines()
+    table = lines[lines.index("differences".ljust(60)) :]
+    assert all("…" not in line and len(line) <= 60 for line in lines)
+    body = [line.split("│")[1:6] for line in table if line.startswith("│")]
+    assert [cells[0].strip() for cells in body if cells[0].strip()] == [C1, C2, C2]
+    columns = ["".join(cells[i].strip() for cells in body) for i in range(1, 5)]
+    assert columns == ["missingdifferentdifferent", "generationuser_id", "2u", "5-"]
 
 
 def test_the_differences_cut_at_the_limit_and_none_at_0(capsys: pytest.CaptureFixture[str]) -> None:
