@@ -116,6 +116,7 @@ GROUPS: dict[str, Group] = {
             "tests/tracing/test_worker_trace.py",
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_worker_records.py",
+            "tests/unit/test_outcome_messages.py",
         ),
         "the partition worker: admission, apply, sinks, commit order, its stop; the batch's "
         "outcomes and dead letters; the stage timings",
