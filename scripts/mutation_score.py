@@ -14,6 +14,11 @@ reads the results of that group's work folder (``.mutation/NAME``,
 group (``NAME-slow``: the ``--slow`` run, which counts only the mutants it checked, the
 fast run's survivors: its "killed" are those only the broker tests kill).  Exit code 0
 always: the score is a figure to read, not a gate (mutation testing is not in CI).
+
+Mutants of code run at import, which mutmut left alive and ``scripts/mutation_fresh.py``
+killed in a fresh interpreter (``mutants/fresh-verdicts.json``), are counted in a column
+of their own, "fresh", and caught in the score like "killed"; a line under the table
+says how many, so the figure never hides which verdicts are not mutmut's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
 STATUS |= {36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout"}
-COLUMNS = ("killed", "timeout", "survived", "no tests", "equivalent", "other")
+COLUMNS = ("killed", "timeout", "fresh", "survived", "no tests", "equivalent", "other")
+#: What scripts/mutation_fresh.py writes in a work folder's ``mutants/``.
+FRESH = "fresh-verdicts.json"
+
+
+def fresh_kills(base: Path) -> set[str]:
+    """The mutants killed (or timed out) in a fresh interpreter by scripts/mutation_fresh.py."""
+    path = base / "mutants" / FRESH
+    if not path.exists():
+        return set()
+    verdicts: dict[str, dict[str, object]] = json.loads(path.read_text())
+    return {name for name, v in verdicts.items() if v["verdict"] in {"killed", "timeout"}}
 
 
 def equivalent_mutants() -> set[str]:
@@ -67,6 +83,7 @@ def main(argv: list[str]) -> int:
 def report(base: Path, argv: list[str]) -> int:
     """The table (or the names ``--retest`` asks for) of the run in ``base``."""
     equivalent = equivalent_mutants()
+    fresh = fresh_kills(base)
     total: Counter[str] = Counter()
     survivors: list[str] = []
     retest: list[str] = []
@@ -86,6 +103,8 @@ def report(base: Path, argv: list[str]) -> int:
             status = "not checked" if code is None else STATUS.get(code, "other")
             if name in equivalent:
                 status = "equivalent"
+            elif status in {"survived", "no tests"} and name in fresh:
+                status = "fresh"
             elif status == "survived":
                 survivors.append(name)
             if status in {"survived", "no tests", "not checked"}:
@@ -103,10 +122,15 @@ def report(base: Path, argv: list[str]) -> int:
     width = max(34, *(len(path) for path, _ in rows))
     print(f"{'module':{width}} {'score':>7} " + " ".join(f"{c:>10}" for c in COLUMNS))
     for path, counts in rows:
-        caught = counts["killed"] + counts["timeout"]
+        caught = counts["killed"] + counts["timeout"] + counts["fresh"]
         counted = sum(counts.values()) - counts["equivalent"]
         score = f"{100 * caught / counted:6.1f}%" if counted else "    -  "
         print(f"{path:{width}} {score:>7} " + " ".join(f"{counts[c]:>10}" for c in COLUMNS))
+    if total["fresh"]:
+        print(
+            f"fresh: {total['fresh']} mutants of code run at import, left alive by mutmut, "
+            "killed in a fresh interpreter (scripts/mutation_fresh.py)"
+        )
     if "--survivors" in argv:
         print("\nsurvivors (mutmut show NAME prints the change):")
         for name in survivors:
