@@ -207,7 +207,7 @@ class Applier:
             return await self._record_failed(event, payload_hash, source, last_attempt)
         raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
 
-    def _backoff(self, error: Exception) -> bool | float:
+    def _backoff(self, error: BaseException) -> bool | float:
         """stamina's hook: retry only CAS losses, waiting with *full* jitter,
         uniform(0, min(max, initial * 2 ** (attempt - 1))), so that racing writers
         spread out instead of colliding again in lock-step."""

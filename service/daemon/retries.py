@@ -83,7 +83,7 @@ async def retry_until_stopped(
     wait_initial: float,
     wait_max: float,
     interrupt_attempt: bool,
-    retry_on: Callable[[Exception], bool] = is_infrastructure,
+    retry_on: Callable[[BaseException], bool] = is_infrastructure,
     first_failure: Exception | None = None,
 ) -> tuple[bool, T | None]:
     """Run ``operation`` until it succeeds, retrying what ``retry_on`` accepts
@@ -101,7 +101,7 @@ async def retry_until_stopped(
     """
     in_attempt = False
 
-    def retried(error: Exception) -> bool:
+    def retried(error: BaseException) -> bool:
         return retry_on(error) and not stop.is_set()
 
     async def attempt_once() -> T:

@@ -168,9 +168,9 @@ def test_the_build_context_is_only_what_the_dockerfile_copies() -> None:
     assert not _ignored("service/daemon/metrics.py", patterns)
 
 
-def _locked() -> dict[str, tuple[str, bool]]:
-    """name -> (pinned version, has hashes) of requirements.lock."""
-    text = (ROOT / "requirements.lock").read_text()
+def _locked(lock: str = "requirements.lock") -> dict[str, tuple[str, bool]]:
+    """name -> (pinned version, has hashes) of a lock file (requirements.lock by default)."""
+    text = (ROOT / lock).read_text()
     pins: dict[str, tuple[str, bool]] = {}
     for block in re.split(r"\n(?=\S)", text):
         first = block.split("\\", 1)[0].split("#", 1)[0].strip()
@@ -322,3 +322,25 @@ def test_the_dockerfile_default_version_is_pep_440_and_passed_to_setuptools_scm(
         'SETUPTOOLS_SCM_PRETEND_VERSION_FOR_CONSUMER_GENERATION_SERVICE="${VERSION}"' in run
         for run in build.args("RUN")
     )
+
+
+def test_the_dev_lock_pins_what_ci_installs_at_the_images_versions() -> None:
+    """scripts/bootstrap installs requirements-dev.lock, so a clean clone tests with the
+    versions main was tested with: every dev and runtime requirement pinned within its
+    range, with hashes, and each runtime package at the image's own pin."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dev = _locked("requirements-dev.lock")
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    for line in wanted:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        if name == canonicalize_name(project["name"]):
+            continue  # the package itself: installed from the clone, not the lock
+        assert name in dev, f"{requirement.name} is not in requirements-dev.lock: run scripts/lock"
+        version, hashed = dev[name]
+        assert requirement.specifier.contains(version), f"{name}=={version} vs {line}"
+        assert hashed, name
+    for name, (version, _) in _locked().items():
+        assert dev[name][0] == version, f"{name}: dev lock {dev[name][0]}, image lock {version}"
+    bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
+    assert "--require-hashes -r requirements-dev.lock" in bootstrap
