@@ -18,8 +18,13 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from service.apply.applier import Applier
+from service.config import load_settings
 from service.embedded.kafka import KafkaBroker
 from service.embedded.postgres import PostgresCluster, create_database, drop_database
+from service.store.engine import create_engine
+from service.store.migrate import upgrade
+from service.store.unit_of_work import SqlUnitOfWorkFactory
 from service.testing.daemon import Topics
 from tests.apply.helpers import Db, migrated
 
@@ -121,6 +126,20 @@ async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite file for one test."""
     return f"sqlite+aiosqlite:///{tmp_path / 'consumergen.sqlite3'}"
+
+
+@pytest.fixture
+async def applier(sqlite_url: str) -> AsyncIterator[Applier]:
+    """A real ``Applier`` on a fresh, migrated SQLite file: what the partition worker's
+    tests over in-memory sinks apply through (the worker's own rules are theirs to
+    test; the database is the real one)."""
+    settings = load_settings(database_url=sqlite_url)
+    await upgrade(settings)
+    engine = create_engine(settings)
+    try:
+        yield Applier(SqlUnitOfWorkFactory(engine), settings)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -4,10 +4,8 @@ the service's tracing installed (the fast twin of ``test_daemon_trace.py``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import pytest
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
@@ -16,27 +14,12 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 from service.apply.applier import Applier
-from service.config import load_settings
 from service.logging import pseudonym
-from service.store.engine import create_engine
-from service.store.migrate import upgrade
-from service.store.unit_of_work import SqlUnitOfWorkFactory
 from service.tracing import install
 from service.tracing.headers import TRACEPARENT, extract, inject
 from service.tracing.sdk import build_tracing
 from tests.tracing.conftest import KEY, Traced
 from tests.unit.test_partition_worker import FakeHost, _consumer, _event, _record, _run
-
-
-@pytest.fixture
-async def applier(sqlite_url: str) -> AsyncIterator[Applier]:
-    settings = load_settings(database_url=sqlite_url)
-    await upgrade(settings)
-    engine = create_engine(settings)
-    try:
-        yield Applier(SqlUnitOfWorkFactory(engine), settings)
-    finally:
-        await engine.dispose()
 
 
 def _sent(traced: Traced, record: ConsumerRecord) -> tuple[ConsumerRecord, trace.Span]:

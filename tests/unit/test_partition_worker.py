@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,16 +19,12 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from service.apply.applier import Applier
-from service.config import load_settings
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import install_retry_hooks
 from service.daemon.worker import PartitionWorker, WorkerConfig
 from service.domain.outcomes import Outcome
 from service.sinks.base import DeadLetter
 from service.sinks.memory import MemoryDeadLetterSink, MemoryOutcomeSink
-from service.store.engine import create_engine
-from service.store.migrate import upgrade
-from service.store.unit_of_work import SqlUnitOfWorkFactory
 from service.testing.fake_kafka import fetched_record
 from service.testing.model import event_doc
 from service.testing.polling import poll
@@ -107,17 +102,6 @@ class FakeHost:
     def fatal(self, exc: BaseException) -> None:
         self.fatal_errors.append(exc)
         self.committed_all.set()
-
-
-@pytest.fixture
-async def applier(sqlite_url: str) -> AsyncIterator[Applier]:
-    settings = load_settings(database_url=sqlite_url)
-    await upgrade(settings)
-    engine = create_engine(settings)
-    try:
-        yield Applier(SqlUnitOfWorkFactory(engine), settings)
-    finally:
-        await engine.dispose()
 
 
 async def _run(host: FakeHost, records: list[ConsumerRecord]) -> PartitionWorker:

@@ -21,12 +21,11 @@ from tests.unit.test_partition_worker import (
     _event,
     _record,
     _run,
-    applier,  # noqa: F401 - the fixture
 )
 
 
 async def test_every_record_is_stamped_at_each_boundary_in_order(
-    applier: Applier,  # noqa: F811
+    applier: Applier,
     tmp_path: Path,
 ) -> None:
     host = FakeHost(applier)
@@ -45,7 +44,7 @@ async def test_every_record_is_stamped_at_each_boundary_in_order(
 
 
 async def test_a_sample_stamps_only_offsets_divisible_by_every(
-    applier: Applier,  # noqa: F811
+    applier: Applier,
     tmp_path: Path,
 ) -> None:
     host = FakeHost(applier)
@@ -56,7 +55,7 @@ async def test_a_sample_stamps_only_offsets_divisible_by_every(
     assert sorted(read_timeline(tmp_path / "stamps.csv")) == [(0, 0), (0, 3), (0, 6)]
 
 
-async def test_off_by_default(applier: Applier) -> None:  # noqa: F811
+async def test_off_by_default(applier: Applier) -> None:
     host = FakeHost(applier)
     assert host.metrics.stages.timeline is None
     await _run(host, [_event(0, _consumer(1))])

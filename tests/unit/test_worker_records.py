@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +24,6 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from service.apply.applier import Applier
-from service.config import load_settings
 from service.contract.records import parse_dead_letter_headers
 from service.daemon.retries import install_retry_hooks
 from service.daemon.timeline import BOUNDARIES, Timeline
@@ -33,23 +31,9 @@ from service.daemon.worker import PartitionWorker
 from service.domain.events import ConsumerEvent
 from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
 from service.kafka.records import UndecodableRecord
-from service.store.engine import create_engine
-from service.store.migrate import upgrade
-from service.store.unit_of_work import SqlUnitOfWorkFactory
 from service.testing.model import event_doc
 from service.testing.polling import poll
 from tests.unit.test_partition_worker import TP, FakeHost, _consumer, _event, _record, _run
-
-
-@pytest.fixture
-async def applier(sqlite_url: str) -> AsyncIterator[Applier]:
-    settings = load_settings(database_url=sqlite_url)
-    await upgrade(settings)
-    engine = create_engine(settings)
-    try:
-        yield Applier(SqlUnitOfWorkFactory(engine), settings)
-    finally:
-        await engine.dispose()
 
 
 def _event_record(offset: int, doc: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
