@@ -337,3 +337,27 @@ async def test_rows_it_writes_are_pruned_by_age_like_any_other(
         assert (old.inbox_rows, old.tombstones) == (2, 1)
     finally:
         await engine.dispose()
+
+
+async def test_close_waits_for_a_running_group_on_the_writers_thread(settings: Settings) -> None:
+    """The daemon's shutdown closes the writer after its workers stop; a group whose
+    caller was cancelled still runs on the writer's thread, so the connection is closed
+    behind it there, not under it from elsewhere: the group commits, then close ends."""
+    writer = SqliteGroupWriter(settings)
+    consumer = str(uuid.uuid4())
+    started, go = threading.Event(), threading.Event()
+
+    def slow(group_tx: SqliteGroup) -> None:
+        started.set()
+        assert go.wait(DEADLINE)
+        with group_tx.part() as unit:
+            run_to_end(unit.write_consumers([_insert(consumer)], datetime.now(UTC)))
+
+    running = asyncio.ensure_future(writer.run_group(slow))
+    assert await asyncio.to_thread(started.wait, DEADLINE)
+    closing = asyncio.ensure_future(writer.close())
+    done, _ = await asyncio.wait({closing}, timeout=0.2)
+    assert not done  # close waits behind the running group
+    go.set()
+    await asyncio.wait_for(asyncio.gather(running, closing), DEADLINE)
+    assert set(await consumer_state(settings.database_url)) == {consumer}
