@@ -142,8 +142,8 @@ async def test_one_connection_is_kept_between_groups_and_close_ends_it_and_the_t
     await writer.run_group(work)
     assert _open_handles(writer.path) == 1
     await writer.close()
+    assert not threads[0].is_alive()  # joined: nothing of the writer outlives close
     assert _open_handles(writer.path) == 0
-    assert not threads[0].is_alive()
 
 
 async def test_a_lock_released_within_the_busy_timeout_is_waited_for(
