@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.engine import create_engine
 from service.store.errors import TransientDatabaseError
 from service.store.prune import parse_duration, prune
+from service.store.schema import consumers, processed_events
 from tests.apply.helpers import Db, delete, new_id, settings_for, upsert
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
@@ -51,17 +52,19 @@ async def test_rows_exactly_at_the_bound_are_kept(db: Db) -> None:
         for ev in evs:
             await db.applier.apply(ev)
     moment = {at: CUTOFF, older: CUTOFF - timedelta(microseconds=1)}
+    # Through the typed columns: stored exactly as the service stores its times.
     async with db.engine.begin() as connection:
         for consumer, evs in events.items():
             await connection.execute(
-                text("UPDATE consumers SET deleted_at = :t WHERE uuid = :u"),
-                {"t": moment[consumer], "u": consumer},
+                update(consumers)
+                .where(consumers.c.uuid == consumer)
+                .values(deleted_at=moment[consumer])
             )
-            for ev in evs:
-                await connection.execute(
-                    text("UPDATE processed_events SET processed_at = :t WHERE event_id = :e"),
-                    {"t": moment[consumer], "e": ev.event_id},
-                )
+            await connection.execute(
+                update(processed_events)
+                .where(processed_events.c.event_id.in_([ev.event_id for ev in evs]))
+                .values(processed_at=moment[consumer])
+            )
 
     dry = await prune(db.engine, BOUND, now=NOW, dry_run=True)
     assert (dry.cutoff, dry.inbox_rows, dry.tombstones) == (CUTOFF, 2, 1)
@@ -78,22 +81,18 @@ async def _old_inbox_rows(db: Db, count: int) -> None:
     """``count`` inbox rows processed before the cutoff, written in one statement."""
     rows = [
         {
-            "e": new_id(),
-            "c": new_id(),
-            "h": "0" * 64,
-            "t": CUTOFF - timedelta(hours=1),
+            "event_id": new_id(),
+            "consumer_uuid": new_id(),
+            "event_type": "upsert",
+            "payload_hash": "0" * 64,
+            "outcome": "applied",
+            "attempts": 1,
+            "processed_at": CUTOFF - timedelta(hours=1),
         }
         for _ in range(count)
     ]
     async with db.engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO processed_events (event_id, consumer_uuid, event_type,"
-                " payload_hash, outcome, attempts, processed_at)"
-                " VALUES (:e, :c, 'upsert', :h, 'applied', 1, :t)"
-            ),
-            rows,
-        )
+        await connection.execute(insert(processed_events), rows)
 
 
 class Deletes:
@@ -162,8 +161,7 @@ async def test_without_now_the_bound_counts_from_utc_whatever_the_local_zone(db:
     await db.applier.apply(recent)
     async with db.engine.begin() as connection:
         await connection.execute(
-            text("UPDATE processed_events SET processed_at = :t"),
-            {"t": datetime.now(UTC) - timedelta(hours=2)},
+            update(processed_events).values(processed_at=datetime.now(UTC) - timedelta(hours=2))
         )
 
     result = await prune(db.engine, timedelta(hours=5))

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import update
 
 from service.domain.events import EventType
 from service.domain.inbox import ProcessedEvent
 from service.domain.outcomes import EventSource, OutcomeKind, Reason
 from service.store.reads import applied_counts, consumers_by_uuid, has_consumers, recent_events
+from service.store.schema import processed_events
 from service.store.unit_of_work import SqlUnitOfWorkFactory
 from tests.apply.helpers import Db, delete, event, new_id, upsert
 
@@ -23,11 +24,11 @@ C = "00000000-0000-4000-8000-00000000000c"
 
 async def _set_processed_at(db: Db, moment: datetime, *event_ids: str) -> None:
     async with db.engine.begin() as connection:
-        for event_id in event_ids:
-            await connection.execute(
-                text("UPDATE processed_events SET processed_at = :t WHERE event_id = :e"),
-                {"t": moment, "e": event_id},
-            )
+        await connection.execute(
+            update(processed_events)
+            .where(processed_events.c.event_id.in_(event_ids))
+            .values(processed_at=moment)
+        )
 
 
 async def test_recent_events_are_newest_first_with_every_field(db: Db) -> None:
