@@ -188,3 +188,15 @@ async def test_an_unreachable_database_is_a_transient_failure_saying_so(
         await engine.dispose()
     # What the operator reads: that prune stopped, and the driver's own words why.
     assert str(caught.value).startswith("prune interrupted: ConnectionRefusedError: ")
+
+
+async def test_a_batch_of_no_rows_is_refused_before_anything_runs(sqlite_url: str) -> None:
+    """A zero batch would delete nothing and never see its last batch: an endless loop.
+    (The CLI's ``--batch-size`` stops it earlier; a caller in code reads this.)"""
+    engine = create_engine(settings_for(sqlite_url))
+    try:
+        with pytest.raises(ValueError) as caught:
+            await prune(engine, BOUND, batch_size=0, now=NOW)
+    finally:
+        await engine.dispose()
+    assert str(caught.value) == "batch_size must be at least 1"
