@@ -7,6 +7,7 @@ transactions."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -25,6 +26,7 @@ from service.store.dialects import postgresql as pg
 from service.store.dialects import sqlite as lite
 from service.store.migrate import upgrade
 from service.store.schema import consumers, projects
+from service.testing.polling import poll
 from tests.apply.helpers import Db, migrated, new_id, upsert
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -181,6 +183,42 @@ async def test_an_asyncpg_error_names_its_statement_and_hides_its_parameters(
     assert error.params == (secret, NOW)
     assert f"[SQL: {statement}]" in str(error)
     assert secret not in str(error)
+
+
+async def test_a_round_trip_cancelled_in_flight_invalidates_its_connection_saying_why(
+    pg_migrated: str,
+) -> None:
+    """A statement cut short by a cancellation invalidates the pooled connection, and
+    the pool is told the cancellation was why (its ``invalidate`` event and log line),
+    as SQLAlchemy's own execution tells it."""
+    engine = pg.DIALECT.create_engine(load_settings(database_url=pg_migrated))
+    reasons: list[BaseException | None] = []
+
+    def invalidated(_dbapi: Any, _record: Any, reason: BaseException | None) -> None:
+        reasons.append(reason)
+
+    event.listen(engine.sync_engine.pool, "invalidate", invalidated)
+
+    async def sleeping() -> bool:
+        async with engine.connect() as watcher:
+            found = await watcher.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+            )
+            return bool(found.scalar())
+
+    try:
+        async with engine.connect() as connection:
+            driver = await driver_connection(connection)
+            task = asyncio.create_task(driver.execute("SELECT pg_sleep(30)"))
+            await poll(sleeping, within=10, what="the statement running on the server")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert connection.invalidated
+    finally:
+        await engine.dispose()
+    assert len(reasons) == 1 and isinstance(reasons[0], asyncio.CancelledError)
 
 
 # --- SQLite's engines ---------------------------------------------------------------------
