@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,6 +238,50 @@ async def test_a_sqlite_read_only_engine_keeps_the_urls_driver_options(sqlite_ur
     finally:
         await engine.dispose()
     assert day == datetime(2025, 6, 1).date()
+
+
+async def test_sqlite_engines_create_and_write_by_default_and_read_only_write_nothing(
+    tmp_path: Path,
+) -> None:
+    """The protocol's default SQLite engine creates a missing file and writes; a
+    read-only one on that file refuses every write (SQLite's own ``mode=ro``)."""
+    path = tmp_path / "made.sqlite3"
+    settings = load_settings(database_url=f"sqlite+aiosqlite:///{path}")
+    writer = lite.DIALECT.create_engine(settings)
+    try:
+        async with writer.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            await connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+    finally:
+        await writer.dispose()
+    assert path.is_file()
+    reader = lite.DIALECT.create_engine(settings, read_only=True)
+    try:
+        with pytest.raises(sa_exc.OperationalError, match="readonly database"):
+            async with reader.begin() as connection:
+                await connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+        async with reader.connect() as connection:
+            values = (await connection.exec_driver_sql("SELECT x FROM t")).scalars()
+            assert list(values) == [1]
+    finally:
+        await reader.dispose()
+
+
+async def test_sqlite_normal_synchronous_is_named_with_what_it_risks(sqlite_url: str) -> None:
+    """The line the daemon warns with at start when the operator chose NORMAL."""
+    settings = load_settings(
+        database_url=sqlite_url, sqlite_synchronous="normal-may-lose-commits-on-power-loss"
+    )
+    engine = lite.DIALECT.create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            risks = await lite.DIALECT.durability_risks(connection, settings)
+    finally:
+        await engine.dispose()
+    assert [risk.what for risk in risks] == [
+        "SQLite synchronous=NORMAL: a commit may roll back after a power loss or OS crash"
+        " while its offset stays committed (those events are lost)"
+    ]
 
 
 # --- timestamps bound once per batch ---------------------------------------------------------

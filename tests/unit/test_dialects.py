@@ -71,6 +71,15 @@ def test_an_unusable_url_is_refused_clearly(url: str, says: str) -> None:
     assert says in str(caught.value)
 
 
+def test_a_url_with_another_driver_is_told_the_one_to_use() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        dialect_for_url("postgresql+psycopg2://u@h/d")
+    assert str(caught.value) == (
+        "CONSUMERGEN_DATABASE_URL: the service speaks postgresql through"
+        " postgresql+asyncpg:// only (asyncio drivers)"
+    )
+
+
 def test_no_engine_for_an_unknown_database() -> None:
     settings = load_settings(database_url="mysql+aiomysql://u@h/d")
     with pytest.raises(ConfigurationError, match="CONSUMERGEN_DATABASE_URL"):
