@@ -27,3 +27,18 @@ from service.store.engine import describe_database
 def test_describe_database(url: str, shown: str) -> None:
     assert describe_database(url) == shown
     assert "s3cret" not in describe_database(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///",
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite:///file:c.sqlite3?mode=ro&uri=true",
+    ],
+)
+def test_a_sqlite_database_that_is_not_a_file_path_is_not_shown_as_one(url: str) -> None:
+    """In memory, or an SQLite URI: there is no file in the working folder to name."""
+    shown = describe_database(url)
+    assert shown.startswith("sqlite+aiosqlite:///")
+    assert str(Path.cwd()) not in shown

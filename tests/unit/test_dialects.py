@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from pathlib import Path
 
+import asyncpg
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 
 from service.cli import cli
 from service.config import load_settings
@@ -17,7 +21,7 @@ from service.store.dialects import Dialect, dialect_for, dialect_for_url, known
 from service.store.dialects import postgresql as pg
 from service.store.dialects import sqlite as lite
 from service.store.engine import create_engine
-from service.store.errors import TransientDatabaseError, is_transient
+from service.store.errors import DatabaseNotFound, TransientDatabaseError, is_transient
 
 
 class PgError(Exception):
@@ -65,6 +69,15 @@ def test_an_unusable_url_is_refused_clearly(url: str, says: str) -> None:
     with pytest.raises(ConfigurationError, match="CONSUMERGEN_DATABASE_URL") as caught:
         dialect_for_url(url)
     assert says in str(caught.value)
+
+
+def test_a_url_with_another_driver_is_told_the_one_to_use() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        dialect_for_url("postgresql+psycopg2://u@h/d")
+    assert str(caught.value) == (
+        "CONSUMERGEN_DATABASE_URL: the service speaks postgresql through"
+        " postgresql+asyncpg:// only (asyncio drivers)"
+    )
 
 
 def test_no_engine_for_an_unknown_database() -> None:
@@ -182,3 +195,90 @@ def _caused_by(cause: BaseException) -> Exception:
 )
 def test_is_transient_outside_the_dialects(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+# --- where the SQLSTATE is found -----------------------------------------------------------
+
+
+def test_postgresql_reads_the_sqlstate_of_the_errors_cause() -> None:
+    """An error raised ``from`` a real asyncpg error (no ``orig``) is classified by its
+    cause's SQLSTATE: a deadlock is transient, a unique violation is a bug."""
+    deadlock = RuntimeError("batch failed")
+    deadlock.__cause__ = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    duplicate = RuntimeError("batch failed")
+    duplicate.__cause__ = asyncpg.exceptions.UniqueViolationError("duplicate key")
+    assert pg.sqlstate(deadlock) == "40P01"
+    assert pg.DIALECT.transient(deadlock) is True
+    assert pg.DIALECT.transient(duplicate) is False
+
+
+class PgcodeError(Exception):
+    """Stands in for a driver that names the SQLSTATE ``pgcode`` (psycopg's spelling)."""
+
+    pgcode = "40001"
+
+
+def test_postgresql_reads_a_sqlstate_spelled_pgcode() -> None:
+    assert pg.sqlstate(PgcodeError("could not serialize access")) == "40001"
+    assert pg.DIALECT.transient(wrapped(sa_exc.DBAPIError, PgcodeError())) is True
+
+
+@pytest.mark.parametrize("blank", ["", 40001], ids=["empty", "not-text"])
+def test_a_blank_or_non_text_sqlstate_is_passed_over_for_the_drivers(blank: object) -> None:
+    """Only a non-empty string is a SQLSTATE: the wrapped driver error's is used."""
+    error = wrapped(sa_exc.DBAPIError, asyncpg.exceptions.SerializationError("retry"))
+    error.sqlstate = blank  # type: ignore[attr-defined]
+    assert pg.sqlstate(error) == "40001"
+    assert pg.DIALECT.transient(error) is True
+
+
+def test_postgresql_durability_problems_of_a_partial_show() -> None:
+    """A setting missing from what was shown is no problem (nothing known against it)."""
+    assert pg.durability_problems({}) == []
+    (problem,) = pg.durability_problems({"fsync": " OFF "})
+    assert problem.startswith("fsync=off:")
+
+
+# --- SQLite: the driver's message, the file a URL names ----------------------------------
+
+
+def test_sqlite_classifies_by_the_drivers_message_not_the_statement_or_its_values() -> None:
+    """A real "no such table" (a bug) whose bound value reads like a busy message stays
+    a bug: SQLAlchemy's text of the error carries the parameters, the driver's does not."""
+    engine = create_sync_engine("sqlite://")
+    with engine.connect() as connection, pytest.raises(sa_exc.OperationalError) as caught:
+        connection.execute(text("SELECT * FROM nowhere WHERE x = :x"), {"x": "database is locked"})
+    engine.dispose()
+    assert "database is locked" in str(caught.value)  # the parameters, in SQLAlchemy's text
+    assert lite.DIALECT.transient(caught.value) is None
+    assert is_transient(caught.value) is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite:///file:somewhere.sqlite3?mode=ro&uri=true",
+    ],
+    ids=["no-database", "memory", "uri"],
+)
+def test_sqlite_urls_that_name_no_plain_file(url: str) -> None:
+    """Memory, and a URI the operator wrote: no file of ours, so no group writer (it
+    would open a database of its own) and a read-only engine takes the URL as it is."""
+    settings = load_settings(database_url=url)
+    assert lite.database_path(url) is None
+    assert lite.DIALECT.group_writer(settings) is None
+    assert lite.existing_file_url(url, "ro") == url
+
+
+def test_a_missing_sqlite_file_is_named_with_the_way_to_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.sqlite3"
+    with pytest.raises(DatabaseNotFound) as caught:
+        lite.existing_file_url(f"sqlite+aiosqlite:///{path}", "rw")
+    assert str(caught.value) == (
+        f"no SQLite database at {path} (CONSUMERGEN_DATABASE_URL); nothing was created."
+        " Check the path (a relative one is taken from the current folder), or create"
+        " the database there with `consumergen db upgrade`"
+    )
+    assert not path.exists()
