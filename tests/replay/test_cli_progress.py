@@ -68,15 +68,19 @@ class Stream(io.StringIO):
 
 
 def on_terminal(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    *args: str,
+    stdout_terminal: bool = False,
+    columns: int = 120,
 ) -> tuple[int, str, str]:
-    """Run the CLI with stderr on a terminal (stdout piped): exit code, stdout, stderr
-    (stderr without rich's cursor and colour codes)."""
+    """Run the CLI with stderr on a terminal (stdout piped unless ``stdout_terminal``):
+    exit code, stdout as written, stderr without rich's cursor and colour codes."""
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR", "TTY_INTERACTIVE"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in {**env, "COLUMNS": "120", "TERM": "xterm-256color"}.items():
+    for name, value in {**env, "COLUMNS": str(columns), "TERM": "xterm-256color"}.items():
         monkeypatch.setenv(name, value)
-    out, err = Stream(terminal=False), Stream(terminal=True)
+    out, err = Stream(terminal=stdout_terminal), Stream(terminal=True)
     with monkeypatch.context() as patched:
         patched.setattr(sys, "stdout", out)
         patched.setattr(sys, "stderr", err)
