@@ -1,7 +1,8 @@
 """`consumergen replay` and `verify` as the operator runs them, without a broker: the
 dead-letter topic's republish dry run (no database at all), a dry run that leaves the
 database file as it was, a database whose schema is behind or that is not a database,
-and archive lines written without a topic (the configured one is theirs)."""
+archive lines written without a topic (the configured one is theirs), and `archive`
+fetching a batch at a time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from service.cli import cli
 from tests.log_guard import guard_restored
 from tests.replay.fake_topic import Log, install, stored
 from tests.replay.test_cli_operator import (
@@ -155,3 +158,22 @@ def test_verify_reads_archive_lines_without_a_topic(env: dict[str, str], tmp_pat
     result = invoke(env, "verify", "--archive", str(archive))
     assert result.exit_code == 0, result.output
     assert "compared 3 consumers: clean" in result.stdout
+
+
+def test_archive_fetches_at_most_a_batch_of_records_at_a_time(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONSUMERGEN_BATCH_MAX_EVENTS bounds what one fetch brings into memory, however
+    long the topic (the archive itself is the same either way)."""
+    log = install(monkeypatch, Log({0: [stored(0, o) for o in range(5)]}))
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        ["archive", "-o", str(out)],
+        env={**env, "CONSUMERGEN_BATCH_MAX_EVENTS": "2"},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["offset"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    fetches = [fetch for consumer in log.consumers for fetch in consumer.fetches]
+    assert fetches and {fetch["max_records"] for fetch in fetches} == {2}
