@@ -60,9 +60,10 @@ async def _rollback(done: list[str]) -> None:
 async def test_a_stop_before_a_start_or_after_the_end_has_nothing_to_abandon(
     applier: Applier,
 ) -> None:
-    """A worker never started (revoked before its first fetch) and a worker whose
-    stages have ended (stopped already) have no batch in flight: their stop says so
-    (True) at once, rather than failing or reporting a batch abandoned."""
+    """A worker never started (``membership`` starts each at once, but ``stop`` is
+    the worker's own promise) and a worker whose stages have ended (stopped already)
+    have no batch in flight: their stop says so (True) at once, rather than failing or
+    reporting a batch abandoned."""
     host = FakeHost(applier)
     never_started = PartitionWorker(host, TP)
     assert await asyncio.wait_for(never_started.stop(5.0), 5) is True
