@@ -281,9 +281,11 @@ async def test_a_stop_that_never_ends_is_given_up_at_twice_the_request_timeout_n
     cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pending writes are failed at the request timeout; a stop that hangs even
-    then is given up at twice it (1 s here), well before three times it (1.5 s)."""
+    then is given up at twice it (2 s here), well before three times it (3 s).  The
+    margin is half a second each side: a loop's timer fires late under load, never
+    early, and a full suite on two cores delays it by milliseconds, not hundreds."""
     settings = load_settings(
-        bootstrap_servers="localhost:1", dlq_topic="dlq", request_timeout_seconds=0.5
+        bootstrap_servers="localhost:1", dlq_topic="dlq", request_timeout_seconds=1.0
     )
     handle = KafkaProducerHandle(settings)
     producer = await handle.ready()
@@ -295,6 +297,6 @@ async def test_a_stop_that_never_ends_is_given_up_at_twice_the_request_timeout_n
     loop = asyncio.get_running_loop()
     began = loop.time()
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(handle.stop(), 5)
+        await asyncio.wait_for(handle.stop(), 10)
     took = loop.time() - began
-    assert 2 * 0.5 * 0.9 <= took < 2.5 * 0.5, took
+    assert 2 * 1.0 * 0.95 <= took < 2.5 * 1.0, took
