@@ -282,8 +282,8 @@ async def test_a_stop_that_never_ends_is_given_up_at_twice_the_request_timeout_n
 ) -> None:
     """The pending writes are failed at the request timeout; a stop that hangs even
     then is given up at twice it (2 s here), well before three times it (3 s).  The
-    margin is half a second each side: a loop's timer fires late under load, never
-    early, and a full suite on two cores delays it by milliseconds, not hundreds."""
+    margin is half a second above (a loop's timer fires late under load, so the bound
+    sits halfway to the mutant's) and 5% below (it does not fire early)."""
     settings = load_settings(
         bootstrap_servers="localhost:1", dlq_topic="dlq", request_timeout_seconds=1.0
     )
