@@ -117,6 +117,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_worker_records.py",
             "tests/unit/test_outcome_messages.py",
+            "tests/unit/test_worker_edges.py",
         ),
         "the partition worker: admission, apply, sinks, commit order, its stop; the batch's "
         "outcomes and dead letters; the stage timings",

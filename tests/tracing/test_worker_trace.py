@@ -165,3 +165,25 @@ async def test_an_unsampled_context_is_passed_on_without_a_span(applier: Applier
         0x5678,
         False,
     )
+
+
+async def test_a_failing_batchs_span_names_its_partition_and_the_error(
+    applier: Applier, traced: Traced
+) -> None:
+    """A batch that fails (here a bug in the applier) still ends its span, marked as an
+    error with the error's class, and the span says which partition the batch was of
+    (what an operator filters the failing batches of a partition by)."""
+
+    async def broken(items: object) -> None:
+        raise RuntimeError("a bug in the applier")
+
+    host = FakeHost(applier)
+    host.applier = type("Broken", (), {"apply_batch": staticmethod(broken)})()
+    await _run(host, [_event(40, _consumer(7))])
+    assert [type(exc) for exc in host.fatal_errors] == [RuntimeError]
+    batch = _one(traced.spans(), "process events")
+    assert dict(batch.attributes or {})["messaging.destination.partition.id"] == "0"
+    assert (batch.status.status_code, batch.status.description) == (
+        StatusCode.ERROR,
+        "RuntimeError",
+    )

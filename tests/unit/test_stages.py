@@ -156,3 +156,94 @@ def test_a_timed_stage_closed_before_it_ends_closes_what_it_awaits() -> None:
     steps.close()
     assert cleaned == ["finally ran"]
     assert timed.cr_frame is None  # closed, not merely unreferenced
+
+
+async def test_cpu_is_summed_over_every_step_and_never_more_than_the_thread_spent() -> None:
+    """A stage that works between several suspensions is charged the sum of its steps
+    (not only its last one), and no stage is ever charged more CPU than the thread
+    spent while it ran, whether it returns or fails (the clock's readings are
+    differences, never sums of two readings)."""
+    clock, registry = _clock()
+
+    async def working_in_steps() -> str:
+        _burn(0.03)
+        await asyncio.sleep(0)
+        _burn(0.03)
+        await asyncio.sleep(0)
+        return "done"
+
+    before = time.thread_time()
+    assert await clock.timed("apply", working_in_steps()) == "done"
+    spent = time.thread_time() - before
+    assert 0.06 <= _value(registry, "t_stage_cpu_seconds_total", "apply") <= spent
+
+    async def failing_at_once() -> None:
+        raise ValueError("boom")
+
+    before = time.thread_time()
+    with pytest.raises(ValueError, match="boom"):
+        await clock.timed("send", failing_at_once())
+    spent = time.thread_time() - before
+    assert 0 <= _value(registry, "t_stage_cpu_seconds_total", "send") <= spent
+
+
+def test_an_exception_thrown_into_a_timed_stage_reaches_the_coroutine_it_awaits() -> None:
+    """Whatever the task throws into a waiting stage (a cancellation at a bare
+    suspension, where no cancelled future tells the stage on its own) goes into the
+    timed coroutine, which may handle it, rather than resuming it as if nothing came."""
+    clock, _ = _clock()
+
+    class Suspension:
+        def __await__(self) -> Generator[None, None, None]:
+            yield None  # as ``asyncio.sleep(0)`` does: nothing to read a result from
+
+    async def stage() -> str:
+        try:
+            await Suspension()
+        except ValueError as exc:
+            return f"handled {exc}"
+        return "resumed as if nothing came"
+
+    steps = clock.timed("apply", stage()).__await__()
+    next(steps)  # the stage waits on its suspension
+    with pytest.raises(StopIteration) as stop:
+        steps.throw(ValueError("thrown in"))
+    assert stop.value.value == "handled thrown in"
+
+
+def test_a_timed_awaitable_without_close_is_abandoned_quietly() -> None:
+    """An awaitable's iterator need only have ``send`` and ``throw`` (the iterator
+    protocol of ``await``): abandoning a stage that awaits one closes the stage without
+    an error of its own."""
+    clock, _ = _clock()
+
+    class Step:
+        """An ``await`` iterator with no ``close``: waits once, then returns 7."""
+
+        def __init__(self) -> None:
+            self.waited = False
+
+        def __iter__(self) -> Step:
+            return self
+
+        def __next__(self) -> None:
+            return self.send(None)
+
+        def send(self, value: object) -> None:
+            if self.waited:
+                raise StopIteration(7)
+            self.waited = True
+
+        def throw(self, exc: BaseException) -> None:
+            raise exc
+
+    class WithoutClose:
+        def __await__(self) -> Step:
+            return Step()
+
+    awaited = WithoutClose()
+    steps: Generator[object, None, object]
+    steps = clock.timed("apply", awaited).__await__()  # type: ignore[arg-type]
+    next(steps)
+    assert not hasattr(Step(), "close")
+    steps.close()  # no AttributeError from looking for the iterator's close
