@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.daemon.metrics import DaemonMetrics
+from service.daemon.metrics import DaemonMetrics, event_label_values
+from service.domain.outcomes import REASONS_BY_OUTCOME, REJECTED_REASONS, OutcomeKind
 
 # name: (type, label names, finite bucket bounds, help)
 CATALOGUE: dict[str, tuple[str, tuple[str, ...], tuple[float, ...], str]] = {
@@ -209,3 +210,16 @@ def test_histograms_end_in_an_infinite_bucket_and_nothing_else_is_exported_twice
         assert any(s.labels.get("le") == "+Inf" for s in family.samples), family.name
     names = [f.name for f in metrics.registry.collect()]
     assert len(names) == len(set(names))
+
+
+def test_the_event_series_label_pairs_are_exactly_the_outcomes_the_contract_can_report() -> None:
+    """Every ``(outcome, reason)`` pair ``consumergen_events_total`` is created with: a
+    dashboard's legend and an alert's matcher read these; a reason outside the contract
+    would be a series that never moves."""
+    expected = {(OutcomeKind.APPLIED.value, ""), (OutcomeKind.DUPLICATE.value, "")}
+    expected |= {(OutcomeKind.DUPLICATE.value, r.value) for r in REJECTED_REASONS}
+    for kind, reasons in REASONS_BY_OUTCOME.items():
+        expected |= {(kind.value, r.value) for r in reasons}
+    pairs = event_label_values()
+    assert set(pairs) == expected
+    assert len(pairs) == len(expected)  # each once
