@@ -50,6 +50,16 @@ def sink(restore_log_guard: None) -> Iterator[io.StringIO]:
     yield buffer
 
 
+@pytest.fixture(autouse=True)
+def _without_log_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about redaction and format, not ``service.daemon.log_limits``,
+    whose repeat limiter stays on aiokafka's loggers for the rest of a process once any
+    test installs it: a line this file logged in an earlier run in the same process
+    (mutmut runs every test twice in one) would be held back as a repeat."""
+    for name in ("aiokafka", "aiokafka.consumer.group_coordinator"):
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])
+
+
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
     text = buffer.getvalue()
     assert find_clear_uuid(text) is None, "a UUID left in clear"
