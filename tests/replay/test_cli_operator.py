@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,14 @@ from service.cli import cli
 from service.config import load_settings
 from service.replay.records import to_archive_line
 from service.store.migrate import upgrade
-from tests.log_guard import guard_restored
 from tests.replay.fake_topic import Log, install, stored
 from tests.replay.fakes import consumer_id, delete_doc, record, upsert_doc
 
 C1, C2, C3 = consumer_id(1), consumer_id(2), consumer_id(3)
 
 
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The CLI configures logging for the process: the suite's guard comes back after."""
-    with guard_restored():
-        yield
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached: faked or unused
-        "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}",
-        "CONSUMERGEN_TOPIC": "events",
-        "CONSUMERGEN_DLQ_TOPIC": "events.dlq",
-        "CONSUMERGEN_REQUEST_TIMEOUT_SECONDS": "5",
-    }
+# The CLI configures logging for the process: the suite's log guard comes back after.
+pytestmark = pytest.mark.usefixtures("restore_log_guard")
 
 
 def migrate(env: dict[str, str]) -> None:

@@ -13,7 +13,6 @@ import json
 import re
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from click.testing import CliRunner
 
 from service.cli import cli
 from service.replay import runner
-from tests.log_guard import guard_restored
 from tests.replay.fake_topic import Log, install, stored
 from tests.replay.test_cli_operator import (
     C1,
@@ -38,22 +36,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BAR = re.compile(r"replay\s+━+\s+3/3")
 
 
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The CLI configures logging for the process: the suite's guard comes back after."""
-    with guard_restored():
-        yield
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached: faked or unused
-        "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}",
-        "CONSUMERGEN_TOPIC": "events",
-        "CONSUMERGEN_DLQ_TOPIC": "events.dlq",
-        "CONSUMERGEN_REQUEST_TIMEOUT_SECONDS": "5",
-    }
+# The CLI configures logging for the process: the suite's log guard comes back after.
+pytestmark = pytest.mark.usefixtures("restore_log_guard")
 
 
 class Stream(io.StringIO):

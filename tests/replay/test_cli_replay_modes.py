@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from service.cli import cli
-from tests.log_guard import guard_restored
 from tests.replay.fake_topic import Log, install, stored
 from tests.replay.test_cli_operator import (
     C1,
@@ -28,23 +26,8 @@ from tests.replay.test_cli_operator import (
     write_archive,
 )
 
-
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The CLI configures logging for the process: the suite's guard comes back after."""
-    with guard_restored():
-        yield
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached: faked or unused
-        "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}",
-        "CONSUMERGEN_TOPIC": "events",
-        "CONSUMERGEN_DLQ_TOPIC": "events.dlq",
-        "CONSUMERGEN_REQUEST_TIMEOUT_SECONDS": "5",
-    }
+# The CLI configures logging for the process: the suite's log guard comes back after.
+pytestmark = pytest.mark.usefixtures("restore_log_guard")
 
 
 def live_file(env: dict[str, str]) -> Path:

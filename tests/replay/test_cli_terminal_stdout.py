@@ -4,12 +4,10 @@ fit the terminal's width, and identifiers never cut, even on a narrow terminal."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.log_guard import guard_restored
 from tests.replay.test_cli_operator import (
     C1,
     C2,
@@ -23,21 +21,8 @@ from tests.replay.test_cli_operator import (
 )
 from tests.replay.test_cli_progress import ANSI, on_terminal
 
-
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The CLI configures logging for the process: the suite's guard comes back after."""
-    with guard_restored():
-        yield
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "CONSUMERGEN_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
-        "CONSUMERGEN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}",
-        "CONSUMERGEN_TOPIC": "events",
-    }
+# The CLI configures logging for the process: the suite's log guard comes back after.
+pytestmark = pytest.mark.usefixtures("restore_log_guard")
 
 
 def rows(out: str) -> list[str]:

@@ -15,16 +15,17 @@ from sqlalchemy import text
 from service.config import load_settings
 from service.store.engine import create_engine
 from tests.replay.fake_topic import Log, install
-from tests.replay.test_cli_operator import (  # the same fixtures and history
+from tests.replay.test_cli_operator import (  # the same history
     C3,
     DOCS,
-    _logging_restored,  # noqa: F401 (an autouse fixture, used by being imported)
     applied,
-    env,  # noqa: F401 (a fixture)
     invoke,
     migrate,
     sql,
 )
+
+# The CLI configures logging for the process: the suite's log guard comes back after.
+pytestmark = pytest.mark.usefixtures("restore_log_guard")
 
 
 def consumers_in(url: str) -> int:
@@ -43,7 +44,7 @@ def consumers_in(url: str) -> int:
 
 @pytest.mark.parametrize("with_topic", [False, True])
 def test_the_scratch_database_named_is_the_one_rebuilt(
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     with_topic: bool,
@@ -61,7 +62,7 @@ def test_the_scratch_database_named_is_the_one_rebuilt(
 
 @pytest.mark.parametrize("with_topic", [False, True])
 def test_strict_counts_a_pruned_tombstone_with_or_without_the_topic(
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     with_topic: bool,
