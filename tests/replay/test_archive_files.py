@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import orjson
 import pytest
 
 from service.replay import archive as archive_module
@@ -18,17 +17,8 @@ from service.replay.archive import write_archive
 from service.replay.ranges import RangeSpec
 from service.replay.records import SourceRecord, to_archive_line
 from service.replay.sources import ArchiveSource, SourceError, TopicSource
+from tests.log_lines import logged
 from tests.replay.fakes import ListSource, RecordingProgress, consumer_id, record, upsert_doc
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
 
 
 def names(folder: Path) -> list[str]:

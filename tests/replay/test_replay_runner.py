@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
@@ -28,19 +27,10 @@ from service.replay.runner import Mode, ReplayReport, replay
 from service.store.errors import TransientDatabaseError
 from service.testing.fake_aiokafka import FakeCluster, producer_class
 from tests.apply.helpers import Db, migrated
+from tests.log_lines import logged
 from tests.replay.fakes import ListSource, RecordingProgress, consumer_id, record, upsert_doc
 
 C1, C2 = consumer_id(1), consumer_id(2)
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
 
 
 def mixed() -> ListSource:

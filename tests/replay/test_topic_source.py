@@ -14,7 +14,6 @@ import logging
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-import orjson
 import pytest
 from aiokafka import TopicPartition
 
@@ -24,6 +23,7 @@ from service.replay import sources
 from service.replay.ranges import PartitionRange, RangeError, RangeSpec
 from service.replay.records import SourceRecord
 from service.replay.sources import SourceError, TopicSource
+from tests.log_lines import logged
 from tests.replay.fake_topic import TOPIC, TS, Log, install, stored, two_partitions
 
 T = TypeVar("T")
@@ -37,16 +37,6 @@ def log(monkeypatch: pytest.MonkeyPatch) -> Log:
 def settings(**extra: Any) -> Settings:
     values: dict[str, Any] = {"bootstrap_servers": "kafka:9092", "request_timeout_seconds": 0.5}
     return load_settings(**(values | extra))
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
 
 
 async def read(

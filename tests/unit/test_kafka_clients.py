@@ -11,7 +11,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
@@ -30,19 +29,8 @@ from service.kafka.clients import (
     ssl_context,
     start_bounded,
 )
+from tests.log_lines import logged
 from tests.support.certs import CertificateSet, make_certificates
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """The service's structured log events (JSON lines through the standard logging)."""
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
-
 
 # --- the options -----------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ import gc
 import weakref
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -21,6 +20,7 @@ from service.kafka.clients import BrokerUnavailable
 from service.sinks.base import SinkUnavailable
 from service.sinks.kafka_producer import KafkaProducerHandle, _fail_pending
 from service.testing.fake_aiokafka import FakeAIOKafkaProducer, FakeCluster, producer_class
+from tests.log_lines import logged as events
 
 SETTINGS = load_settings(
     bootstrap_servers="localhost:1", dlq_topic="dlq", request_timeout_seconds=0.2
@@ -77,16 +77,6 @@ def limits(monkeypatch: pytest.MonkeyPatch, *answers: int | Exception | None) ->
 
     monkeypatch.setattr(kafka_producer, "topic_max_message_bytes", read)
     return asked
-
-
-def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
 
 
 async def test_the_producer_is_started_once_with_the_service_options_and_reused(

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -24,6 +23,7 @@ from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.testing.fake_aiokafka import FakeAIOKafkaProducer, FakeCluster, producer_class
+from tests.log_lines import logged
 
 SETTINGS = load_settings(
     bootstrap_servers="localhost:1",
@@ -71,17 +71,6 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
     Admin.fail_start = False
     Admin.close_fails = False
     Admin.closing = False
-    return found
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """The service's structured log events (JSON lines through the standard logging)."""
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
     return found
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
@@ -22,6 +21,7 @@ from service.sinks.fit import bare_letter, letter_size
 from service.sinks.kafka import KafkaDeadLetterSink, KafkaOutcomeSink
 from service.sinks.kafka_producer import KafkaProducerHandle
 from service.testing.fake_aiokafka import FakeCluster, Written, producer_class
+from tests.log_lines import logged
 
 SETTINGS = load_settings(
     bootstrap_servers="localhost:1",
@@ -80,17 +80,6 @@ def letter(
         reason="not_json",
         invalid=True,
     )
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """The service's structured log events (JSON lines through the standard logging)."""
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
 
 
 def values(records: list[Written]) -> list[bytes | None]:

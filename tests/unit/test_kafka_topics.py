@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResourceType
@@ -26,6 +25,7 @@ from service.kafka.topics import (
     max_message_bytes_of,
     topic_max_message_bytes,
 )
+from tests.log_lines import logged
 
 LEADER = {"error_code": 0, "partition": 0, "leader": 1}
 
@@ -126,16 +126,6 @@ def settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return load_settings(**values)
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        try:
-            found.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return found
 
 
 def made(broker: Broker) -> dict[str, tuple[int, int, dict[str, str]]]:
