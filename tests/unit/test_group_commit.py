@@ -137,6 +137,19 @@ async def test_batches_handed_in_together_share_one_transaction() -> None:
     assert store.transactions == 0  # nothing went through the applier's own transactions
 
 
+def _outside(consumer: str) -> ConsumerState:
+    """The row another process commits for ``consumer`` just before a part writes it."""
+    return ConsumerState(
+        uuid=consumer,
+        generation=7,
+        deleted=False,
+        project_id="elsewhere",
+        user_id="someone",
+        consumer_type=None,
+        last_event_id=str(uuid.uuid4()),
+    )
+
+
 async def test_a_race_in_one_part_replans_only_that_part() -> None:
     store = MemoryStore()
     writer = MemoryGroupWriter(store)
@@ -146,15 +159,7 @@ async def test_a_race_in_one_part_replans_only_that_part() -> None:
     raced = parts[1][0].consumer_uuid
     # Another process creates the second partition's consumer between the group's read
     # and its write: that part's create now finds it taken.
-    writer.outside[raced] = ConsumerState(
-        uuid=raced,
-        generation=7,
-        deleted=False,
-        project_id="elsewhere",
-        user_id="someone",
-        consumer_type=None,
-        last_event_id=str(uuid.uuid4()),
-    )
+    writer.outside[raced] = _outside(raced)
     results = await asyncio.gather(*(group.apply_batch(_items(p, i)) for i, p in enumerate(parts)))
     expected = await _one_at_a_time(parts)
     # The other parts were committed by the one group transaction, as if alone.

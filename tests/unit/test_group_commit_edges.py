@@ -13,7 +13,6 @@ decision; the tasks carry names (what a task dump shows) and leave no error in t
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
@@ -21,30 +20,22 @@ from typing import Any
 from service.apply.applier import Applier, Item
 from service.apply.group import GroupCommit
 from service.config import load_settings
-from service.domain.consumer import ConsumerState
 from service.domain.events import ConsumerEvent
 from service.domain.inbox import ProcessedEvent
 from service.domain.rules import Decision
 from service.store.errors import TransientDatabaseError
 from service.store.unit_of_work import UnitOfWork
 from tests.unit.test_applier_in_memory import MemoryStore, MemoryUnit
-from tests.unit.test_group_commit import MemoryGroupWriter, _items, _one_at_a_time, _parts
+from tests.unit.test_group_commit import (
+    MemoryGroupWriter,
+    _items,
+    _one_at_a_time,
+    _outside,
+    _parts,
+)
 
 #: How long a caller may wait for its outcomes before the test calls it a hang.
 DEADLINE = 10.0
-
-
-def _outside(consumer: str) -> ConsumerState:
-    """The row another process commits for ``consumer`` just before a part writes it."""
-    return ConsumerState(
-        uuid=consumer,
-        generation=7,
-        deleted=False,
-        project_id="elsewhere",
-        user_id="someone",
-        consumer_type=None,
-        last_event_id=str(uuid.uuid4()),
-    )
 
 
 async def _gather(group: GroupCommit, parts: list[list[ConsumerEvent]]) -> list[Any]:
