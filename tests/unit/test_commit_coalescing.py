@@ -17,6 +17,7 @@ from aiokafka.errors import (
 
 from service.daemon.commits import CommitCoalescer
 from service.failures import is_infrastructure
+from tests.log_lines import logged
 
 TP = [TopicPartition("events", n) for n in range(4)]
 
@@ -84,6 +85,30 @@ async def test_a_commit_refused_by_a_rebalance_is_harmless(error: BaseException)
     results = await asyncio.gather(commits.commit(TP[0], 3), commits.commit(TP[1], 4))
     assert results == [False, False]
     assert seen == []  # not committed: nothing to report as such
+
+
+async def test_a_commit_refused_by_a_rebalance_says_so_in_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator who sees events read twice after a rebalance finds why: one INFO line
+    for the refused request (not one per partition in it), with the broker's words."""
+    consumer = FakeConsumer()
+    consumer.error = CommitFailedError("the group has already rebalanced")
+    consumer.gate.set()
+    commits = CommitCoalescer(consumer.commit, timeout=5)
+    assert await asyncio.gather(commits.commit(TP[0], 3), commits.commit(TP[1], 4)) == [
+        False,
+        False,
+    ]
+    refused = [e for e in logged(caplog) if "rebalance" in str(e.get("event"))]
+    assert [(e["level"], e["event"], e["error"]) for e in refused] == [
+        (
+            "info",
+            "commit refused by a rebalance; redelivery is absorbed",
+            str(consumer.error),
+        )
+    ]
+    assert "the group has already rebalanced" in refused[0]["error"]
 
 
 async def test_any_other_commit_error_reaches_every_waiter() -> None:
