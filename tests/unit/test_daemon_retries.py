@@ -5,11 +5,16 @@ attempt must not be cut short)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Iterator
 
 import pytest
+import tenacity
 from aiokafka.errors import KafkaConnectionError
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
+from service.daemon import retries
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import install_retry_hooks, retry_scope, retry_until_stopped
 
@@ -189,3 +194,165 @@ async def test_a_failure_after_the_stop_is_not_retried_a_bug_after_it_still_prop
         await retry_until_stopped(
             bug_at_the_stop, stop=stop, wait_initial=0.01, wait_max=0.02, interrupt_attempt=False
         )
+
+
+class Flaky:
+    """Fails on the infrastructure ``failures`` times, then returns ``"done"``."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise KafkaConnectionError("down")
+        return "done"
+
+
+@pytest.fixture
+def scheduled() -> Iterator[list[RetryDetails]]:
+    """Every retry stamina schedules meanwhile, with the wait it chose (``wait_for``)."""
+    install_retry_hooks()
+    previous = get_on_retry_hooks()
+    seen: list[RetryDetails] = []
+    set_on_retry_hooks([*previous, seen.append])
+    try:
+        yield seen
+    finally:
+        set_on_retry_hooks(previous)
+
+
+async def test_the_hooks_are_installed_once_a_process_and_count_in_the_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a fresh process (stamina's default hooks, nothing installed yet) the first
+    ``install_retry_hooks`` makes retries count in the daemon's registry; a second one
+    (another daemon of the process) changes nothing: a hook added meanwhile stays."""
+    previous = get_on_retry_hooks()
+    monkeypatch.setattr(retries, "_installed", False)
+    set_on_retry_hooks(None)
+    try:
+        install_retry_hooks()
+        metrics = DaemonMetrics()
+        with retry_scope(metrics, "fetch"):
+            result = await retry_until_stopped(
+                Flaky(1),
+                stop=asyncio.Event(),
+                wait_initial=0.001,
+                wait_max=0.001,
+                interrupt_attempt=True,
+            )
+        assert result == (True, "done")
+        counted = metrics.registry.get_sample_value("consumergen_retries_total", {"step": "fetch"})
+        assert counted == 1
+        seen: list[RetryDetails] = []
+        set_on_retry_hooks([*get_on_retry_hooks(), seen.append])
+        install_retry_hooks()
+        await retry_until_stopped(
+            Flaky(1),
+            stop=asyncio.Event(),
+            wait_initial=0.001,
+            wait_max=0.001,
+            interrupt_attempt=True,
+        )
+        assert len(seen) == 1
+    finally:
+        set_on_retry_hooks(previous)
+
+
+async def test_the_backoff_starts_at_wait_initial_and_doubles_up_to_wait_max(
+    scheduled: list[RetryDetails], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's waits, not stamina's defaults (0.1 s, 5 s): seen with stamina's random
+    jitter at its least (0), the first wait is ``wait_initial``, each next one twice the
+    last, never more than ``wait_max``."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    result = await retry_until_stopped(
+        Flaky(4), stop=asyncio.Event(), wait_initial=0.01, wait_max=0.03, interrupt_attempt=True
+    )
+    assert result == (True, "done")
+    assert [d.wait_for for d in scheduled] == pytest.approx([0.01, 0.02, 0.03, 0.03])
+
+
+class _HourPerReading:
+    """A monotonic clock that runs an hour each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        self.now += 3600.0
+        return self.now
+
+
+async def test_retries_go_on_for_as_long_as_the_infrastructure_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No time limit (stamina's default gives up after 45 s): only a stop ends it.  The
+    retries' clock (tenacity's, which stamina's time limit reads) runs an hour per
+    reading here; the waits themselves are real and short."""
+    monkeypatch.setattr(tenacity, "time", _HourPerReading())
+    operation = Flaky(3)
+    result = await retry_until_stopped(
+        operation,
+        stop=asyncio.Event(),
+        wait_initial=0.001,
+        wait_max=0.001,
+        interrupt_attempt=False,
+    )
+    assert result == (True, "done")
+    assert operation.calls == 4
+
+
+async def test_a_stop_while_backing_off_from_a_failure_handed_in_ends_it_at_once() -> None:
+    """The caller made the first attempt (``first_failure``); the stop comes during the
+    backoff after it, before any attempt here: nothing is in flight to let finish, so it
+    ends at once, even though attempts are not to be cut short."""
+    stop = asyncio.Event()
+    operation = Flaky(0)
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    result = await asyncio.wait_for(
+        retry_until_stopped(
+            operation,
+            stop=stop,
+            wait_initial=30,
+            wait_max=60,
+            interrupt_attempt=False,
+            first_failure=KafkaConnectionError("down"),
+        ),
+        10,
+    )
+    assert result == (False, None)
+    assert operation.calls == 0
+
+
+async def test_a_cancelled_caller_ends_only_once_its_attempt_has_let_go() -> None:
+    """Cancelling the waiting task (a shutdown) cancels the attempt in flight and waits
+    for it to end: nothing of it runs on behind the caller's back (a client half
+    started, a fetch still reading)."""
+    started = asyncio.Event()
+    let_go: list[bool] = []
+
+    async def cleans_up_when_cancelled() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # closing what it had open
+            let_go.append(True)
+
+    waiting = asyncio.create_task(
+        retry_until_stopped(
+            cleans_up_when_cancelled,
+            stop=asyncio.Event(),
+            wait_initial=0.01,
+            wait_max=0.02,
+            interrupt_attempt=True,
+        )
+    )
+    await started.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 10)
+    assert let_go == [True]
