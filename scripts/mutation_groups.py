@@ -182,6 +182,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_readiness_and_liveness.py",
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_run_daemon_exits.py",
+            "tests/unit/test_broker_outage.py",
         ),
         "the daemon's life: signals, rebalances, pauses, broker outages, stalls, the heartbeat",
         ("tests/daemon", "tests/integration"),
