@@ -183,6 +183,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_run_daemon_exits.py",
             "tests/unit/test_broker_outage.py",
+            "tests/unit/test_pause_reasons.py",
         ),
         "the daemon's life: signals, rebalances, pauses, broker outages, stalls, the heartbeat",
         ("tests/daemon", "tests/integration"),
