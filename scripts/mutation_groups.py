@@ -184,6 +184,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_run_daemon_exits.py",
             "tests/unit/test_broker_outage.py",
             "tests/unit/test_pause_reasons.py",
+            "tests/unit/test_membership.py",
         ),
         "the daemon's life: signals, rebalances, pauses, broker outages, stalls, the heartbeat",
         ("tests/daemon", "tests/integration"),
