@@ -172,8 +172,6 @@ async def test_a_parking_runs_as_the_broker_outage_task_and_says_when_it_parks_a
         await _parked_and_back(outage)
         await poll(lambda: old.stopped, WITHIN, "the old consumer stopped")
         await outage.close()
-        for _ in range(3):
-            await asyncio.sleep(0)  # the done callbacks of the old consumer's stop run
     assert errors == []
     assert clients.steps == [
         "producer dropped",
@@ -310,7 +308,7 @@ async def test_close_waits_for_an_old_consumer_still_stopping_up_to_the_request_
     it goes on in the background).  At shutdown ``close`` waits for it; once the request
     timeout has passed, ``close`` returns all the same (the shutdown is bounded), and the
     stop is not cut short: it finishes when it can."""
-    timeout = 0.3
+    timeout = 1.0  # far above a few turns of the loop, even on a loaded machine
     clients = Clients()
     old = HeldClose(clients.broker)
     clients.consumers[:] = [old]
