@@ -350,7 +350,9 @@ async def test_a_stop_ends_the_loop_while_it_waits_for_the_clients_to_be_back() 
     attempt, which the stop interrupts: a daemon stopping during an outage ends."""
     consumer = ScriptedConsumer()
     async with running(consumer, online=False, parking=False) as loop:
-        await asyncio.sleep(0.05)  # (nothing to wait for: the loop must not fetch)
+        # (not a wait for a condition: the loop's task runs into its wait for the clients
+        # before this timer fires, so the stop below finds it waiting there)
+        await asyncio.sleep(0.05)
         loop.stop.set()
         await loop.ended()
         assert consumer.calls == []  # never fetched while not online
