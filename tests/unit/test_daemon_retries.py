@@ -5,9 +5,10 @@ attempt must not be cut short)."""
 from __future__ import annotations
 
 import asyncio
-import random
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 import tenacity
@@ -196,163 +197,185 @@ async def test_a_failure_after_the_stop_is_not_retried_a_bug_after_it_still_prop
         )
 
 
-class Flaky:
-    """Fails on the infrastructure ``failures`` times, then returns ``"done"``."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise KafkaConnectionError("down")
-        return "done"
+# --- the hooks: set once per process ------------------------------------------------------
 
 
 @pytest.fixture
-def scheduled() -> Iterator[list[RetryDetails]]:
-    """Every retry stamina schedules meanwhile, with the wait it chose (``wait_for``)."""
-    install_retry_hooks()
-    previous = get_on_retry_hooks()
-    seen: list[RetryDetails] = []
-    set_on_retry_hooks([*previous, seen.append])
-    try:
-        yield seen
-    finally:
-        set_on_retry_hooks(previous)
-
-
-async def test_the_hooks_are_installed_once_a_process_and_count_in_the_daemon(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """In a fresh process (stamina's default hooks, nothing installed yet) the first
-    ``install_retry_hooks`` makes retries count in the daemon's registry; a second one
-    (another daemon of the process) changes nothing: a hook added meanwhile stays."""
-    previous = get_on_retry_hooks()
+def no_hooks_yet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process in which no daemon has set stamina's hooks yet (another test, or mutation
+    testing's parent process, may have), and its hooks put back afterwards."""
+    before = get_on_retry_hooks()
     monkeypatch.setattr(retries, "_installed", False)
-    set_on_retry_hooks(None)
+    set_on_retry_hooks(())
     try:
-        install_retry_hooks()
-        metrics = DaemonMetrics()
-        with retry_scope(metrics, "fetch"):
-            result = await retry_until_stopped(
-                Flaky(1),
-                stop=asyncio.Event(),
-                wait_initial=0.001,
-                wait_max=0.001,
-                interrupt_attempt=True,
-            )
-        assert result == (True, "done")
-        counted = metrics.registry.get_sample_value("consumergen_retries_total", {"step": "fetch"})
-        assert counted == 1
-        seen: list[RetryDetails] = []
-        set_on_retry_hooks([*get_on_retry_hooks(), seen.append])
-        install_retry_hooks()
-        await retry_until_stopped(
-            Flaky(1),
-            stop=asyncio.Event(),
-            wait_initial=0.001,
-            wait_max=0.001,
-            interrupt_attempt=True,
-        )
-        assert len(seen) == 1
+        yield
     finally:
-        set_on_retry_hooks(previous)
+        set_on_retry_hooks(before)
 
 
-async def test_the_backoff_starts_at_wait_initial_and_doubles_up_to_wait_max(
-    scheduled: list[RetryDetails], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The caller's waits, not stamina's defaults (0.1 s, 5 s): seen with stamina's random
-    jitter at its least (0), the first wait is ``wait_initial``, each next one twice the
-    last, never more than ``wait_max``."""
-    monkeypatch.setattr(random, "uniform", lambda low, high: low)
-    result = await retry_until_stopped(
-        Flaky(4), stop=asyncio.Event(), wait_initial=0.01, wait_max=0.03, interrupt_attempt=True
-    )
-    assert result == (True, "done")
-    assert [d.wait_for for d in scheduled] == pytest.approx([0.01, 0.02, 0.03, 0.03])
+async def _fails_then_works(failures: int) -> Callable[[], Awaitable[str]]:
+    calls = {"n": 0}
+
+    async def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise KafkaConnectionError("not yet")
+        return "done"
+
+    return flaky
 
 
-class _HourPerReading:
-    """A monotonic clock that runs an hour each time it is read."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def monotonic(self) -> float:
-        self.now += 3600.0
-        return self.now
-
-
-async def test_retries_go_on_for_as_long_as_the_infrastructure_fails(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """No time limit (stamina's default gives up after 45 s): only a stop ends it.  The
-    retries' clock (tenacity's, which stamina's time limit reads) runs an hour per
-    reading here; the waits themselves are real and short."""
-    monkeypatch.setattr(tenacity, "time", _HourPerReading())
-    operation = Flaky(3)
-    result = await retry_until_stopped(
-        operation,
-        stop=asyncio.Event(),
-        wait_initial=0.001,
-        wait_max=0.001,
-        interrupt_attempt=False,
-    )
-    assert result == (True, "done")
-    assert operation.calls == 4
-
-
-async def test_a_stop_while_backing_off_from_a_failure_handed_in_ends_it_at_once() -> None:
-    """The caller made the first attempt (``first_failure``); the stop comes during the
-    backoff after it, before any attempt here: nothing is in flight to let finish, so it
-    ends at once, even though attempts are not to be cut short."""
-    stop = asyncio.Event()
-    operation = Flaky(0)
-    asyncio.get_running_loop().call_later(0.1, stop.set)
-    result = await asyncio.wait_for(
-        retry_until_stopped(
-            operation,
-            stop=stop,
-            wait_initial=30,
-            wait_max=60,
-            interrupt_attempt=False,
-            first_failure=KafkaConnectionError("down"),
-        ),
-        10,
-    )
-    assert result == (False, None)
-    assert operation.calls == 0
-
-
-async def test_a_cancelled_caller_ends_only_once_its_attempt_has_let_go() -> None:
-    """Cancelling the waiting task (a shutdown) cancels the attempt in flight and waits
-    for it to end: nothing of it runs on behind the caller's back (a client half
-    started, a fetch still reading)."""
-    started = asyncio.Event()
-    let_go: list[bool] = []
-
-    async def cleans_up_when_cancelled() -> None:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.sleep(0.05)  # closing what it had open
-            let_go.append(True)
-
-    waiting = asyncio.create_task(
-        retry_until_stopped(
-            cleans_up_when_cancelled,
+@pytest.mark.usefixtures("no_hooks_yet")
+async def test_the_first_install_makes_retries_count_in_the_daemons_registry() -> None:
+    metrics = DaemonMetrics()
+    install_retry_hooks()
+    with retry_scope(metrics, "commit"):
+        result = await retry_until_stopped(
+            await _fails_then_works(1),
             stop=asyncio.Event(),
             wait_initial=0.01,
             wait_max=0.02,
             interrupt_attempt=True,
         )
+    assert result == (True, "done")
+    assert metrics.registry.get_sample_value("consumergen_retries_total", {"step": "commit"}) == 1
+
+
+@pytest.mark.usefixtures("no_hooks_yet")
+def test_a_second_install_leaves_the_processs_hooks_as_they_are() -> None:
+    """Once per process: a second daemon started in the same process does not reset
+    hooks set since the first (an embedding application's own)."""
+    install_retry_hooks()
+
+    def own_hook(details: RetryDetails) -> None:
+        del details
+
+    set_on_retry_hooks((own_hook,))
+    install_retry_hooks()
+    assert get_on_retry_hooks() == (own_hook,)
+
+
+# --- the backoff: from wait_initial, without a time limit ---------------------------------
+
+
+async def test_the_first_wait_is_wait_initial() -> None:
+    """stamina's backoff starts at the daemon's ``wait_initial`` (not stamina's own
+    default of 0.1 s): seen in the wait stamina chose for the first retry, capped at
+    ``wait_max`` (jitter included).  The stop set in the hook ends the wait at once."""
+    install_retry_hooks()
+    stop = asyncio.Event()
+    waits: list[float] = []
+
+    def heard(details: RetryDetails) -> None:
+        waits.append(details.wait_for)
+        stop.set()
+
+    with retry_scope(DaemonMetrics(), "fetch", on_retry=heard):
+        result = await asyncio.wait_for(
+            retry_until_stopped(
+                await _fails_then_works(5),
+                stop=stop,
+                wait_initial=7.0,
+                wait_max=7.0,
+                interrupt_attempt=True,
+            ),
+            5,
+        )
+    assert result == (False, None)
+    assert waits == [7.0]
+
+
+async def test_retries_never_end_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon retries the infrastructure for as long as it is down: stamina's own
+    45 s timeout is off.  tenacity's clock (which stamina's timeout reads) is made to run
+    a minute per reading here, so that 45 s pass between any two attempts."""
+    minutes = itertools.count()
+    monkeypatch.setattr(tenacity, "time", SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
+    result = await asyncio.wait_for(
+        retry_until_stopped(
+            await _fails_then_works(4),
+            stop=asyncio.Event(),
+            wait_initial=0.001,
+            wait_max=0.002,
+            interrupt_attempt=True,
+        ),
+        5,
     )
-    await started.wait()
+    assert result == (True, "done")
+    assert next(minutes) > 4  # the clock was read: its minutes did pass
+
+
+async def test_a_stop_in_the_backoff_after_the_callers_own_failed_attempt_ends_it_at_once() -> None:
+    """The fetch loop made the first attempt itself (``first_failure``): a stop during the
+    backoff that follows ends the retry at once even where an attempt in flight would be
+    let finish (``interrupt_attempt=False``), since no attempt is in flight."""
+    stop = asyncio.Event()
+    attempts: list[None] = []
+
+    async def start() -> str:
+        attempts.append(None)
+        return "started"
+
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    result = await asyncio.wait_for(
+        retry_until_stopped(
+            start,
+            stop=stop,
+            wait_initial=30,
+            wait_max=30,
+            interrupt_attempt=False,
+            first_failure=KafkaConnectionError("the caller's poll failed"),
+        ),
+        5,
+    )
+    assert result == (False, None)
+    assert attempts == []
+
+
+# --- no task left behind ------------------------------------------------------------------
+
+
+def _others() -> set[asyncio.Task[object]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+
+async def test_an_answer_leaves_no_task_of_its_own_behind() -> None:
+    result = await retry_until_stopped(
+        await _fails_then_works(0),
+        stop=asyncio.Event(),
+        wait_initial=0.01,
+        wait_max=0.02,
+        interrupt_attempt=True,
+    )
+    assert result == (True, "done")
+    assert _others() == set()
+
+
+async def test_a_cancelled_caller_finds_its_attempt_ended_and_no_task_left() -> None:
+    """A shutdown cancels the task retrying: by the time the cancellation reaches it,
+    the attempt has run its own clean-up (a fetch leaves the consumer idle), however
+    many steps that takes, and nothing of the retry is still scheduled."""
+    in_flight = asyncio.Event()
+    cleaned: list[None] = []
+
+    async def fetch() -> None:
+        try:
+            in_flight.set()
+            await asyncio.Event().wait()
+        finally:
+            for _ in range(50):  # a clean-up of many steps
+                await asyncio.sleep(0)
+            cleaned.append(None)
+
+    async def caller() -> None:
+        await retry_until_stopped(
+            fetch, stop=asyncio.Event(), wait_initial=0.01, wait_max=0.02, interrupt_attempt=True
+        )
+
+    waiting = asyncio.create_task(caller())
+    await asyncio.wait_for(in_flight.wait(), 5)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(waiting, 10)
-    assert let_go == [True]
+        await waiting
+    assert cleaned == [None]
+    assert _others() == set()
