@@ -144,3 +144,18 @@ async def test_a_waiter_cancelled_meanwhile_does_not_break_the_others() -> None:
     assert await first is True
     assert await kept is True
     assert gone.cancelled()
+
+
+async def test_the_commit_in_flight_runs_as_the_committer_task() -> None:
+    """A task dump (asyncio's debug output, a hung shutdown's report) names the commit
+    in flight "committer", so an operator can tell a stuck offset commit from a stuck
+    fetch or batch."""
+    consumer = FakeConsumer()
+    commits = CommitCoalescer(consumer.commit, timeout=5, committed=lambda tp, offset: None)
+    waiter = asyncio.create_task(commits.commit(TP[0], 3))
+    await _settle()
+    assert consumer.requests == [{TP[0]: 3}]
+    names = {task.get_name() for task in asyncio.all_tasks() if not task.done()}
+    assert "committer" in names
+    consumer.gate.set()
+    assert await asyncio.wait_for(waiter, 5) is True
