@@ -200,6 +200,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_daemon_rebalance_rules.py",
             "tests/unit/test_stalls.py",
+            "tests/unit/test_probe_verdicts.py",
         ),
         "the clients' start and the schema wait, the broker and database probes, the lag, "
         "the listeners' checks",
