@@ -498,3 +498,30 @@ async def test_nothing_is_stalled_while_the_clients_are_parked_and_the_clock_sta
         await probe_round(r)
         assert r.readiness.stalled == (), "the time parked was counted as standing still"
         await stalled_within(r, ("events/0",))
+
+
+async def test_a_partition_assigned_anew_starts_its_clock_again_at_the_same_offset(
+    sqlite_url: str,
+) -> None:
+    """A rebalance hands the partition to a new worker (this member again) that finds
+    the same committed offset: the new owner has not stood still yet, so the time
+    before it does not count; it is stalled only a whole bound after its assignment."""
+    bound = 1.2
+    settings = fake_settings(
+        sqlite_url, request_timeout_seconds=REQUEST_TIMEOUT, stall_seconds=bound
+    )
+    async with rig(settings, partitions=1) as r:
+        r.produce(0, 3)
+        r.broker.committed[r.tp(0)] = 1
+        await r.consumer.getmany(timeout_ms=0)
+        await probe_round(r)  # lag seen: the partition's clock starts
+        began = time.monotonic()
+        old = r.membership.workers[r.tp(0)]
+        await past(began + bound * 0.6)
+        await r.broker.rebalance()
+        assert r.membership.workers[r.tp(0)] is not old
+        await probe_round(r)  # the new worker's committed offset: 1 again
+        await past(began + bound + 0.05)
+        await probe_round(r)
+        assert r.readiness.stalled == (), "the previous owner's time was counted"
+        await stalled_within(r, ("events/0",))
