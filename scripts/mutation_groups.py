@@ -194,6 +194,7 @@ GROUPS: dict[str, Group] = {
         ("service/daemon/startup.py", "service/daemon/probes.py", "service/daemon/listeners.py"),
         (
             "tests/unit/test_daemon_probes.py",
+            "tests/unit/test_daemon_startup.py",
             "tests/unit/test_listener_rules.py",
             "tests/daemon/test_listeners.py",
             "tests/unit/test_daemon_reports.py",
