@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+from sqlalchemy.engine import make_url
 
 from service.config import Settings
 from service.daemon import startup
@@ -508,3 +509,81 @@ async def test_the_schema_wait_marks_the_database_reachable_once_it_answers(
         await engine.dispose()
     assert readiness.database_reachable is True
     assert not events(caplog, "database reachable, starting")  # no failed attempt here
+
+
+class GatedRelay:
+    """A TCP relay to the database that holds every connection until ``gate`` is set:
+    a database that is slow to answer, so that a check is in progress for as long as
+    the test wants."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> GatedRelay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.waiting += 1
+        await self.gate.wait()
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            writer.close()
+            up_writer.close()
+
+
+async def test_a_stop_during_a_schema_check_lets_that_check_finish(postgres_url: str) -> None:
+    """A stop while the schema check waits for a slow database: the check is let finish
+    (as the clients' start is), and having answered, the database is reachable."""
+    settings = fake_settings(postgres_url, postgresql_allow_commit_loss_on_crash=True)
+    await upgrade(settings)
+    url = make_url(postgres_url)
+    async with GatedRelay(url.host or "127.0.0.1", url.port or 5432) as relay:
+        relayed = url.set(host="127.0.0.1", port=relay.port).render_as_string(False)
+        settings = fake_settings(relayed, postgresql_allow_commit_loss_on_crash=True)
+        engine = create_engine(settings)
+        readiness, stop = Readiness(database_reachable=False), asyncio.Event()
+        try:
+            task = asyncio.create_task(
+                wait_for_schema(
+                    settings, engine, readiness=readiness, metrics=DaemonMetrics(), stop=stop
+                )
+            )
+            await poll(lambda: relay.waiting >= 1, WITHIN, "the check connecting")
+            stop.set()
+            done, _ = await asyncio.wait({task}, timeout=0.2)
+            assert not done  # still waiting for the check in progress
+            relay.gate.set()
+            await asyncio.wait_for(task, WITHIN)
+        finally:
+            await engine.dispose()
+    assert readiness.database_reachable is True
