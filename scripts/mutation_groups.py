@@ -195,6 +195,7 @@ GROUPS: dict[str, Group] = {
         (
             "tests/unit/test_daemon_probes.py",
             "tests/unit/test_daemon_startup.py",
+            "tests/unit/test_probe_rules.py",
             "tests/unit/test_listener_rules.py",
             "tests/daemon/test_listeners.py",
             "tests/unit/test_daemon_reports.py",

@@ -1,0 +1,216 @@
+"""The probes alone (``service.daemon.probes``), fast: what one probe of the broker or
+the database does to /readyz, the failure counters, the log and the partitions paused on
+the broker, when it fails, fails again and succeeds; a probe bounded by the request
+timeout; and the stall line an operator reads before the restart.
+
+The parts are the real ones (``Readiness``, ``Pauses``, ``Membership`` with its workers
+over ``test_partition_worker.FakeHost``, ``StallWatch``) with the fake broker's consumer;
+a database that never answers is a TCP relay that holds every connection
+(``test_daemon_startup.GatedRelay``), and a file that is no database is one.  The whole
+daemon's outages over the fakes: test_daemon_probes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from service.config import Settings
+from service.daemon.health import Readiness
+from service.daemon.membership import Membership
+from service.daemon.pauses import Pauses
+from service.daemon.ports import WorkerHost
+from service.daemon.probes import Probes
+from service.daemon.stalls import StallWatch
+from service.store.engine import create_engine
+from service.testing.fake_edges import fake_settings
+from service.testing.fake_kafka import FakeBroker, FakeConsumer
+from tests.unit.test_broker_outage import HangingApplier
+from tests.unit.test_daemon_startup import GatedRelay
+from tests.unit.test_partition_worker import FakeHost
+
+WITHIN = 20.0
+TP0 = TopicPartition("events", 0)
+DOWN = "KafkaConnectionError: fake broker is down"
+
+
+class SilentConsumer(FakeConsumer):
+    """A consumer whose broker accepts the connection and never answers."""
+
+    async def topics(self) -> set[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class Parts:
+    """One ``Probes`` and what it writes to: readiness, metrics, pauses, membership."""
+
+    def __init__(self, settings: Settings, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+        self.host = FakeHost(HangingApplier())
+        self.metrics = self.host.metrics
+        self.readiness = Readiness()
+        self.pauses = Pauses(lambda: cast(AIOKafkaConsumer, self.consumer))
+        self.membership = Membership(
+            cast(WorkerHost, self.host),  # FakeHost's sinks are the memory ones
+            pauses=self.pauses,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            revoke_grace=1.0,
+        )
+        self.stalls = StallWatch(5.0)
+        self.lost = 0
+        self.engine = create_engine(settings)
+        self.probes = Probes(
+            settings,
+            consumer=lambda: cast(AIOKafkaConsumer, self.consumer),
+            engine=self.engine,
+            membership=self.membership,
+            pauses=self.pauses,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            online=lambda: True,
+            broker_lost=self._broker_lost,
+            stalls=self.stalls,
+        )
+
+    def _broker_lost(self) -> None:
+        self.lost += 1
+
+    def failures(self, kind: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "consumergen_infrastructure_failures_total", {"kind": kind}
+        )
+
+    async def close(self) -> None:
+        await self.membership.release(list(self.membership.workers))
+        await self.engine.dispose()
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in caplog.text.splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            entry = orjson.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == name:
+                found.append(entry)
+    return found
+
+
+async def test_a_broker_probe_parks_once_when_lost_and_resumes_its_pauses_once_back(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lost: /readyz says the broker is not reachable and the error on one line,
+    counted and logged once however many probes fail, the clients parked once.  Back:
+    reachable, and the partitions paused on the broker resumed.  While it stays
+    reachable a probe touches nothing: a worker's own pause on the broker is its own."""
+    broker = FakeBroker("events", 1)
+    parts = Parts(fake_settings(sqlite_url), FakeConsumer(broker))
+    try:
+        parts.membership.adopt([TP0])
+        parts.pauses.pause(TP0, "broker")
+        await parts.probes.probe_broker()
+        assert parts.pauses.is_paused(TP0)  # reachable all along: not the probe's pause
+        assert parts.readiness.broker_reachable is True
+
+        broker.go_down()
+        await parts.probes.probe_broker()
+        await parts.probes.probe_broker()
+        assert parts.readiness.broker_reachable is False
+        assert parts.readiness.last_error == f"broker: {DOWN}"
+        assert parts.failures("broker") == 1 and parts.lost == 1
+        assert parts.pauses.is_paused(TP0)
+
+        broker.come_up()
+        await parts.probes.probe_broker()
+        assert parts.readiness.broker_reachable is True
+        assert not parts.pauses.is_paused(TP0)
+        assert parts.failures("broker") == 1 and parts.lost == 1
+    finally:
+        await parts.close()
+    [parked] = events(caplog, "broker unreachable: parking the Kafka clients")
+    assert parked["error"] == DOWN and parked["level"] == "warning"
+    [back] = events(caplog, "broker reachable again: resuming")
+    assert back["level"] == "info"
+
+
+async def test_a_broker_probe_that_gets_no_answer_ends_at_the_request_timeout(
+    sqlite_url: str,
+) -> None:
+    settings = fake_settings(sqlite_url, request_timeout_seconds=0.1)
+    parts = Parts(settings, SilentConsumer(FakeBroker("events", 1)))
+    try:
+        await asyncio.wait_for(parts.probes.probe_broker(), WITHIN)
+    finally:
+        await parts.close()
+    assert parts.readiness.broker_reachable is False
+    assert parts.readiness.last_error == "broker: TimeoutError"
+
+
+async def test_a_database_probe_that_gets_no_answer_ends_at_the_request_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that accepts the connection and never answers: the probe gives up at
+    the request timeout; unreachable, counted and logged once with the error, and not
+    reported as unexpected (a timeout is what an unreachable database looks like)."""
+    async with GatedRelay("127.0.0.1", 9) as relay:
+        url = f"postgresql+asyncpg://nobody@127.0.0.1:{relay.port}/none"
+        parts = Parts(
+            fake_settings(url, request_timeout_seconds=0.1), FakeConsumer(FakeBroker("events", 1))
+        )
+        try:
+            await asyncio.wait_for(parts.probes.probe_database(), WITHIN)
+            await asyncio.wait_for(parts.probes.probe_database(), WITHIN)
+        finally:
+            await parts.close()
+    assert parts.readiness.database_reachable is False
+    assert parts.readiness.last_error == "database: TimeoutError: "
+    assert parts.failures("database") == 1
+    [unreachable] = events(caplog, "database unreachable")
+    assert unreachable["error"] == "TimeoutError: " and unreachable["level"] == "warning"
+    assert not events(caplog, "database probe failed unexpectedly")
+
+
+async def test_a_database_probe_failing_in_an_unexpected_way_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that is no database: not a passing outage, so besides making the database
+    unready the probe logs it as an error, with the driver's words."""
+    path = tmp_path / "garbage.sqlite3"
+    path.write_bytes(b"this is no SQLite database, just bytes " * 100)
+    settings = fake_settings(f"sqlite+aiosqlite:///{path}")
+    parts = Parts(settings, FakeConsumer(FakeBroker("events", 1)))
+    try:
+        await parts.probes.probe_database()
+    finally:
+        await parts.close()
+    said = "DatabaseError: file is not a database"
+    assert parts.readiness.database_reachable is False
+    assert parts.readiness.last_error == f"database: {said}"
+    [unexpected] = events(caplog, "database probe failed unexpectedly")
+    assert unexpected["error"] == said and unexpected["level"] == "error"
+    [unreachable] = events(caplog, "database unreachable")
+    assert unreachable["error"] == said
+
+
+async def test_a_stall_is_logged_as_an_error_naming_what_stands_still(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = Parts(fake_settings(sqlite_url), FakeConsumer(FakeBroker("events", 1)))
+    try:
+        parts.stalls.polled(time.monotonic() - 60)  # the fetch loop's last poll, long ago
+        await parts.probes.check_stalls()
+        await parts.probes.check_stalls()  # logged when it begins, not at every probe
+    finally:
+        await parts.close()
+    assert parts.readiness.stalled == ("fetch loop",)
+    [stalled] = events(caplog, "stalled: failing /livez so that the process is restarted")
+    assert stalled["stalled"] == "fetch loop" and stalled["bound_seconds"] == 5.0
+    assert stalled["level"] == "error"
