@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from service.config import Settings
 from service.daemon.health import Readiness
@@ -32,6 +32,7 @@ from service.daemon.stalls import StallWatch
 from service.store.engine import create_engine
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
+from service.testing.polling import poll
 from tests.unit.test_broker_outage import HangingApplier
 from tests.unit.test_daemon_startup import GatedRelay
 from tests.unit.test_partition_worker import FakeHost
@@ -87,6 +88,11 @@ class Parts:
     def failures(self, kind: str) -> float | None:
         return self.metrics.registry.get_sample_value(
             "consumergen_infrastructure_failures_total", {"kind": kind}
+        )
+
+    def lag(self, tp: TopicPartition) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "consumergen_consumer_lag", {"topic": tp.topic, "partition": str(tp.partition)}
         )
 
     async def close(self) -> None:
@@ -214,3 +220,79 @@ async def test_a_stall_is_logged_as_an_error_naming_what_stands_still(
     [stalled] = events(caplog, "stalled: failing /livez so that the process is restarted")
     assert stalled["stalled"] == "fetch loop" and stalled["bound_seconds"] == 5.0
     assert stalled["level"] == "error"
+
+
+class HangingCommitted(FakeConsumer):
+    """A consumer whose broker never answers the committed-offset request."""
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class Unlistened(ConsumerRebalanceListener):  # type: ignore[misc]
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        return None
+
+
+TP1 = TopicPartition("events", 1)
+
+
+async def fetched_both(consumer: FakeConsumer) -> None:
+    """``consumer`` assigned both partitions and has fetched from each, so that it knows
+    their high watermarks (as aiokafka's does after a fetch)."""
+    await consumer.start()
+    consumer.subscribe(["events"], listener=Unlistened())
+    await poll(lambda: consumer.assignment() == {TP0, TP1}, WITHIN, "assigned")
+    await consumer.getmany(timeout_ms=0)
+
+
+async def test_the_lag_probe_asks_each_unknown_committed_offset_once_and_skips_a_failure(
+    sqlite_url: str,
+) -> None:
+    """The lag is the high watermark minus the committed offset (asked of the broker
+    for a partition whose worker has not committed yet).  A partition whose committed
+    offset cannot be had now is skipped; the next one is still measured."""
+    broker = FakeBroker("events", 2)
+    for partition, count in ((0, 5), (1, 3)):
+        for _ in range(count):
+            broker.produce(partition, b"{}")
+    broker.committed.update({TP0: 2, TP1: 1})
+    consumer = FakeConsumer(broker)
+    parts = Parts(fake_settings(sqlite_url), consumer)
+    try:
+        await fetched_both(consumer)
+        parts.membership.adopt([TP0, TP1])  # in this order: partition 0 is asked first
+        await parts.probes.refresh_lag()
+        assert parts.lag(TP0) == 3 and parts.lag(TP1) == 2
+        assert [w.committed for w in parts.membership.workers.values()] == [2, 1]
+
+        parts.membership.workers[TP0].committed = None  # unknown again
+        broker.produce(1, b"{}")
+        broker.go_down()  # partition 0's committed offset cannot be had
+        await parts.probes.refresh_lag()
+        assert parts.membership.workers[TP0].committed is None
+        assert parts.lag(TP1) == 3  # measured all the same
+    finally:
+        broker.come_up()
+        await parts.close()
+        await broker.close()
+
+
+async def test_the_lag_probe_gives_up_on_a_committed_offset_that_never_comes(
+    sqlite_url: str,
+) -> None:
+    broker = FakeBroker("events", 2)
+    consumer = HangingCommitted(broker)
+    parts = Parts(fake_settings(sqlite_url), consumer)
+    try:
+        await fetched_both(consumer)
+        parts.membership.adopt([TP0, TP1])
+        await asyncio.wait_for(parts.probes.refresh_lag(), WITHIN)
+        assert all(w.committed is None for w in parts.membership.workers.values())
+    finally:
+        await parts.close()
+        await broker.close()
