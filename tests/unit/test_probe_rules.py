@@ -21,6 +21,7 @@ from typing import Any, cast
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from service.config import Settings
 from service.daemon.health import Readiness
@@ -53,8 +54,9 @@ class SilentConsumer(FakeConsumer):
 class Parts:
     """One ``Probes`` and what it writes to: readiness, metrics, pauses, membership."""
 
-    def __init__(self, settings: Settings, consumer: FakeConsumer) -> None:
+    def __init__(self, settings: Settings, consumer: FakeConsumer, bound: float = 5.0) -> None:
         self.consumer = consumer
+        self.online = True
         self.host = FakeHost(HangingApplier())
         self.metrics = self.host.metrics
         self.readiness = Readiness()
@@ -66,7 +68,7 @@ class Parts:
             metrics=self.metrics,
             revoke_grace=1.0,
         )
-        self.stalls = StallWatch(5.0)
+        self.stalls = StallWatch(bound)
         self.lost = 0
         self.engine = create_engine(settings)
         self.probes = Probes(
@@ -77,7 +79,7 @@ class Parts:
             pauses=self.pauses,
             readiness=self.readiness,
             metrics=self.metrics,
-            online=lambda: True,
+            online=lambda: self.online,
             broker_lost=self._broker_lost,
             stalls=self.stalls,
         )
@@ -293,6 +295,155 @@ async def test_the_lag_probe_gives_up_on_a_committed_offset_that_never_comes(
         parts.membership.adopt([TP0, TP1])
         await asyncio.wait_for(parts.probes.refresh_lag(), WITHIN)
         assert all(w.committed is None for w in parts.membership.workers.values())
+    finally:
+        await parts.close()
+        await broker.close()
+
+
+# -- partition stalls ----------------------------------------------------------------------
+BOUND = 0.05
+STALLED = ("events/0",)
+
+
+class EndOffsets(FakeConsumer):
+    """A consumer whose end-offset request fails as ``outcome`` says ("hang": no answer)."""
+
+    def __init__(self, broker: FakeBroker, outcome: BaseException | str) -> None:
+        super().__init__(broker)
+        self.outcome = outcome
+        self.asked = 0
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.asked += 1
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def lagging_broker() -> FakeBroker:
+    """Partition 0 has 5 records of which 2 are committed: lag, and nothing moves."""
+    broker = FakeBroker("events", 2)
+    for _ in range(5):
+        broker.produce(0, b"{}")
+    broker.committed[TP0] = 2
+    return broker
+
+
+async def stands_still(parts: Parts) -> None:
+    """Probe until partition 0 is reported stalled (its lag unmoved for the bound)."""
+
+    async def stalled() -> bool:
+        await parts.probes.check_stalls()
+        return parts.readiness.stalled == STALLED
+
+    await poll(stalled, WITHIN, "partition 0 stalled", every=BOUND / 2)
+
+
+async def test_a_partition_stall_needs_the_end_offset_the_consumer_has_not_fetched_yet(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never fetched (a stalled partition may be just that): its end is asked of the
+    broker, and the partition with lag that did not commit for the bound is stalled."""
+    broker = lagging_broker()
+    parts = Parts(fake_settings(sqlite_url), FakeConsumer(broker), BOUND)
+    try:
+        parts.membership.adopt([TP0])
+        parts.membership.workers[TP0].committed = 2
+        await stands_still(parts)
+    finally:
+        await parts.close()
+        await broker.close()
+    [logged] = events(caplog, "stalled: failing /livez so that the process is restarted")
+    assert logged["stalled"] == "events/0"
+
+
+async def test_a_fetched_partition_stalls_on_its_known_end_while_the_broker_is_down(
+    sqlite_url: str,
+) -> None:
+    """Fetched once, the consumer knows the end (the high watermark) without asking."""
+    broker = lagging_broker()
+    consumer = FakeConsumer(broker)
+    parts = Parts(fake_settings(sqlite_url), consumer, BOUND)
+    try:
+        await fetched_both(consumer)
+        parts.membership.adopt([TP0])
+        parts.membership.workers[TP0].committed = 2
+        broker.go_down()
+        await stands_still(parts)
+    finally:
+        broker.come_up()
+        await parts.close()
+        await broker.close()
+
+
+async def test_a_stall_ends_when_the_partition_is_paused_or_given_to_a_new_worker(
+    sqlite_url: str,
+) -> None:
+    """Standing still while paused (backpressure, an outage) is no stall, and a new
+    worker (a new assignment) starts the clock again."""
+    broker = lagging_broker()
+    parts = Parts(fake_settings(sqlite_url), FakeConsumer(broker), BOUND)
+    try:
+        parts.membership.adopt([TP0])
+        parts.membership.workers[TP0].committed = 2
+        await stands_still(parts)
+        parts.pauses.pause(TP0, "database")
+        await parts.probes.check_stalls()
+        assert parts.readiness.stalled == ()
+        parts.pauses.resume(TP0, "database")
+        await stands_still(parts)
+        await parts.membership.release([TP0])
+        parts.membership.adopt([TP0])
+        parts.membership.workers[TP0].committed = 2
+        await parts.probes.check_stalls()
+        assert parts.readiness.stalled == ()
+    finally:
+        await parts.close()
+        await broker.close()
+
+
+async def test_no_partition_stalls_while_the_clients_are_parked(sqlite_url: str) -> None:
+    """Parked (the broker gone, ``service.daemon.outage``), nothing can flow: a partition
+    that stood still is no longer reported."""
+    broker = lagging_broker()
+    parts = Parts(fake_settings(sqlite_url), FakeConsumer(broker), BOUND)
+    try:
+        parts.membership.adopt([TP0])
+        parts.membership.workers[TP0].committed = 2
+        await stands_still(parts)
+        parts.online = False
+        await parts.probes.check_stalls()
+        assert parts.readiness.stalled == ()
+    finally:
+        await parts.close()
+        await broker.close()
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [KafkaConnectionError("fake broker is down"), OSError("connection reset"), "hang"],
+    ids=["kafka-error", "os-error", "no-answer"],
+)
+async def test_an_end_offset_that_cannot_be_had_leaves_the_partition_unjudged(
+    sqlite_url: str, outcome: BaseException | str
+) -> None:
+    """The end cannot be asked now (the broker down, the connection reset, no answer
+    within the request timeout): the probe goes on, and a partition whose end is
+    unknown is not called stalled."""
+    broker = lagging_broker()
+    consumer = EndOffsets(broker, outcome)
+    settings = fake_settings(sqlite_url, request_timeout_seconds=0.1)
+    parts = Parts(settings, consumer, BOUND)
+    try:
+        parts.membership.adopt([TP0])
+        parts.membership.workers[TP0].committed = 2
+        await asyncio.wait_for(parts.probes.check_stalls(), WITHIN)
+        await poll(lambda: consumer.asked >= 1, WITHIN, "the end asked")
+        began = time.monotonic()
+        while time.monotonic() - began <= BOUND * 2:  # longer than the bound
+            await asyncio.wait_for(parts.probes.check_stalls(), WITHIN)
+        assert parts.readiness.stalled == ()
     finally:
         await parts.close()
         await broker.close()
