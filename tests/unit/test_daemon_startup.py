@@ -29,7 +29,12 @@ from service.daemon import startup
 from service.daemon.health import Readiness
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import install_retry_hooks
-from service.daemon.startup import diagnose_connection, start_clients, wait_for_schema
+from service.daemon.startup import (
+    check_schema_once,
+    diagnose_connection,
+    start_clients,
+    wait_for_schema,
+)
 from service.kafka.clients import client_options
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
@@ -587,3 +592,44 @@ async def test_a_stop_during_a_schema_check_lets_that_check_finish(postgres_url:
         finally:
             await engine.dispose()
     assert readiness.database_reachable is True
+
+
+# -- check_schema_once ---------------------------------------------------------------------
+async def test_the_first_look_at_a_database_that_cannot_answer_says_why_and_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before anything listens: a database that refuses the connection is no reason to
+    stop; the look says False, /readyz will say the database is unreachable and why, and
+    the log says the daemon waits for it."""
+    settings = fake_settings(closed_postgres_url())
+    engine = create_engine(settings)
+    readiness, metrics = Readiness(), DaemonMetrics()
+    try:
+        current = await check_schema_once(settings, engine, readiness=readiness, metrics=metrics)
+    finally:
+        await engine.dispose()
+    assert current is False
+    assert readiness.database_reachable is False
+    [waiting] = events(caplog, "database unavailable at start, waiting for it")
+    assert waiting["level"] == "warning"
+    assert "Error" in str(waiting["error"]).partition(":")[0], waiting
+    assert readiness.last_error == f"database: {waiting['error']}"
+    failures = metrics.registry.get_sample_value(
+        "consumergen_infrastructure_failures_total", {"kind": "database"}
+    )
+    assert failures == 1
+
+
+async def test_the_first_look_at_a_current_schema_lets_the_start_go_on(sqlite_url: str) -> None:
+    settings = fake_settings(sqlite_url)
+    await upgrade(settings)
+    engine = create_engine(settings)
+    readiness = Readiness()
+    try:
+        current = await check_schema_once(
+            settings, engine, readiness=readiness, metrics=DaemonMetrics()
+        )
+    finally:
+        await engine.dispose()
+    assert current is True
+    assert readiness.database_reachable is True and readiness.last_error is None
