@@ -34,13 +34,19 @@ from service.store.engine import create_engine
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
-from tests.unit.test_broker_outage import HangingApplier
 from tests.unit.test_daemon_startup import GatedRelay
 from tests.unit.test_partition_worker import FakeHost
 
 WITHIN = 20.0
 TP0 = TopicPartition("events", 0)
 DOWN = "KafkaConnectionError: fake broker is down"
+
+
+class IdleApplier:
+    """The workers' database: never asked here (no record reaches a worker)."""
+
+    async def apply_batch(self, items: Any) -> list[Any]:
+        raise AssertionError("the probes' tests feed no worker")
 
 
 class SilentConsumer(FakeConsumer):
@@ -57,7 +63,7 @@ class Parts:
     def __init__(self, settings: Settings, consumer: FakeConsumer, bound: float = 5.0) -> None:
         self.consumer = consumer
         self.online = True
-        self.host = FakeHost(HangingApplier())
+        self.host = FakeHost(IdleApplier())
         self.metrics = self.host.metrics
         self.readiness = Readiness()
         self.pauses = Pauses(lambda: cast(AIOKafkaConsumer, self.consumer))
