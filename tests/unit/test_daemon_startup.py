@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -421,15 +422,33 @@ async def test_the_diagnosis_says_a_connection_error_on_one_line(
     assert said == "KafkaConnectionError: no route to broker-1"
 
 
+def untrusted_certificate() -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code = 20  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    error.verify_message = "unable to get local issuer certificate"
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "what"),
+    [
+        (expired_certificate, "has expired: renew it on the broker"),
+        (
+            untrusted_certificate,
+            "is not signed by a CA in the system's default CAs (CONSUMERGEN_SSL_CAFILE is not set)",
+        ),
+    ],
+    ids=["expired", "untrusted"],
+)
 async def test_the_diagnosis_explains_a_certificate_the_client_refused(
     monkeypatch: pytest.MonkeyPatch,
+    error: Callable[[], ssl.SSLCertVerificationError],
+    what: str,
 ) -> None:
-    fake_create_conn(monkeypatch, expired_certificate())
+    """The explanation names the first bootstrap server and the setting to look at."""
+    fake_create_conn(monkeypatch, error())
     said = await diagnose_connection(sasl_settings(security_protocol="SSL"))
-    assert said == (
-        "TLS: the certificate of the broker at broker-1.example:9093 has expired: "
-        "renew it on the broker"
-    )
+    assert said == f"TLS: the certificate of the broker at broker-1.example:9093 {what}"
 
 
 async def test_the_diagnosis_of_a_broker_that_is_down_says_the_refusal() -> None:
