@@ -161,6 +161,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_probes.py",
             "tests/unit/test_stalls.py",
             "tests/unit/test_daemon_postgres_edges.py",
+            "tests/unit/test_daemon_listening.py",
         ),
         "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
         ("tests/daemon", "tests/integration"),
