@@ -162,6 +162,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_stalls.py",
             "tests/unit/test_daemon_postgres_edges.py",
             "tests/unit/test_daemon_listening.py",
+            "tests/unit/test_daemon_stopping.py",
         ),
         "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
         ("tests/daemon", "tests/integration"),
