@@ -163,6 +163,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_postgres_edges.py",
             "tests/unit/test_daemon_listening.py",
             "tests/unit/test_daemon_stopping.py",
+            "tests/unit/test_daemon_running.py",
         ),
         "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
         ("tests/daemon", "tests/integration"),
