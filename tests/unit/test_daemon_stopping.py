@@ -284,6 +284,44 @@ async def test_a_stop_while_waiting_for_the_broker_at_start_ends_cleanly(
     assert "daemon started" not in events and events[-1] == "daemon stopped"
 
 
+class SlowToAnswer(FakeConsumer):
+    """Its metadata request (the broker probe's) is not answered until ``answer``."""
+
+    def __init__(self, broker: FakeBroker, asked: asyncio.Event) -> None:
+        super().__init__(broker)
+        self._asked = asked
+
+    async def topics(self) -> set[str]:
+        self._asked.set()
+        await asyncio.Event().wait()
+        return await super().topics()
+
+
+async def test_a_stop_while_a_probe_waits_for_the_broker_ends_cleanly(database: str) -> None:
+    """The broker probe's request is in flight (the broker slow to answer, well within
+    the request timeout) when the stop comes: the probe is given up and the daemon ends
+    cleanly, not cancelled."""
+    broker = FakeBroker("events", 1)
+    asked = asyncio.Event()
+    plain = fake_edges(broker)
+
+    @dataclasses.dataclass
+    class SlowEdges(FakeEdges):
+        @property
+        def edges(self) -> DaemonEdges:
+            return dataclasses.replace(
+                super().edges, make_consumer=lambda: SlowToAnswer(self.broker, asked)
+            )
+
+    fakes = SlowEdges(broker, plain.producer, plain.dead_letters, plain.outcomes, plain.applier)
+    settings = fake_settings(database, request_timeout_seconds=30.0)
+    async with running(settings, fakes) as (daemon, task):
+        await poll(asked.is_set, WITHIN, "the broker probe asking")
+        daemon.request_stop()
+        await asyncio.wait_for(task, STOP_WITHIN)  # raises what the run raised
+    assert not task.cancelled()
+
+
 # -- the timeline (benchmarks) ------------------------------------------------------------------
 async def test_the_timeline_of_sampled_events_is_written_at_the_stop(
     database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
