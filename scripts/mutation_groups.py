@@ -145,6 +145,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_fetch_still_current.py",
             "tests/unit/test_daemon_host.py",
+            "tests/unit/test_worker_config.py",
         ),
         "between the workers and Kafka: the fetch loop, the host's reports, offset commits, "
         "infrastructure retries",
@@ -185,6 +186,9 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_readiness_and_liveness.py",
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_run_daemon_exits.py",
+            "tests/unit/test_broker_outage.py",
+            "tests/unit/test_pause_reasons.py",
+            "tests/unit/test_membership.py",
         ),
         "the daemon's life: signals, rebalances, pauses, broker outages, stalls, the heartbeat",
         ("tests/daemon", "tests/integration"),

@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import load_settings
-from service.store import reads
+from service.store import dialects, reads
 from service.store.asyncpg_driver import driver_connection
 from service.store.dialects import bind_timestamp, dialect_for
 from service.store.dialects import postgresql as pg
@@ -287,9 +287,14 @@ async def test_sqlite_normal_synchronous_is_named_with_what_it_risks(sqlite_url:
 # --- timestamps bound once per batch ---------------------------------------------------------
 
 
-async def test_a_bound_timestamp_is_what_sqlalchemy_stores(db: Db) -> None:
+async def test_a_bound_timestamp_is_what_sqlalchemy_stores(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``bind_timestamp`` gives the driver what SQLAlchemy's own insert would: the
-    same stored value (SQLite: its text; PostgreSQL: the instant)."""
+    same stored value (SQLite: its text; PostgreSQL: the instant).  Its per-driver
+    binder cache starts empty here, so the binder is built in this test whatever ran
+    before (else an earlier test's cached binder would hide a fault in building it)."""
+    monkeypatch.setattr(dialects, "_TIMESTAMP_BINDERS", {})
     async with db.engine.begin() as connection:
         await connection.execute(insert(projects), {"external_id": "core", "created_at": NOW})
         bound = bind_timestamp(connection, NOW)

@@ -5,11 +5,17 @@ attempt must not be cut short)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
+import tenacity
 from aiokafka.errors import KafkaConnectionError
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
+from service.daemon import retries
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.retries import install_retry_hooks, retry_scope, retry_until_stopped
 
@@ -189,3 +195,187 @@ async def test_a_failure_after_the_stop_is_not_retried_a_bug_after_it_still_prop
         await retry_until_stopped(
             bug_at_the_stop, stop=stop, wait_initial=0.01, wait_max=0.02, interrupt_attempt=False
         )
+
+
+# --- the hooks: set once per process ------------------------------------------------------
+
+
+@pytest.fixture
+def no_hooks_yet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process in which no daemon has set stamina's hooks yet (another test, or mutation
+    testing's parent process, may have), and its hooks put back afterwards."""
+    before = get_on_retry_hooks()
+    monkeypatch.setattr(retries, "_installed", False)
+    set_on_retry_hooks(())
+    try:
+        yield
+    finally:
+        set_on_retry_hooks(before)
+
+
+async def _fails_then_works(failures: int) -> Callable[[], Awaitable[str]]:
+    calls = {"n": 0}
+
+    async def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise KafkaConnectionError("not yet")
+        return "done"
+
+    return flaky
+
+
+@pytest.mark.usefixtures("no_hooks_yet")
+async def test_the_first_install_makes_retries_count_in_the_daemons_registry() -> None:
+    metrics = DaemonMetrics()
+    install_retry_hooks()
+    with retry_scope(metrics, "commit"):
+        result = await retry_until_stopped(
+            await _fails_then_works(1),
+            stop=asyncio.Event(),
+            wait_initial=0.01,
+            wait_max=0.02,
+            interrupt_attempt=True,
+        )
+    assert result == (True, "done")
+    assert metrics.registry.get_sample_value("consumergen_retries_total", {"step": "commit"}) == 1
+
+
+@pytest.mark.usefixtures("no_hooks_yet")
+def test_a_second_install_leaves_the_processs_hooks_as_they_are() -> None:
+    """Once per process: a second daemon started in the same process does not reset
+    hooks set since the first (an embedding application's own)."""
+    install_retry_hooks()
+
+    def own_hook(details: RetryDetails) -> None:
+        del details
+
+    set_on_retry_hooks((own_hook,))
+    install_retry_hooks()
+    assert get_on_retry_hooks() == (own_hook,)
+
+
+# --- the backoff: from wait_initial, without a time limit ---------------------------------
+
+
+async def test_the_first_wait_is_wait_initial() -> None:
+    """stamina's backoff starts at the daemon's ``wait_initial`` (not stamina's own
+    default of 0.1 s): seen in the wait stamina chose for the first retry, capped at
+    ``wait_max`` (jitter included).  The stop set in the hook ends the wait at once."""
+    install_retry_hooks()
+    stop = asyncio.Event()
+    waits: list[float] = []
+
+    def heard(details: RetryDetails) -> None:
+        waits.append(details.wait_for)
+        stop.set()
+
+    with retry_scope(DaemonMetrics(), "fetch", on_retry=heard):
+        result = await asyncio.wait_for(
+            retry_until_stopped(
+                await _fails_then_works(5),
+                stop=stop,
+                wait_initial=7.0,
+                wait_max=7.0,
+                interrupt_attempt=True,
+            ),
+            5,
+        )
+    assert result == (False, None)
+    assert waits == [7.0]
+
+
+async def test_retries_never_end_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon retries the infrastructure for as long as it is down: stamina's own
+    45 s timeout is off.  tenacity's clock (which stamina's timeout reads) is made to run
+    a minute per reading here, so that 45 s pass between any two attempts."""
+    minutes = itertools.count()
+    monkeypatch.setattr(tenacity, "time", SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
+    result = await asyncio.wait_for(
+        retry_until_stopped(
+            await _fails_then_works(4),
+            stop=asyncio.Event(),
+            wait_initial=0.001,
+            wait_max=0.002,
+            interrupt_attempt=True,
+        ),
+        5,
+    )
+    assert result == (True, "done")
+    assert next(minutes) > 4  # the clock was read: its minutes did pass
+
+
+async def test_a_stop_in_the_backoff_after_the_callers_own_failed_attempt_ends_it_at_once() -> None:
+    """The fetch loop made the first attempt itself (``first_failure``): a stop during the
+    backoff that follows ends the retry at once even where an attempt in flight would be
+    let finish (``interrupt_attempt=False``), since no attempt is in flight."""
+    stop = asyncio.Event()
+    attempts: list[None] = []
+
+    async def start() -> str:
+        attempts.append(None)
+        return "started"
+
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    result = await asyncio.wait_for(
+        retry_until_stopped(
+            start,
+            stop=stop,
+            wait_initial=30,
+            wait_max=30,
+            interrupt_attempt=False,
+            first_failure=KafkaConnectionError("the caller's poll failed"),
+        ),
+        5,
+    )
+    assert result == (False, None)
+    assert attempts == []
+
+
+# --- no task left behind ------------------------------------------------------------------
+
+
+def _others() -> set[asyncio.Task[object]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+
+async def test_an_answer_leaves_no_task_of_its_own_behind() -> None:
+    result = await retry_until_stopped(
+        await _fails_then_works(0),
+        stop=asyncio.Event(),
+        wait_initial=0.01,
+        wait_max=0.02,
+        interrupt_attempt=True,
+    )
+    assert result == (True, "done")
+    assert _others() == set()
+
+
+async def test_a_cancelled_caller_finds_its_attempt_ended_and_no_task_left() -> None:
+    """A shutdown cancels the task retrying: by the time the cancellation reaches it,
+    the attempt has run its own clean-up (a fetch leaves the consumer idle), however
+    many steps that takes, and nothing of the retry is still scheduled."""
+    in_flight = asyncio.Event()
+    cleaned: list[None] = []
+
+    async def fetch() -> None:
+        try:
+            in_flight.set()
+            await asyncio.Event().wait()
+        finally:
+            for _ in range(50):  # a clean-up of many steps
+                await asyncio.sleep(0)
+            cleaned.append(None)
+
+    async def caller() -> None:
+        await retry_until_stopped(
+            fetch, stop=asyncio.Event(), wait_initial=0.01, wait_max=0.02, interrupt_attempt=True
+        )
+
+    waiting = asyncio.create_task(caller())
+    await asyncio.wait_for(in_flight.wait(), 5)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert cleaned == [None]
+    assert _others() == set()

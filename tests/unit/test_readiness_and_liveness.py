@@ -31,6 +31,7 @@ from service.daemon.liveness import (
 )
 from service.daemon.metrics import DaemonMetrics
 from service.testing.polling import poll
+from tests.log_lines import logged
 
 
 def ready_state(**changes: Any) -> Readiness:
@@ -175,6 +176,40 @@ async def test_the_stall_hook_is_installed_only_with_its_variable_and_a_number(
         assert time.monotonic() - began >= 0.05
     finally:
         assert loop.remove_signal_handler(signal.SIGUSR1)
+
+
+async def test_the_stall_hook_says_that_it_is_installed_and_when_it_stalls_and_releases_the_loop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hook is a test's tool in a daemon that must never carry it unnoticed: its
+    installing is a warning naming the variable that armed it, and each stall says how
+    long it blocks the loop and when the loop is released (what a test of /livez reads
+    to tell its stall from a real one)."""
+    loop = asyncio.get_running_loop()
+    monkeypatch.setenv(STALL_HOOK_VARIABLE, "0.05")
+
+    def hook_events() -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in e.items() if k not in ("timestamp", "logger")}
+            for e in logged(caplog)
+            if e.get("logger") == "service.daemon.liveness"
+        ]
+
+    try:
+        assert install_stall_hook(loop) is True
+        signal.raise_signal(signal.SIGUSR1)
+        await poll(lambda: len(hook_events()) >= 3, 5, "the stall and its release", every=0.01)
+    finally:
+        assert loop.remove_signal_handler(signal.SIGUSR1)
+    assert hook_events() == [
+        {
+            "level": "warning",
+            "event": "test hook installed: SIGUSR1 stalls the event loop",
+            "variable": "CONSUMERGEN_TEST_STALL_LOOP_SECONDS",
+        },
+        {"level": "warning", "event": "test hook: stalling the event loop", "seconds": 0.05},
+        {"level": "warning", "event": "test hook: event loop released"},
+    ]
 
 
 # -- the health server -------------------------------------------------------------------

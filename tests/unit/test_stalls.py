@@ -69,6 +69,22 @@ def test_a_paused_or_idle_partition_is_never_stalled() -> None:
         assert watch.stalled_partitions(now, {unknown: view(None, 7)}) == []
 
 
+def test_each_partition_is_judged_on_its_own_and_the_stalled_are_listed_in_order() -> None:
+    """Several partitions seen at once: one whose clock starts (new, or just committed)
+    does not keep those after it from being judged; every stalled one is named, in
+    topic and partition order whatever the order the probe saw them in (the gauge,
+    /livez's body and the log name the same list)."""
+    watch = StallWatch(BOUND)
+    p10, p2, p3 = (TopicPartition("events", p) for p in (10, 2, 3))
+    other = TopicPartition("audit", 7)
+    seen = {p10: view(5, 9), p2: view(5, 9), other: view(5, 9), p3: view(5, 9)}
+    assert watch.stalled_partitions(0.0, seen) == []
+    # Partition 10 commits (its clock starts again), the others stand still past the bound.
+    seen[p10] = view(6, 9)
+    assert watch.stalled_partitions(BOUND + 1, seen) == [other, p2, p3]
+    assert watch.stalled_partitions(BOUND * 2 + 2, seen) == [other, p2, p3, p10]
+
+
 def test_a_fetch_loop_that_does_not_poll_is_stalled_unless_the_broker_is_away() -> None:
     watch = StallWatch(BOUND)
     assert not watch.fetch_loop_stalled(100.0, online=True)  # not polling yet: starting
