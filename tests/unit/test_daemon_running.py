@@ -8,6 +8,8 @@ the log line of a reconnection after an outage saying that it is one (not "at st
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.contract.replies import request_headers
 from service.daemon.app import Daemon
 from service.testing.fake_edges import (
     FakeEdges,
@@ -24,7 +27,8 @@ from service.testing.fake_edges import (
     migrated_sqlite,
     produce_new_consumers,
 )
-from service.testing.fake_kafka import FakeBroker
+from service.testing.fake_kafka import FakeBroker, fetched_record
+from service.testing.model import event_doc
 from service.testing.polling import poll
 from tests.log_lines import logged
 
@@ -136,3 +140,24 @@ async def test_a_reconnection_after_an_outage_says_it_is_one(
         await poll(broker.all_committed, WITHIN, "working again")
     events = [e.get("event") for e in logged(caplog)]
     assert "broker unavailable at start, retrying" not in events
+
+
+async def test_a_reply_asked_to_a_topic_not_allowed_is_counted(database: str) -> None:
+    """An event whose reply headers name a topic outside the allowed ones is applied (its
+    outcome goes to the outcomes topic) and counted in
+    ``consumergen_replies_refused_total``, where an operator sees a producer that is
+    misconfigured."""
+    broker = FakeBroker("events", 1)
+    (tp,) = broker.partitions
+    fakes = fake_edges(broker)
+    async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
+        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        consumer = str(uuid.uuid4())
+        value = json.dumps(event_doc(consumer, project="p", user="u")).encode()
+        headers = request_headers("someone-elses-topic", 0, b"c-1")
+        broker.logs[tp].append(fetched_record(tp, 0, value, consumer.encode(), headers))
+        produce_new_consumers(broker, 0, 1)  # wakes the fetch
+        await poll(broker.all_committed, WITHIN, "committed")
+        refused = daemon.metrics.registry.get_sample_value("consumergen_replies_refused_total")
+        assert refused == 1.0
+        assert fakes.outcomes.sources() == [(0, 0), (0, 1)]
