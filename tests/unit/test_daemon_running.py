@@ -8,6 +8,7 @@ the log line of a reconnection after an outage saying that it is one (not "at st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -161,3 +162,33 @@ async def test_a_reply_asked_to_a_topic_not_allowed_is_counted(database: str) ->
         refused = daemon.metrics.registry.get_sample_value("consumergen_replies_refused_total")
         assert refused == 1.0
         assert fakes.outcomes.sources() == [(0, 0), (0, 1)]
+
+
+async def test_a_commit_the_broker_does_not_answer_is_bounded_and_reported(
+    database: str,
+) -> None:
+    """The group coordinator does not answer the offset commit (aiokafka would wait for
+    it without end): after the request timeout (0.3 s here) the partition is reported
+    paused on the broker in /readyz, and once the coordinator answers the offset is
+    committed and the partition no longer reported."""
+    broker = FakeBroker("events", 1)
+    answering = asyncio.Event()
+
+    async def on_commit(*_: Any) -> None:
+        await answering.wait()
+
+    broker.on_commit = on_commit
+    fakes = fake_edges(broker)
+    settings = fake_settings(database, request_timeout_seconds=0.3)
+    async with daemon_over_fakes(settings, fakes) as daemon:
+        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        produce_new_consumers(broker, 0, 1)
+
+        def paused() -> bool:
+            return bool(daemon.readiness.verdict()[1]["paused_partitions"] == ["events/0"])
+
+        await poll(paused, WITHIN, "the partition reported paused")
+        assert daemon.readiness.failing == {"events/0": "broker"}
+        answering.set()
+        await poll(broker.all_committed, WITHIN, "committed once the coordinator answers")
+        await poll(lambda: not daemon.readiness.failing, WITHIN, "no longer reported")
