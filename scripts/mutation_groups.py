@@ -145,6 +145,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_fetch_still_current.py",
             "tests/unit/test_daemon_host.py",
+            "tests/unit/test_fetch_loop.py",
             "tests/unit/test_worker_config.py",
         ),
         "between the workers and Kafka: the fetch loop, the host's reports, offset commits, "
