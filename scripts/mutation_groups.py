@@ -145,6 +145,7 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_reports.py",
             "tests/unit/test_fetch_still_current.py",
             "tests/unit/test_daemon_host.py",
+            "tests/unit/test_fetch_loop.py",
             "tests/unit/test_worker_config.py",
         ),
         "between the workers and Kafka: the fetch loop, the host's reports, offset commits, "
@@ -162,6 +163,9 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_probes.py",
             "tests/unit/test_stalls.py",
             "tests/unit/test_daemon_postgres_edges.py",
+            "tests/unit/test_daemon_listening.py",
+            "tests/unit/test_daemon_stopping.py",
+            "tests/unit/test_daemon_running.py",
         ),
         "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
         ("tests/daemon", "tests/integration"),

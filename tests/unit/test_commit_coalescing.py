@@ -17,6 +17,7 @@ from aiokafka.errors import (
 
 from service.daemon.commits import CommitCoalescer
 from service.failures import is_infrastructure
+from tests.log_lines import logged
 
 TP = [TopicPartition("events", n) for n in range(4)]
 
@@ -86,6 +87,30 @@ async def test_a_commit_refused_by_a_rebalance_is_harmless(error: BaseException)
     assert seen == []  # not committed: nothing to report as such
 
 
+async def test_a_commit_refused_by_a_rebalance_says_so_in_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator who sees events read twice after a rebalance finds why: one INFO line
+    for the refused request (not one per partition in it), with the broker's words."""
+    consumer = FakeConsumer()
+    consumer.error = CommitFailedError("the group has already rebalanced")
+    consumer.gate.set()
+    commits = CommitCoalescer(consumer.commit, timeout=5)
+    assert await asyncio.gather(commits.commit(TP[0], 3), commits.commit(TP[1], 4)) == [
+        False,
+        False,
+    ]
+    refused = [e for e in logged(caplog) if "rebalance" in str(e.get("event"))]
+    assert [(e["level"], e["event"], e["error"]) for e in refused] == [
+        (
+            "info",
+            "commit refused by a rebalance; redelivery is absorbed",
+            str(consumer.error),
+        )
+    ]
+    assert "the group has already rebalanced" in refused[0]["error"]
+
+
 async def test_any_other_commit_error_reaches_every_waiter() -> None:
     consumer = FakeConsumer()
     consumer.error = KafkaConnectionError("broker gone")
@@ -119,3 +144,18 @@ async def test_a_waiter_cancelled_meanwhile_does_not_break_the_others() -> None:
     assert await first is True
     assert await kept is True
     assert gone.cancelled()
+
+
+async def test_the_commit_in_flight_runs_as_the_committer_task() -> None:
+    """A task dump (asyncio's debug output, a hung shutdown's report) names the commit
+    in flight "committer", so an operator can tell a stuck offset commit from a stuck
+    fetch or batch."""
+    consumer = FakeConsumer()
+    commits = CommitCoalescer(consumer.commit, timeout=5, committed=lambda tp, offset: None)
+    waiter = asyncio.create_task(commits.commit(TP[0], 3))
+    await _settle()
+    assert consumer.requests == [{TP[0]: 3}]
+    names = {task.get_name() for task in asyncio.all_tasks() if not task.done()}
+    assert "committer" in names
+    consumer.gate.set()
+    assert await asyncio.wait_for(waiter, 5) is True

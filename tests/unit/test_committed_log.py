@@ -78,6 +78,53 @@ async def test_partitions_are_apart_and_a_quiet_partition_is_logged_at_once() ->
     assert len(lines.lines) == 3 and lines.lines[2]["first_offset"] == 1
 
 
+async def test_after_a_held_line_the_next_quiet_batch_is_logged_at_once_again() -> None:
+    """The timer that wrote a held line is gone with it: a batch after the next quiet
+    interval is logged at once (not held until the stop), as after any quiet spell."""
+    lines = Lines()
+    log = CommittedLog(lines, interval=INTERVAL)
+    _batch(log, "events/0", 0, 0, applied=1)
+    _batch(log, "events/0", 1, 1, applied=1)  # held
+    await poll(lambda: len(lines.lines) == 2, 10, "the held batch's line", every=0.01)
+    await asyncio.sleep(INTERVAL * 1.5)  # quiet: the next line is not due
+    _batch(log, "events/0", 2, 2, applied=1)
+    assert [line["first_offset"] for line in lines.lines] == [0, 1, 2]
+
+
+class Clock:
+    """A monotonic clock the test sets."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_interval_runs_from_each_line_the_stops_line_too() -> None:
+    """Read on a monotonic clock whose origin is arbitrary (near 0 just after the machine
+    booted): the first batch is logged at once at any reading; a batch a whole interval
+    after the last line, at once too; one within it is held.  A stop's line is a line
+    like another: the interval runs from it."""
+    lines, clock = Lines(), Clock()
+    log = CommittedLog(lines, interval=1.0, clock=clock)
+    _batch(log, "events/0", 0, 0, applied=1)
+    assert len(lines.lines) == 1  # at once, the clock at 0
+    clock.now = 1.0
+    _batch(log, "events/0", 1, 1, applied=1)
+    assert len(lines.lines) == 2  # one interval after the last line: at once
+    clock.now = 1.5
+    _batch(log, "events/0", 2, 2, applied=1)
+    assert len(lines.lines) == 2  # within it: held
+    log.flush()
+    assert [line["first_offset"] for line in lines.lines] == [0, 1, 2]
+    clock.now = 2.0
+    _batch(log, "events/0", 3, 3, applied=1)
+    assert len(lines.lines) == 3  # within the interval of the stop's line: held
+    log.flush()
+    assert [line["first_offset"] for line in lines.lines] == [0, 1, 2, 3]
+
+
 async def test_a_stop_writes_what_is_held_and_nothing_comes_later() -> None:
     lines = Lines()
     log = CommittedLog(lines, interval=INTERVAL)

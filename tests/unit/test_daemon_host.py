@@ -15,8 +15,11 @@ from service.daemon.host import DaemonWorkerHost
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.pauses import Pauses
 from service.daemon.worker import WorkerConfig
+from service.domain.outcomes import EventSource, Outcome, OutcomeKind, Reason
+from service.sinks.base import DeadLetter
 from service.sinks.memory import MemoryDeadLetterSink
 from service.store.errors import TransientDatabaseError
+from service.testing.fake_kafka import fetched_record
 
 TP = TopicPartition("events", 3)
 
@@ -101,3 +104,51 @@ def test_backpressure_is_relieved_only_below_half_the_high_water_mark() -> None:
     assert consumer.paused == {TP}
     host.relieve_backpressure(TP, 19)
     assert consumer.paused == set()
+
+
+def test_recovering_a_partition_whose_report_is_gone_already_is_harmless() -> None:
+    """A revocation clears the partition's report (``Membership.release``); its worker's
+    abandoned step may report its recovery after that: nothing to undo, no error."""
+    host, consumer, readiness, metrics = _host()
+    host.infrastructure_failed(TP, "database", TransientDatabaseError("down"))
+    readiness.failing.pop("events/3")  # the revocation's doing
+    host.infrastructure_recovered(TP, "database", resumed=False)
+    assert consumer.paused == set()
+    assert readiness.failing == {}
+    assert metrics.registry.get_sample_value("consumergen_paused_partitions") == 0
+
+
+def _outcome(n: int, kind: OutcomeKind, attempts: int = 1) -> Outcome:
+    return Outcome(f"event-{n}", f"consumer-{n}", kind, None, 1, attempts)
+
+
+def _invalid(offset: int, reason: Reason) -> DeadLetter:
+    source = EventSource(TP.topic, TP.partition, offset)
+    return DeadLetter(b"key", b"not json", [], source, reason.value, invalid=True)
+
+
+def test_a_batch_counts_each_event_once_and_each_compare_and_swap_retry() -> None:
+    """Two events of one kind and two invalid records of one reason in one batch are two
+    each (not one per kind); an event that took two compare-and-swap attempts is one
+    retry, one that took one is none."""
+    host, _, _, metrics = _host()
+    batch = [fetched_record(TP, offset, b"{}") for offset in range(5)]
+    outcomes = [
+        _outcome(0, OutcomeKind.APPLIED, attempts=2),
+        _outcome(1, OutcomeKind.APPLIED),
+        _outcome(2, OutcomeKind.DUPLICATE),
+    ]
+    dead = [_invalid(3, Reason.NOT_JSON), _invalid(4, Reason.NOT_JSON)]
+    host.record_batch(TP, batch, outcomes, dead, 0.01)
+    registry = metrics.registry
+
+    def events(outcome: str, reason: str = "") -> float | None:
+        labels = {"outcome": outcome, "reason": reason}
+        return registry.get_sample_value("consumergen_events_total", labels)
+
+    assert events("applied") == 2
+    assert events("duplicate") == 1
+    assert events("invalid", "not_json") == 2
+    assert registry.get_sample_value("consumergen_cas_retries_total") == 1
+    assert registry.get_sample_value("consumergen_dead_lettered_total", {"reason": "not_json"}) == 2
+    host.committed_log.flush()

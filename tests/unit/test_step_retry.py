@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
+import tenacity
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
 from service.daemon.metrics import DaemonMetrics
 from service.daemon.ports import WorkerConfig, WorkerHost
@@ -181,3 +185,67 @@ async def test_the_partition_resumes_only_once_none_of_its_steps_fails() -> None
     broker_up.set()
     assert await sink == "done"
     assert host.recovered == [("outcomes", True)]
+
+
+@pytest.fixture
+def scheduled() -> Iterator[list[RetryDetails]]:
+    """Every retry stamina schedules meanwhile, with the wait it chose (``wait_for``)."""
+    install_retry_hooks()
+    previous = get_on_retry_hooks()
+    seen: list[RetryDetails] = []
+    set_on_retry_hooks([*previous, seen.append])
+    try:
+        yield seen
+    finally:
+        set_on_retry_hooks(previous)
+
+
+async def test_the_backoff_starts_at_the_initial_wait_and_doubles_up_to_the_maximum(
+    scheduled: list[RetryDetails], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waits are the configured ones (``CONSUMERGEN_INFRA_RETRY_WAIT_INITIAL_SECONDS``
+    and ``..._MAX_SECONDS``), not stamina's defaults (0.1 s, 5 s): seen with stamina's
+    random jitter at its least (0), the first wait is the initial one, each next one
+    twice the last, never more than the maximum."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    host = ReportingHost(
+        config=WorkerConfig(
+            batch_max_events=10,
+            max_event_bytes=65_536,
+            retry_wait_initial=0.01,
+            retry_wait_max=0.03,
+        )
+    )
+    operation = Flaky(*[KafkaConnectionError("down")] * 4)
+    assert await _retry(host).run("database", operation) == "done"
+    assert [d.wait_for for d in scheduled] == pytest.approx([0.01, 0.02, 0.03, 0.03])
+    assert [d.retry_num for d in scheduled] == [1, 2, 3, 4]
+
+
+class _HourPerReading:
+    """A monotonic clock that runs an hour each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        self.now += 3600.0
+        return self.now
+
+
+async def test_a_step_is_retried_for_as_long_as_the_infrastructure_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No time limit (stamina's default gives up after 45 s): an outage of hours still
+    ends in the step done, not in a failure that would stop the daemon.  The retries'
+    clock (tenacity's, which stamina's time limit reads) runs an hour per reading here;
+    the waits themselves are real and short."""
+    monkeypatch.setattr(tenacity, "time", _HourPerReading())
+    host = ReportingHost()
+    host.config = WorkerConfig(
+        batch_max_events=10, max_event_bytes=65_536, retry_wait_initial=0.001, retry_wait_max=0.001
+    )
+    operation = Flaky(*[KafkaConnectionError("down")] * 3)
+    assert await _retry(host).run("database", operation) == "done"
+    assert len(operation.calls) == 4
+    assert host.recovered == [("database", True)]
