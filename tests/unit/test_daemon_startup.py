@@ -44,8 +44,8 @@ from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
 
 WITHIN = 20.0
-#: A retry bound whose every capped wait (stamina's jitter of up to 1 s makes nearly
-#: every wait the cap) has a third decimal: the log's ``retry_in`` must be rounded to 2.
+#: A retry bound with a third decimal (stamina's jitter of up to 1 s makes nearly every
+#: wait the cap): the log's ``retry_in`` must be rounded to hundredths all the same.
 WAIT_MAX = 0.015
 
 
@@ -141,11 +141,11 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
 
 def assert_retry_fields(entries: list[dict[str, Any]]) -> None:
     """Each retry line numbers its attempt and says the wait stamina chose, in seconds
-    rounded to hundredths, within the configured bound."""
+    rounded to hundredths, within the configured bound (give or take that rounding)."""
     assert [e["attempt"] for e in entries] == list(range(1, len(entries) + 1)), entries
     for entry in entries:
         wait = entry["retry_in"]
-        assert isinstance(wait, float) and 0 <= wait <= WAIT_MAX, entry
+        assert isinstance(wait, float) and 0 <= wait <= WAIT_MAX + 0.005, entry
         assert wait == round(wait, 2), entry
 
 
