@@ -163,6 +163,9 @@ GROUPS: dict[str, Group] = {
             "tests/unit/test_daemon_probes.py",
             "tests/unit/test_stalls.py",
             "tests/unit/test_daemon_postgres_edges.py",
+            "tests/unit/test_daemon_listening.py",
+            "tests/unit/test_daemon_stopping.py",
+            "tests/unit/test_daemon_running.py",
         ),
         "the daemon itself: its edges, the clients' start and stop, its tasks, its shutdown",
         ("tests/daemon", "tests/integration"),
@@ -195,6 +198,8 @@ GROUPS: dict[str, Group] = {
         ("service/daemon/startup.py", "service/daemon/probes.py", "service/daemon/listeners.py"),
         (
             "tests/unit/test_daemon_probes.py",
+            "tests/unit/test_daemon_startup.py",
+            "tests/unit/test_probe_rules.py",
             "tests/unit/test_listener_rules.py",
             "tests/daemon/test_listeners.py",
             "tests/unit/test_daemon_reports.py",

@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import service.daemon.app as app_module
+import service.sinks.kafka_producer as kafka_producer
 from service.config import Settings, load_settings
 from service.contract.decode import decode_event
 from service.daemon.app import Daemon
@@ -26,6 +29,8 @@ from service.sinks.base import DeadLetter, OutcomeMessage, SinkUnavailable
 from service.store.engine import create_engine
 from service.store.migrate import upgrade
 from service.store.reads import get_consumer
+from service.store.unit_of_work import SqlUnitOfWorkFactory
+from service.testing.fake_aiokafka import FakeCluster, producer_class
 from service.testing.model import event_doc
 
 
@@ -155,6 +160,90 @@ async def test_the_sinks_write_nothing_while_the_probe_finds_the_broker_away(
             await daemon.outcomes.write_outcomes([message])
     finally:
         await daemon.producer.stop_quietly()
+        if daemon.group_writer is not None:
+            await daemon.group_writer.close()
+        await engine.dispose()
+
+
+async def test_the_sinks_write_through_the_producer_while_the_broker_is_reachable(
+    recorded: list[RecordedConsumer], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the probe finds the broker there, the dead-letter sink's write goes through
+    the producer the daemon made from its settings (aiokafka's producer faked at its
+    client API: ``service.testing.fake_aiokafka``) to the dead-letter topic."""
+    cluster = FakeCluster({"events.dlq": 1})
+    monkeypatch.setattr(kafka_producer, "AIOKafkaProducer", producer_class(cluster))
+    monkeypatch.setattr(kafka_producer, "AIOKafkaAdminClient", NoAdmin)
+    settings = settings_for(sqlite_url, dlq_topic="events.dlq")
+    engine = create_engine(settings)
+    daemon = Daemon(settings, engine)
+    try:
+        assert daemon.readiness.broker_reachable
+        letter = DeadLetter(None, b"x", [], EventSource("events", 0, 0), "bad", True)
+        await daemon.dead_letters.write_dead_letters([letter])
+        [written] = cluster.written("events.dlq")
+        assert written.value == b"x"
+        [producer] = cluster.producers
+        assert producer.options["bootstrap_servers"] == ["127.0.0.1:9"]
+    finally:
+        await daemon.producer.stop_quietly()
+        if daemon.group_writer is not None:
+            await daemon.group_writer.close()
+        await engine.dispose()
+
+
+class NoAdmin:
+    """The admin client that reads the dead-letter topic's limit: not reachable (the
+    broker default then stands in)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    async def start(self) -> None:
+        raise KafkaConnectionError("no admin client here")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_group_waits_its_turn_behind_the_appliers_own_transactions(
+    recorded: list[RecordedConsumer], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the group commit and the applier's own transactions (a raced part
+    re-planned alone) take turns in the process, on the store's one write turn, so the
+    two never wait for each other inside the database (``service.apply.group``)."""
+    made: list[SqlUnitOfWorkFactory] = []
+
+    class Recorded(SqlUnitOfWorkFactory):
+        def __init__(self, engine: AsyncEngine) -> None:
+            super().__init__(engine)
+            made.append(self)
+
+    monkeypatch.setattr(app_module, "SqlUnitOfWorkFactory", Recorded)
+    settings = settings_for(sqlite_url)
+    await upgrade(settings)
+    engine = create_engine(settings)
+    daemon = Daemon(settings, engine)
+    try:
+        [units] = made
+        turn = units.write_turn
+        writer = daemon.group_writer
+        assert turn is not None and writer is not None
+        held: list[bool] = []
+        run_group = writer.run_group
+
+        async def watched(work: Any) -> Any:
+            held.append(turn.locked())
+            return await run_group(work)
+
+        monkeypatch.setattr(writer, "run_group", watched)
+        consumer = "00000000-0000-4000-8000-000000000002"
+        value = json.dumps(event_doc(consumer, project="p", user="u")).encode()
+        event = decode_event(value, max_bytes=settings.max_event_bytes)
+        outcomes = await daemon.host.applier.apply_batch([(event, EventSource("events", 0, 0))])
+        assert [o.kind for o in outcomes] == [OutcomeKind.APPLIED]
+        assert held == [True] and not turn.locked()
+    finally:
         if daemon.group_writer is not None:
             await daemon.group_writer.close()
         await engine.dispose()
