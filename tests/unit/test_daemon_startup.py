@@ -462,6 +462,20 @@ async def test_the_diagnosis_of_a_broker_that_is_down_says_the_refusal() -> None
     assert said is not None and f"('127.0.0.1', {closed})" in said and "\n" not in said
 
 
+async def test_the_diagnosis_dials_a_bracketed_ipv6_bootstrap_server_without_its_brackets() -> None:
+    """``[::1]:PORT`` is how a Kafka bootstrap list spells an IPv6 address: the diagnosis
+    dials ``::1`` (and reports its refusal), not a host name ``[::1]`` that no resolver
+    knows."""
+    with socket.socket(socket.AF_INET6) as sock:  # a port nothing listens on
+        sock.bind(("::1", 0))
+        closed = int(sock.getsockname()[1])
+    settings = fake_settings(
+        "sqlite+aiosqlite:///unused.sqlite3", bootstrap_servers=f"[::1]:{closed}"
+    )
+    said = await diagnose_connection(settings)
+    assert said is not None and f"('::1', {closed}" in said, said
+
+
 # -- wait_for_schema -----------------------------------------------------------------------
 def closed_postgres_url() -> str:
     with socket.socket() as sock:  # a port nothing listens on
