@@ -20,7 +20,6 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 from sqlalchemy.engine import make_url
@@ -42,6 +41,7 @@ from service.store.migrate import upgrade
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
+from tests.log_lines import named
 
 WITHIN = 20.0
 #: A retry bound with a third decimal (stamina's jitter of up to 1 s makes nearly every
@@ -129,16 +129,6 @@ def settings_for(sqlite_url: str, **extra: Any) -> Settings:
     )
 
 
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            entry = orjson.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == name:
-                found.append(entry)
-    return found
-
-
 def assert_retry_fields(entries: list[dict[str, Any]]) -> None:
     """Each retry line numbers its attempt and says the wait stamina chose, in seconds
     rounded to hundredths, within the configured bound (give or take that rounding)."""
@@ -211,7 +201,7 @@ async def test_a_broker_down_at_start_is_logged_with_the_clients_error_then_read
     assert clients.readiness.last_error is None
     assert clients.consumer.started and clients.producer.started >= 1
 
-    retried = events(caplog, "broker unavailable at start, retrying")
+    retried = named(caplog, "broker unavailable at start, retrying")
     assert len(retried) >= 2, caplog.text
     assert_retry_fields(retried)
     for entry in retried:
@@ -221,7 +211,7 @@ async def test_a_broker_down_at_start_is_logged_with_the_clients_error_then_read
             "KafkaConnectionError: fake broker is down"
         ), entry
         assert port in str(entry["cause"]), entry
-    [started] = events(caplog, "broker reachable, starting")
+    [started] = named(caplog, "broker reachable, starting")
     assert started["failed_attempts"] == len(retried)
 
 
@@ -236,8 +226,8 @@ async def test_the_retry_line_says_when_the_clients_were_being_started(
     await refused_twice(clients)
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
-    assert events(caplog, "broker unavailable after an outage, retrying")
-    assert not events(caplog, "broker unavailable at start, retrying")
+    assert named(caplog, "broker unavailable after an outage, retrying")
+    assert not named(caplog, "broker unavailable at start, retrying")
     assert clients.readiness.broker_reachable is False  # stopped, never connected
 
 
@@ -260,7 +250,7 @@ async def test_a_refusal_the_diagnosis_cannot_explain_shows_the_clients_own_erro
     )
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
-    retried = events(caplog, "broker unavailable at start, retrying")
+    retried = named(caplog, "broker unavailable at start, retrying")
     assert retried and all(e["cause"] is None for e in retried), retried
 
 
@@ -293,8 +283,7 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
 
-    refused = events(
-        caplog,
+    refused = named(caplog,
         "Kafka refused the credentials; check CONSUMERGEN_SASL_USERNAME, "
         "CONSUMERGEN_SASL_PASSWORD and CONSUMERGEN_SASL_MECHANISM; retrying",
     )
@@ -306,7 +295,7 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
         assert entry["security_protocol"] == "SASL_PLAINTEXT"
         assert entry["mechanism"] == "SCRAM-SHA-256"
         assert entry["username"] == "svc-consumergen"
-    assert not events(caplog, "broker unavailable at start, retrying")
+    assert not named(caplog, "broker unavailable at start, retrying")
     assert "hunter2-not-logged" not in caplog.text
 
 
@@ -329,12 +318,12 @@ async def test_a_tls_handshake_failure_is_one_error_line_with_the_explanation(
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
 
-    failed = events(caplog, f"Kafka TLS handshake failed; retrying. {explained}")
+    failed = named(caplog, f"Kafka TLS handshake failed; retrying. {explained}")
     assert len(failed) >= 2, caplog.text
     assert_retry_fields(failed)
     for entry in failed:
         assert entry["level"] == "error" and entry["security_protocol"] == "SSL", entry
-    assert not events(caplog, "broker unavailable at start, retrying")
+    assert not named(caplog, "broker unavailable at start, retrying")
 
 
 async def test_a_stop_during_a_client_start_lets_that_start_finish(sqlite_url: str) -> None:
@@ -513,14 +502,14 @@ async def test_the_schema_wait_logs_each_retry_with_the_error_and_a_bounded_wait
         await engine.dispose()
     assert readiness.database_reachable is False
     assert str(readiness.last_error).startswith("database: ")
-    retried = events(caplog, "database unavailable at start, retrying")
+    retried = named(caplog, "database unavailable at start, retrying")
     assert len(retried) >= 2, caplog.text
     assert_retry_fields(retried)
     for entry in retried:
         assert entry["level"] == "warning"
         assert f"database: {entry['error']}" == readiness.last_error, entry
         assert "Error" in str(entry["error"]).partition(":")[0], entry
-    assert not events(caplog, "database reachable, starting")  # it never was
+    assert not named(caplog, "database reachable, starting")  # it never was
 
 
 async def test_the_schema_wait_marks_the_database_reachable_once_it_answers(
@@ -546,7 +535,7 @@ async def test_the_schema_wait_marks_the_database_reachable_once_it_answers(
     finally:
         await engine.dispose()
     assert readiness.database_reachable is True
-    assert not events(caplog, "database reachable, starting")  # no failed attempt here
+    assert not named(caplog, "database reachable, starting")  # no failed attempt here
 
 
 class GatedRelay:
@@ -643,7 +632,7 @@ async def test_the_first_look_at_a_database_that_cannot_answer_says_why_and_wait
         await engine.dispose()
     assert current is False
     assert readiness.database_reachable is False
-    [waiting] = events(caplog, "database unavailable at start, waiting for it")
+    [waiting] = named(caplog, "database unavailable at start, waiting for it")
     assert waiting["level"] == "warning"
     assert "Error" in str(waiting["error"]).partition(":")[0], waiting
     assert readiness.last_error == f"database: {waiting['error']}"
