@@ -41,6 +41,7 @@ from service.store.migrate import upgrade
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
+from tests.fake_conn import fake_create_conn
 from tests.log_lines import named
 
 WITHIN = 20.0
@@ -139,33 +140,6 @@ def assert_retry_fields(entries: list[dict[str, Any]]) -> None:
         assert wait == round(wait, 2), entry
 
 
-class Conn:
-    closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def fake_create_conn(
-    monkeypatch: pytest.MonkeyPatch, outcome: BaseException | str | None
-) -> list[tuple[str, int, dict[str, Any], Conn]]:
-    """The diagnosis's direct connection: raise ``outcome``, hang (``"hang"``), or
-    connect (None: a broker that answers)."""
-    calls: list[tuple[str, int, dict[str, Any], Conn]] = []
-
-    async def create_conn(host: str, port: int, **options: Any) -> Conn:
-        conn = Conn()
-        calls.append((host, port, options, conn))
-        if outcome == "hang":
-            await asyncio.Event().wait()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return conn
-
-    monkeypatch.setattr(startup, "create_conn", create_conn)
-    return calls
-
-
 def expired_certificate() -> ssl.SSLCertVerificationError:
     error = ssl.SSLCertVerificationError(1, "certificate verify failed")
     error.verify_code = 10  # X509_V_ERR_CERT_HAS_EXPIRED
@@ -237,7 +211,7 @@ async def test_a_refusal_the_diagnosis_cannot_explain_shows_the_clients_own_erro
     """The direct connection succeeds (the broker answers it, the consumer still could
     not start): /readyz shows the consumer's start error itself."""
     install_retry_hooks()
-    fake_create_conn(monkeypatch, None)
+    fake_create_conn(monkeypatch, startup, None)
     settings = settings_for(sqlite_url)
     broker = FakeBroker("events", 1)
     broker.go_down()
@@ -262,7 +236,9 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
     with the address, protocol, mechanism and user, never the password."""
     install_retry_hooks()
     fake_create_conn(
-        monkeypatch, SaslAuthenticationFailed("Authentication failed:  invalid\n credentials")
+        monkeypatch,
+        startup,
+        SaslAuthenticationFailed("Authentication failed:  invalid\n credentials"),
     )
     settings = settings_for(
         sqlite_url,
@@ -283,7 +259,8 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
 
-    refused = named(caplog,
+    refused = named(
+        caplog,
         "Kafka refused the credentials; check CONSUMERGEN_SASL_USERNAME, "
         "CONSUMERGEN_SASL_PASSWORD and CONSUMERGEN_SASL_MECHANISM; retrying",
     )
@@ -303,7 +280,7 @@ async def test_a_tls_handshake_failure_is_one_error_line_with_the_explanation(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     install_retry_hooks()
-    fake_create_conn(monkeypatch, expired_certificate())
+    fake_create_conn(monkeypatch, startup, expired_certificate())
     settings = settings_for(sqlite_url, security_protocol="SSL")
     broker = FakeBroker("events", 1)
     broker.go_down()
@@ -375,7 +352,7 @@ def sasl_settings(**extra: Any) -> Settings:
 async def test_the_diagnosis_dials_the_first_bootstrap_server_with_the_clients_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls = fake_create_conn(monkeypatch, None)
+    calls = fake_create_conn(monkeypatch, startup, None)
     settings = sasl_settings()
     assert await diagnose_connection(settings) is None  # it answered: nothing to say
     [(host, port, options, conn)] = calls
@@ -389,7 +366,7 @@ async def test_the_diagnosis_dials_the_first_bootstrap_server_with_the_clients_o
 async def test_the_diagnosis_of_refused_credentials_names_the_mechanism(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_create_conn(monkeypatch, SaslAuthenticationFailed("bad  user\n or password"))
+    fake_create_conn(monkeypatch, startup, SaslAuthenticationFailed("bad  user\n or password"))
     assert await diagnose_connection(sasl_settings()) == (
         "authentication failed (PLAIN): [Error 58] SaslAuthenticationFailed: bad user or password"
     )
@@ -398,7 +375,7 @@ async def test_the_diagnosis_of_refused_credentials_names_the_mechanism(
 async def test_the_diagnosis_of_a_silent_broker_is_bounded_by_the_request_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_create_conn(monkeypatch, "hang")
+    fake_create_conn(monkeypatch, startup, "hang")
     said = await asyncio.wait_for(diagnose_connection(sasl_settings()), WITHIN)
     assert said == "TimeoutError"
 
@@ -406,7 +383,7 @@ async def test_the_diagnosis_of_a_silent_broker_is_bounded_by_the_request_timeou
 async def test_the_diagnosis_says_a_connection_error_on_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_create_conn(monkeypatch, KafkaConnectionError("no  route\n to broker-1"))
+    fake_create_conn(monkeypatch, startup, KafkaConnectionError("no  route\n to broker-1"))
     said = await diagnose_connection(sasl_settings())
     assert said == "KafkaConnectionError: no route to broker-1"
 
@@ -435,7 +412,7 @@ async def test_the_diagnosis_explains_a_certificate_the_client_refused(
     what: str,
 ) -> None:
     """The explanation names the first bootstrap server and the setting to look at."""
-    fake_create_conn(monkeypatch, error())
+    fake_create_conn(monkeypatch, startup, error())
     said = await diagnose_connection(sasl_settings(security_protocol="SSL"))
     assert said == f"TLS: the certificate of the broker at broker-1.example:9093 {what}"
 
