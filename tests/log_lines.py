@@ -21,3 +21,10 @@ def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
         except orjson.JSONDecodeError:
             continue
     return found
+
+
+def named(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The captured JSON log events called ``event``, in order."""
+    return [
+        entry for entry in logged(caplog) if isinstance(entry, dict) and entry.get("event") == event
+    ]

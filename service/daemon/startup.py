@@ -205,6 +205,7 @@ async def diagnose_connection(settings: Settings) -> str | None:
     options = client_options(settings)
     servers: list[str] = options.pop("bootstrap_servers")
     host, _, port = servers[0].rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address: "[::1]:9092"
     try:
         conn = await asyncio.wait_for(
             create_conn(host, int(port), **options), settings.request_timeout_seconds

@@ -166,3 +166,12 @@ async def test_every_batch_is_in_exactly_one_line_in_offset_order() -> None:
         assert sum(line["outcomes"]["applied"] for line in lines.of(partition)) == end
     assert sum(line["batches"] for line in lines.lines) == 300
     assert len(lines.lines) < 300  # some were shared
+
+
+async def test_the_lines_seconds_are_the_slowest_batchs_to_a_tenth_of_a_millisecond() -> None:
+    """The line's ``seconds`` is its slowest batch's, rounded to 0.1 ms: precise enough to
+    tell a slow batch, short enough to read."""
+    lines = Lines()
+    log = CommittedLog(lines, interval=INTERVAL)
+    log.committed("events/0", 0, 0, 1, {"applied": 1}, seconds=0.123456)
+    assert lines.lines[0]["seconds"] == 0.1235

@@ -5,11 +5,9 @@ aiokafka's does (before it hands out any record)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
@@ -26,6 +24,7 @@ from service.testing.fake_edges import (
 )
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
+from tests.log_lines import logged
 
 WITHIN = 20.0
 
@@ -64,14 +63,6 @@ def failing_edges(broker: FakeBroker, failures: list[BaseException]) -> FakeEdge
     return Edges(plain.broker, plain.producer, plain.dead_letters, plain.outcomes, plain.applier)
 
 
-def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            found.append(orjson.loads(line))
-    return found
-
-
 async def test_a_fetch_failing_on_the_broker_is_retried_counted_and_logged_and_nothing_is_lost(
     database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -92,7 +83,7 @@ async def test_a_fetch_failing_on_the_broker_is_retried_counted_and_logged_and_n
         assert broker_failures == 3
     assert sorted(s.offset for s in fakes.applier.applied if s.partition == 0) == [0, 1, 2]
     assert sorted(s.offset for s in fakes.applier.applied if s.partition == 1) == [0, 1, 2]
-    retried = [e for e in events(caplog) if e.get("event") == "fetch failed, retrying"]
+    retried = [e for e in logged(caplog) if e.get("event") == "fetch failed, retrying"]
     assert [(e["level"], e["error_class"], e["error"], e["attempt"]) for e in retried] == [
         ("warning", "KafkaConnectionError", f"KafkaConnectionError: no route {n}", n + 1)
         for n in range(3)
@@ -113,7 +104,7 @@ async def test_a_fetch_failing_otherwise_stops_the_daemon_loudly(
             await poll(lambda: daemon.fatal_error is not None, WITHIN, "the daemon stopping")
     [stopping] = [
         e
-        for e in events(caplog)
+        for e in logged(caplog)
         if e.get("event") == "fetch failed with an error that is not the infrastructure's: stopping"
     ]
     assert stopping["level"] == "error" and stopping["error_class"] == "RuntimeError"
@@ -141,6 +132,6 @@ async def test_a_bug_in_a_batch_stops_the_daemon_loudly_and_commits_nothing_past
             await poll(lambda: daemon.fatal_error is not None, WITHIN, "the daemon stopping")
     assert broker.committed.get(tp, 0) <= 2
     assert [s.offset for s in fakes.applier.applied] == [0, 1]  # nothing after the bug
-    [crashed] = [e for e in events(caplog) if e.get("event") == "partition worker crashed"]
+    [crashed] = [e for e in logged(caplog) if e.get("event") == "partition worker crashed"]
     assert crashed["level"] == "error" and crashed["partition"] == "events/0"
     assert crashed["failure_class"] == "bug" and crashed["error_class"] == "ValueError"

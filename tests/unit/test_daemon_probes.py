@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -29,6 +28,7 @@ from service.testing.fake_edges import (
 )
 from service.testing.fake_kafka import FakeBroker
 from service.testing.polling import poll
+from tests.log_lines import logged as events
 
 WITHIN = 20.0
 
@@ -49,14 +49,6 @@ def counter(daemon: Daemon, name: str, **labels: str) -> float:
     value = daemon.metrics.registry.get_sample_value(name, labels)
     assert value is not None, (name, labels)
     return value
-
-
-def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            found.append(orjson.loads(line))
-    return found
 
 
 # -- the broker down at start --------------------------------------------------------------

@@ -20,7 +20,6 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 from sqlalchemy.engine import make_url
@@ -42,6 +41,8 @@ from service.store.migrate import upgrade
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
+from tests.fake_conn import fake_create_conn
+from tests.log_lines import named
 
 WITHIN = 20.0
 #: A retry bound with a third decimal (stamina's jitter of up to 1 s makes nearly every
@@ -129,16 +130,6 @@ def settings_for(sqlite_url: str, **extra: Any) -> Settings:
     )
 
 
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            entry = orjson.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == name:
-                found.append(entry)
-    return found
-
-
 def assert_retry_fields(entries: list[dict[str, Any]]) -> None:
     """Each retry line numbers its attempt and says the wait stamina chose, in seconds
     rounded to hundredths, within the configured bound (give or take that rounding)."""
@@ -147,33 +138,6 @@ def assert_retry_fields(entries: list[dict[str, Any]]) -> None:
         wait = entry["retry_in"]
         assert isinstance(wait, float) and 0 <= wait <= WAIT_MAX + 0.005, entry
         assert wait == round(wait, 2), entry
-
-
-class Conn:
-    closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def fake_create_conn(
-    monkeypatch: pytest.MonkeyPatch, outcome: BaseException | str | None
-) -> list[tuple[str, int, dict[str, Any], Conn]]:
-    """The diagnosis's direct connection: raise ``outcome``, hang (``"hang"``), or
-    connect (None: a broker that answers)."""
-    calls: list[tuple[str, int, dict[str, Any], Conn]] = []
-
-    async def create_conn(host: str, port: int, **options: Any) -> Conn:
-        conn = Conn()
-        calls.append((host, port, options, conn))
-        if outcome == "hang":
-            await asyncio.Event().wait()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return conn
-
-    monkeypatch.setattr(startup, "create_conn", create_conn)
-    return calls
 
 
 def expired_certificate() -> ssl.SSLCertVerificationError:
@@ -211,7 +175,7 @@ async def test_a_broker_down_at_start_is_logged_with_the_clients_error_then_read
     assert clients.readiness.last_error is None
     assert clients.consumer.started and clients.producer.started >= 1
 
-    retried = events(caplog, "broker unavailable at start, retrying")
+    retried = named(caplog, "broker unavailable at start, retrying")
     assert len(retried) >= 2, caplog.text
     assert_retry_fields(retried)
     for entry in retried:
@@ -221,7 +185,7 @@ async def test_a_broker_down_at_start_is_logged_with_the_clients_error_then_read
             "KafkaConnectionError: fake broker is down"
         ), entry
         assert port in str(entry["cause"]), entry
-    [started] = events(caplog, "broker reachable, starting")
+    [started] = named(caplog, "broker reachable, starting")
     assert started["failed_attempts"] == len(retried)
 
 
@@ -236,8 +200,8 @@ async def test_the_retry_line_says_when_the_clients_were_being_started(
     await refused_twice(clients)
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
-    assert events(caplog, "broker unavailable after an outage, retrying")
-    assert not events(caplog, "broker unavailable at start, retrying")
+    assert named(caplog, "broker unavailable after an outage, retrying")
+    assert not named(caplog, "broker unavailable at start, retrying")
     assert clients.readiness.broker_reachable is False  # stopped, never connected
 
 
@@ -247,7 +211,7 @@ async def test_a_refusal_the_diagnosis_cannot_explain_shows_the_clients_own_erro
     """The direct connection succeeds (the broker answers it, the consumer still could
     not start): /readyz shows the consumer's start error itself."""
     install_retry_hooks()
-    fake_create_conn(monkeypatch, None)
+    fake_create_conn(monkeypatch, startup, None)
     settings = settings_for(sqlite_url)
     broker = FakeBroker("events", 1)
     broker.go_down()
@@ -260,7 +224,7 @@ async def test_a_refusal_the_diagnosis_cannot_explain_shows_the_clients_own_erro
     )
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
-    retried = events(caplog, "broker unavailable at start, retrying")
+    retried = named(caplog, "broker unavailable at start, retrying")
     assert retried and all(e["cause"] is None for e in retried), retried
 
 
@@ -272,7 +236,9 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
     with the address, protocol, mechanism and user, never the password."""
     install_retry_hooks()
     fake_create_conn(
-        monkeypatch, SaslAuthenticationFailed("Authentication failed:  invalid\n credentials")
+        monkeypatch,
+        startup,
+        SaslAuthenticationFailed("Authentication failed:  invalid\n credentials"),
     )
     settings = settings_for(
         sqlite_url,
@@ -293,7 +259,7 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
 
-    refused = events(
+    refused = named(
         caplog,
         "Kafka refused the credentials; check CONSUMERGEN_SASL_USERNAME, "
         "CONSUMERGEN_SASL_PASSWORD and CONSUMERGEN_SASL_MECHANISM; retrying",
@@ -306,7 +272,7 @@ async def test_refused_credentials_are_one_error_line_naming_the_sasl_settings(
         assert entry["security_protocol"] == "SASL_PLAINTEXT"
         assert entry["mechanism"] == "SCRAM-SHA-256"
         assert entry["username"] == "svc-consumergen"
-    assert not events(caplog, "broker unavailable at start, retrying")
+    assert not named(caplog, "broker unavailable at start, retrying")
     assert "hunter2-not-logged" not in caplog.text
 
 
@@ -314,7 +280,7 @@ async def test_a_tls_handshake_failure_is_one_error_line_with_the_explanation(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     install_retry_hooks()
-    fake_create_conn(monkeypatch, expired_certificate())
+    fake_create_conn(monkeypatch, startup, expired_certificate())
     settings = settings_for(sqlite_url, security_protocol="SSL")
     broker = FakeBroker("events", 1)
     broker.go_down()
@@ -329,12 +295,12 @@ async def test_a_tls_handshake_failure_is_one_error_line_with_the_explanation(
     clients.stop.set()
     await asyncio.wait_for(task, WITHIN)
 
-    failed = events(caplog, f"Kafka TLS handshake failed; retrying. {explained}")
+    failed = named(caplog, f"Kafka TLS handshake failed; retrying. {explained}")
     assert len(failed) >= 2, caplog.text
     assert_retry_fields(failed)
     for entry in failed:
         assert entry["level"] == "error" and entry["security_protocol"] == "SSL", entry
-    assert not events(caplog, "broker unavailable at start, retrying")
+    assert not named(caplog, "broker unavailable at start, retrying")
 
 
 async def test_a_stop_during_a_client_start_lets_that_start_finish(sqlite_url: str) -> None:
@@ -386,7 +352,7 @@ def sasl_settings(**extra: Any) -> Settings:
 async def test_the_diagnosis_dials_the_first_bootstrap_server_with_the_clients_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls = fake_create_conn(monkeypatch, None)
+    calls = fake_create_conn(monkeypatch, startup, None)
     settings = sasl_settings()
     assert await diagnose_connection(settings) is None  # it answered: nothing to say
     [(host, port, options, conn)] = calls
@@ -400,7 +366,7 @@ async def test_the_diagnosis_dials_the_first_bootstrap_server_with_the_clients_o
 async def test_the_diagnosis_of_refused_credentials_names_the_mechanism(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_create_conn(monkeypatch, SaslAuthenticationFailed("bad  user\n or password"))
+    fake_create_conn(monkeypatch, startup, SaslAuthenticationFailed("bad  user\n or password"))
     assert await diagnose_connection(sasl_settings()) == (
         "authentication failed (PLAIN): [Error 58] SaslAuthenticationFailed: bad user or password"
     )
@@ -409,7 +375,7 @@ async def test_the_diagnosis_of_refused_credentials_names_the_mechanism(
 async def test_the_diagnosis_of_a_silent_broker_is_bounded_by_the_request_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_create_conn(monkeypatch, "hang")
+    fake_create_conn(monkeypatch, startup, "hang")
     said = await asyncio.wait_for(diagnose_connection(sasl_settings()), WITHIN)
     assert said == "TimeoutError"
 
@@ -417,7 +383,7 @@ async def test_the_diagnosis_of_a_silent_broker_is_bounded_by_the_request_timeou
 async def test_the_diagnosis_says_a_connection_error_on_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_create_conn(monkeypatch, KafkaConnectionError("no  route\n to broker-1"))
+    fake_create_conn(monkeypatch, startup, KafkaConnectionError("no  route\n to broker-1"))
     said = await diagnose_connection(sasl_settings())
     assert said == "KafkaConnectionError: no route to broker-1"
 
@@ -446,7 +412,7 @@ async def test_the_diagnosis_explains_a_certificate_the_client_refused(
     what: str,
 ) -> None:
     """The explanation names the first bootstrap server and the setting to look at."""
-    fake_create_conn(monkeypatch, error())
+    fake_create_conn(monkeypatch, startup, error())
     said = await diagnose_connection(sasl_settings(security_protocol="SSL"))
     assert said == f"TLS: the certificate of the broker at broker-1.example:9093 {what}"
 
@@ -460,6 +426,20 @@ async def test_the_diagnosis_of_a_broker_that_is_down_says_the_refusal() -> None
     )
     said = await diagnose_connection(settings)
     assert said is not None and f"('127.0.0.1', {closed})" in said and "\n" not in said
+
+
+async def test_the_diagnosis_dials_a_bracketed_ipv6_bootstrap_server_without_its_brackets() -> None:
+    """``[::1]:PORT`` is how a Kafka bootstrap list spells an IPv6 address: the diagnosis
+    dials ``::1`` (and reports its refusal), not a host name ``[::1]`` that no resolver
+    knows."""
+    with socket.socket(socket.AF_INET6) as sock:  # a port nothing listens on
+        sock.bind(("::1", 0))
+        closed = int(sock.getsockname()[1])
+    settings = fake_settings(
+        "sqlite+aiosqlite:///unused.sqlite3", bootstrap_servers=f"[::1]:{closed}"
+    )
+    said = await diagnose_connection(settings)
+    assert said is not None and f"('::1', {closed}" in said, said
 
 
 # -- wait_for_schema -----------------------------------------------------------------------
@@ -499,14 +479,14 @@ async def test_the_schema_wait_logs_each_retry_with_the_error_and_a_bounded_wait
         await engine.dispose()
     assert readiness.database_reachable is False
     assert str(readiness.last_error).startswith("database: ")
-    retried = events(caplog, "database unavailable at start, retrying")
+    retried = named(caplog, "database unavailable at start, retrying")
     assert len(retried) >= 2, caplog.text
     assert_retry_fields(retried)
     for entry in retried:
         assert entry["level"] == "warning"
         assert f"database: {entry['error']}" == readiness.last_error, entry
         assert "Error" in str(entry["error"]).partition(":")[0], entry
-    assert not events(caplog, "database reachable, starting")  # it never was
+    assert not named(caplog, "database reachable, starting")  # it never was
 
 
 async def test_the_schema_wait_marks_the_database_reachable_once_it_answers(
@@ -532,7 +512,7 @@ async def test_the_schema_wait_marks_the_database_reachable_once_it_answers(
     finally:
         await engine.dispose()
     assert readiness.database_reachable is True
-    assert not events(caplog, "database reachable, starting")  # no failed attempt here
+    assert not named(caplog, "database reachable, starting")  # no failed attempt here
 
 
 class GatedRelay:
@@ -629,7 +609,7 @@ async def test_the_first_look_at_a_database_that_cannot_answer_says_why_and_wait
         await engine.dispose()
     assert current is False
     assert readiness.database_reachable is False
-    [waiting] = events(caplog, "database unavailable at start, waiting for it")
+    [waiting] = named(caplog, "database unavailable at start, waiting for it")
     assert waiting["level"] == "warning"
     assert "Error" in str(waiting["error"]).partition(":")[0], waiting
     assert readiness.last_error == f"database: {waiting['error']}"

@@ -15,32 +15,13 @@ from aiokafka.errors import KafkaConnectionError
 from service.config import Settings, load_settings
 from service.kafka import tls
 from service.kafka.clients import client_options
+from tests.fake_conn import Call, fake_create_conn
 
 SERVERS = "broker-1.example:9093,broker-2.example:9093"
 
 
-class Conn:
-    closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _connect(monkeypatch: pytest.MonkeyPatch, outcome: BaseException | str | None) -> list[Any]:
-    """Fake ``create_conn``: raise ``outcome``, hang (``"hang"``), or connect."""
-    calls: list[Any] = []
-
-    async def create_conn(host: str, port: int, **options: Any) -> Conn:
-        conn = Conn()
-        calls.append((host, port, options, conn))
-        if outcome == "hang":
-            await asyncio.Event().wait()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return conn
-
-    monkeypatch.setattr(tls, "create_conn", create_conn)
-    return calls
+def _connect(monkeypatch: pytest.MonkeyPatch, outcome: BaseException | str | None) -> list[Call]:
+    return fake_create_conn(monkeypatch, tls, outcome)
 
 
 def _settings(protocol: str = "SSL", **extra: Any) -> Settings:
