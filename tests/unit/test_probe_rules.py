@@ -13,12 +13,10 @@ daemon's outages over the fakes: test_daemon_probes.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError
@@ -34,6 +32,7 @@ from service.store.engine import create_engine
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
+from tests.log_lines import named
 from tests.unit.test_daemon_startup import GatedRelay
 from tests.unit.test_partition_worker import FakeHost
 
@@ -108,16 +107,6 @@ class Parts:
         await self.engine.dispose()
 
 
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in caplog.text.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            entry = orjson.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == name:
-                found.append(entry)
-    return found
-
-
 async def test_a_broker_probe_parks_once_when_lost_and_resumes_its_pauses_once_back(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,9 +138,9 @@ async def test_a_broker_probe_parks_once_when_lost_and_resumes_its_pauses_once_b
         assert parts.failures("broker") == 1 and parts.lost == 1
     finally:
         await parts.close()
-    [parked] = events(caplog, "broker unreachable: parking the Kafka clients")
+    [parked] = named(caplog, "broker unreachable: parking the Kafka clients")
     assert parked["error"] == DOWN and parked["level"] == "warning"
-    [back] = events(caplog, "broker reachable again: resuming")
+    [back] = named(caplog, "broker reachable again: resuming")
     assert back["level"] == "info"
 
 
@@ -187,9 +176,9 @@ async def test_a_database_probe_that_gets_no_answer_ends_at_the_request_timeout(
     assert parts.readiness.database_reachable is False
     assert parts.readiness.last_error == "database: TimeoutError: "
     assert parts.failures("database") == 1
-    [unreachable] = events(caplog, "database unreachable")
+    [unreachable] = named(caplog, "database unreachable")
     assert unreachable["error"] == "TimeoutError: " and unreachable["level"] == "warning"
-    assert not events(caplog, "database probe failed unexpectedly")
+    assert not named(caplog, "database probe failed unexpectedly")
 
 
 async def test_a_database_probe_failing_in_an_unexpected_way_says_so(
@@ -208,9 +197,9 @@ async def test_a_database_probe_failing_in_an_unexpected_way_says_so(
     said = "DatabaseError: file is not a database"
     assert parts.readiness.database_reachable is False
     assert parts.readiness.last_error == f"database: {said}"
-    [unexpected] = events(caplog, "database probe failed unexpectedly")
+    [unexpected] = named(caplog, "database probe failed unexpectedly")
     assert unexpected["error"] == said and unexpected["level"] == "error"
-    [unreachable] = events(caplog, "database unreachable")
+    [unreachable] = named(caplog, "database unreachable")
     assert unreachable["error"] == said
 
 
@@ -225,7 +214,7 @@ async def test_a_stall_is_logged_as_an_error_naming_what_stands_still(
     finally:
         await parts.close()
     assert parts.readiness.stalled == ("fetch loop",)
-    [stalled] = events(caplog, "stalled: failing /livez so that the process is restarted")
+    [stalled] = named(caplog, "stalled: failing /livez so that the process is restarted")
     assert stalled["stalled"] == "fetch loop" and stalled["bound_seconds"] == 5.0
     assert stalled["level"] == "error"
 
@@ -360,7 +349,7 @@ async def test_a_partition_stall_needs_the_end_offset_the_consumer_has_not_fetch
     finally:
         await parts.close()
         await broker.close()
-    [logged] = events(caplog, "stalled: failing /livez so that the process is restarted")
+    [logged] = named(caplog, "stalled: failing /livez so that the process is restarted")
     assert logged["stalled"] == "events/0"
 
 

@@ -34,7 +34,7 @@ from service.store.engine import create_engine
 from service.testing.fake_edges import fake_settings
 from service.testing.fake_kafka import FakeBroker, FakeConsumer
 from service.testing.polling import poll
-from tests.log_lines import logged
+from tests.log_lines import named
 from tests.unit.test_partition_worker import FakeHost
 
 WITHIN = 8.0
@@ -168,10 +168,6 @@ def settings_for(url: str) -> Settings:
     return fake_settings(url, request_timeout_seconds=REQUEST_TIMEOUT, stall_seconds=STALL)
 
 
-def events_named(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    return [e for e in logged(caplog) if e.get("event") == name]
-
-
 async def bounded(probe: Awaitable[None]) -> None:
     """A probe must end on its own (a request that never ends is given up on)."""
     await asyncio.wait_for(probe, WITHIN)
@@ -198,7 +194,7 @@ async def test_a_dropped_connection_to_the_broker_is_said_on_one_line_once(
         assert r.failures("broker") == 1
         assert r.failures("database") == 0
         assert len(r.lost) == 1
-    [warning] = events_named(caplog, BROKER_LOST)
+    [warning] = named(caplog, BROKER_LOST)
     assert warning["error"] == said
     assert warning["level"] == "warning"
 
@@ -240,11 +236,11 @@ async def test_a_database_file_that_is_no_database_is_unready_and_logged_as_unex
         await bounded(r.probes.probe_database())
         assert r.readiness.verdict()[0]
         await bounded(r.probes.probe_database())
-    unexpected = events_named(caplog, "database probe failed unexpectedly")
+    unexpected = named(caplog, "database probe failed unexpectedly")
     assert [(e["level"], e["error"]) for e in unexpected] == [("error", said)] * 2
-    [warning] = events_named(caplog, "database unreachable")
+    [warning] = named(caplog, "database unreachable")
     assert warning["error"] == said
-    assert len(events_named(caplog, "database reachable again")) == 1
+    assert len(named(caplog, "database reachable again")) == 1
 
 
 # -- the lag ---------------------------------------------------------------------------------
