@@ -181,6 +181,13 @@ class FakeEdges:
         """The latest consumer made (the daemon's, once started)."""
         return self.broker.consumers[-1]
 
+    def assigned_everything(self) -> bool:
+        """The daemon's consumer is in the group and holds every partition not
+        ``reserved`` for another member: the state a test waits for before it produces."""
+        consumer = self.current_consumer()
+        wanted = {tp for tp in self.broker.partitions if tp not in self.broker.reserved}
+        return consumer.in_group and consumer.assignment() == wanted
+
 
 def fake_edges(broker: FakeBroker, applier: FakeApplier | None = None) -> FakeEdges:
     return FakeEdges(

@@ -20,7 +20,6 @@ from service.daemon.app import Daemon
 from service.daemon.retries import install_retry_hooks
 from service.store.migrate import upgrade
 from service.testing.fake_edges import (
-    FakeEdges,
     daemon_over_fakes,
     fake_edges,
     fake_settings,
@@ -31,11 +30,6 @@ from service.testing.polling import poll
 from tests.log_lines import logged as events
 
 WITHIN = 20.0
-
-
-def assigned_everything(fakes: FakeEdges) -> bool:
-    consumer = fakes.current_consumer()
-    return consumer.in_group and consumer.assignment() == set(fakes.broker.partitions)
 
 
 async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
@@ -82,7 +76,7 @@ async def test_a_broker_down_at_start_is_reported_waited_for_and_joined_once_up(
         assert fakes.producer.starts == 0
 
         broker.come_up()
-        await poll(lambda: assigned_everything(fakes), WITHIN, "joined once the broker is up")
+        await poll(fakes.assigned_everything, WITHIN, "joined once the broker is up")
         *failed, joined = broker.consumers
         assert len(failed) >= 2 and all(c.stopped for c in failed)
         assert joined.started and not joined.stopped
@@ -114,7 +108,7 @@ async def test_a_broker_lost_while_running_is_reported_then_ready_again(
     fakes = fake_edges(broker)
     async with daemon_over_fakes(settings, fakes, health=True) as daemon:
         await poll(lambda: daemon.health is not None, WITHIN, "listening")
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
 
         async def ready() -> bool:
             return (await readyz(daemon))[0] == 200
@@ -132,7 +126,7 @@ async def test_a_broker_lost_while_running_is_reported_then_ready_again(
         assert body["last_error"].startswith("broker: "), body
         assert counter(daemon, "consumergen_infrastructure_failures_total", kind="broker") > before
         broker.come_up()
-        await poll(lambda: assigned_everything(fakes), WITHIN, "rejoined")
+        await poll(fakes.assigned_everything, WITHIN, "rejoined")
         await poll(ready, WITHIN, "ready again")
         produce_new_consumers(broker, 1, 1)
         await poll(broker.all_committed, WITHIN, "working again")
@@ -284,7 +278,7 @@ async def test_a_database_down_at_start_is_reported_waited_for_and_the_daemon_st
             return (await readyz(daemon))[0] == 200
 
         await poll(ready, WITHIN, "started and ready once the database answers")
-        assert assigned_everything(fakes)
+        assert fakes.assigned_everything()
         failures = counter(daemon, "consumergen_infrastructure_failures_total", kind="database")
     logged = events(caplog)
     retried = [e for e in logged if e.get("event") == "database unavailable at start, retrying"]

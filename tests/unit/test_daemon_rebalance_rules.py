@@ -43,12 +43,6 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> str:
     return migrated_sqlite(tmp_path_factory.mktemp("rebalance"))
 
 
-def assigned_everything(fakes: FakeEdges) -> bool:
-    consumer = fakes.current_consumer()
-    wanted = {tp for tp in fakes.broker.partitions if tp not in fakes.broker.reserved}
-    return consumer.in_group and consumer.assignment() == wanted
-
-
 def lag_series(daemon: Daemon) -> dict[str, float]:
     """``consumergen_consumer_lag`` as /metrics serves it: partition -> value."""
     text = generate_latest(daemon.metrics.registry).decode()
@@ -96,7 +90,7 @@ async def test_a_partition_paused_for_backpressure_and_revoked_is_paused_again_w
     # batch_max_events 1: a worker with 4 queued is paused (``DaemonWorkerHost.high_water``).
     settings = fake_settings(database, batch_max_events=1)
     async with daemon_over_fakes(settings, fakes):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 30)
         consumer = fakes.current_consumer()
         await poll(lambda: tp in consumer.paused(), WITHIN, "paused for backpressure")
@@ -104,7 +98,7 @@ async def test_a_partition_paused_for_backpressure_and_revoked_is_paused_again_w
         assert first_stop is not None and first_stop < broker.end(tp)
 
         await broker.rebalance()  # revoked (its hanging batch abandoned), assigned again
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned again")
+        await poll(fakes.assigned_everything, WITHIN, "assigned again")
 
         def settled() -> bool:
             return tp in consumer.paused() or consumer.position_of(tp) == broker.end(tp)
@@ -153,7 +147,7 @@ async def test_a_revoked_partition_leaves_the_lag_series_and_the_assigned_count(
     broker = FakeBroker("events", 2)
     fakes = fake_edges(broker)
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 2)
         produce_new_consumers(broker, 1, 2)
         await poll(broker.all_committed, WITHIN, "committed")
@@ -217,7 +211,7 @@ async def test_the_old_consumers_stop_at_a_parking_is_bounded_and_never_cut_shor
     )
     settings = fake_settings(database, request_timeout_seconds=0.3)
     async with daemon_over_fakes(settings, fakes):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 1)
         await poll(broker.all_committed, WITHIN, "a first event committed")
         old = fakes.current_consumer()
@@ -226,7 +220,7 @@ async def test_the_old_consumers_stop_at_a_parking_is_bounded_and_never_cut_shor
         await poll(lambda: old.stopped, WITHIN, "the old consumer stopping (parked)")
         broker.come_up()
         await poll(
-            lambda: fakes.current_consumer() is not old and assigned_everything(fakes),
+            lambda: fakes.current_consumer() is not old and fakes.assigned_everything(),
             WITHIN,
             "a new consumer joined",
         )
@@ -292,7 +286,7 @@ async def test_backpressure_pauses_at_the_high_water_mark_and_resumes_below_half
         plain.broker, plain.producer, plain.dead_letters, plain.outcomes, plain.applier
     )
     async with daemon_over_fakes(fake_settings(database, batch_max_events=1), fakes):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         consumer = fakes.current_consumer()
         assert isinstance(consumer, Recorded)
         produce_new_consumers(broker, 0, 16)
@@ -331,7 +325,7 @@ async def test_a_parking_abandons_a_batch_in_flight_at_once_rather_than_after_th
     settings = fake_settings(database, shutdown_grace_seconds=30.0)
     async with daemon_over_fakes(settings, fakes) as daemon:
         assert daemon.revoke_grace == 20.0
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 1)
         await poll(entered.is_set, WITHIN, "a batch in its transaction")
         old = fakes.current_consumer()
@@ -359,7 +353,7 @@ async def test_a_partition_revoked_while_paused_by_the_database_no_longer_holds_
 
     fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 2)
         await poll(
             lambda: daemon.readiness.verdict()[1]["paused_partitions"] == ["events/0"],
@@ -402,7 +396,7 @@ async def test_the_lag_is_the_end_offset_less_the_committed_one(database: str) -
 
     fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 2)
         await poll(broker.all_committed, WITHIN, "two committed")
         gate.clear()

@@ -22,7 +22,6 @@ from service.domain.outcomes import EventSource
 from service.store.errors import TransientDatabaseError
 from service.testing.fake_edges import (
     FakeApplier,
-    FakeEdges,
     daemon_over_fakes,
     fake_edges,
     fake_settings,
@@ -50,11 +49,6 @@ def produce_events(broker: FakeBroker, partition: int, count: int) -> None:
     for _ in range(count):
         value, key = event(partition)
         broker.produce(partition, value, key)
-
-
-def assigned_everything(fakes: FakeEdges) -> bool:
-    consumer = fakes.current_consumer()
-    return consumer.in_group and consumer.assignment() == set(fakes.broker.partitions)
 
 
 async def get(daemon: Daemon, path: str) -> tuple[int, str]:
@@ -116,7 +110,7 @@ async def test_a_partition_paused_by_the_database_shows_on_readyz_and_in_metrics
     fakes = fake_edges(broker, FakeApplier(before_apply=before_apply))
     async with daemon_over_fakes(fake_settings(database), fakes, health=True) as daemon:
         await started(daemon)
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
 
         async def ready() -> bool:
             return (await readyz(daemon))[0] == 200
@@ -209,7 +203,7 @@ async def test_every_committed_event_is_counted_once_under_its_outcome_and_reaso
     fakes = fake_edges(broker, FakeApplier(attempts=attempts, max_attempts=10))
     async with daemon_over_fakes(fake_settings(database), fakes, health=True) as daemon:
         await started(daemon)
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_events(broker, 0, 4)  # offsets 0-3: 2 took 3 attempts, 3 failed
         again, key = event(0)
         broker.produce(0, again, key)  # 4

@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.contract.replies import request_headers
 from service.daemon.app import Daemon
 from service.testing.fake_edges import (
-    FakeEdges,
     daemon_over_fakes,
     fake_edges,
     fake_settings,
@@ -39,11 +38,6 @@ WITHIN = 20.0
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> str:
     return migrated_sqlite(tmp_path_factory.mktemp("running"))
-
-
-def assigned_everything(fakes: FakeEdges) -> bool:
-    consumer = fakes.current_consumer()
-    return consumer.in_group and consumer.assignment() == set(fakes.broker.partitions)
 
 
 def lag_series(daemon: Daemon) -> dict[str, float]:
@@ -73,7 +67,7 @@ async def test_a_committed_offset_sets_the_lag_at_once(database: str) -> None:
     fakes = fake_edges(broker)
     settings = fake_settings(database, probe_interval_seconds=3600.0)
     async with daemon_over_fakes(settings, fakes) as daemon:
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 3)
         await poll(broker.all_committed, WITHIN, "committed")
         await poll(lambda: "0" in lag_series(daemon), 5.0, "a lag series for partition 0")
@@ -127,7 +121,7 @@ async def test_a_reconnection_after_an_outage_says_it_is_one(
     broker = FakeBroker("events", 1)
     fakes = fake_edges(broker)
     async with daemon_over_fakes(fake_settings(database), fakes):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         broker.go_down()
 
         def retried() -> bool:
@@ -136,7 +130,7 @@ async def test_a_reconnection_after_an_outage_says_it_is_one(
 
         await poll(retried, WITHIN, "a reconnection refused")
         broker.come_up()
-        await poll(lambda: assigned_everything(fakes), WITHIN, "rejoined")
+        await poll(fakes.assigned_everything, WITHIN, "rejoined")
         produce_new_consumers(broker, 0, 1)
         await poll(broker.all_committed, WITHIN, "working again")
     events = [e.get("event") for e in logged(caplog)]
@@ -152,7 +146,7 @@ async def test_a_reply_asked_to_a_topic_not_allowed_is_counted(database: str) ->
     (tp,) = broker.partitions
     fakes = fake_edges(broker)
     async with daemon_over_fakes(fake_settings(database), fakes) as daemon:
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         consumer = str(uuid.uuid4())
         value = json.dumps(event_doc(consumer, project="p", user="u")).encode()
         headers = request_headers("someone-elses-topic", 0, b"c-1")
@@ -181,7 +175,7 @@ async def test_a_commit_the_broker_does_not_answer_is_bounded_and_reported(
     fakes = fake_edges(broker)
     settings = fake_settings(database, request_timeout_seconds=0.3)
     async with daemon_over_fakes(settings, fakes) as daemon:
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 1)
 
         def paused() -> bool:

@@ -52,11 +52,6 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> str:
     return migrated_sqlite(tmp_path_factory.mktemp("stopping"))
 
 
-def assigned_everything(fakes: FakeEdges) -> bool:
-    consumer = fakes.current_consumer()
-    return consumer.in_group and consumer.assignment() == set(fakes.broker.partitions)
-
-
 @asynccontextmanager
 async def running(
     settings: Any, fakes: FakeEdges, *, health: bool = False
@@ -115,7 +110,7 @@ async def test_readyz_says_stopping_the_moment_a_stop_is_requested(database: str
     broker = FakeBroker("events", 1)
     fakes = fake_edges(broker)
     async with running(fake_settings(database), fakes, health=True) as (daemon, task):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         await poll(lambda: daemon.readiness.verdict()[0], WITHIN, "ready")
         assert readyz_blocking(daemon)[0] == 200
         daemon.request_stop()
@@ -136,7 +131,7 @@ async def test_a_batch_in_flight_gets_the_grace_and_readyz_says_stopping_meanwhi
     fakes = fake_edges(broker, hanging_batch(entered))
     settings = fake_settings(database, shutdown_grace_seconds=1.0)
     async with running(settings, fakes, health=True) as (daemon, task):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 1)
         await poll(entered.is_set, WITHIN, "a batch in its transaction")
         began = asyncio.get_running_loop().time()
@@ -231,7 +226,7 @@ async def test_the_stop_leaves_the_group_then_flushes_the_producer_each_bounded(
     fakes = closing_fakes(broker, hang)
     settings = fake_settings(database, request_timeout_seconds=0.5)
     async with running(settings, fakes) as (daemon, task):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 1)
         await poll(broker.all_committed, WITHIN, "an event committed")
         daemon.request_stop()
@@ -334,7 +329,7 @@ async def test_the_timeline_of_sampled_events_is_written_at_the_stop(
     path = tmp_path / "timeline.csv"
     settings = fake_settings(database, timeline_file=path, timeline_every=2)
     async with running(settings, fakes) as (daemon, task):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         produce_new_consumers(broker, 0, 4)
         await poll(broker.all_committed, WITHIN, "committed")
         assert not path.exists()  # written at the stop, not before
@@ -355,7 +350,7 @@ async def test_without_a_timeline_file_nothing_is_written(
     broker = FakeBroker("events", 1)
     fakes = fake_edges(broker)
     async with running(fake_settings(database), fakes) as (daemon, _):
-        await poll(lambda: assigned_everything(fakes), WITHIN, "assigned")
+        await poll(fakes.assigned_everything, WITHIN, "assigned")
         assert daemon.metrics.stages.timeline is None
     assert "timeline written" not in [e["event"] for e in logged(caplog)]
 
