@@ -14,6 +14,7 @@ a task dump can be read by.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import urllib.error
@@ -315,6 +316,67 @@ async def test_a_stop_while_a_probe_waits_for_the_broker_ends_cleanly(database: 
         daemon.request_stop()
         await asyncio.wait_for(task, STOP_WITHIN)  # raises what the run raised
     assert not task.cancelled()
+
+
+class UnwindsSlowly(FakeConsumer):
+    """Its metadata request (the broker probe's) never answers, and once given up it
+    takes a while to unwind: up to ``UNWIND`` s, or until the consumer is stopped under
+    it, whichever is first; ``order`` says which came first."""
+
+    def __init__(self, broker: FakeBroker, asked: asyncio.Event, order: list[str]) -> None:
+        super().__init__(broker)
+        self._asked = asked
+        self._stopped = asyncio.Event()
+        self.order = order
+
+    async def topics(self) -> set[str]:
+        self._asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), UNWIND)
+            self.order.append("probe ended")
+            raise
+        return await super().topics()
+
+    async def stop(self) -> None:
+        self.order.append("consumer stopped")
+        self._stopped.set()
+        await super().stop()
+
+
+UNWIND = 2.0
+
+
+async def test_the_consumer_is_stopped_only_after_the_broker_probe_using_it_has_ended(
+    database: str,
+) -> None:
+    """At a stop, the probes' task is cancelled and waited for before the clients are
+    closed: a probe request still unwinding never finds its consumer stopped under it."""
+    broker = FakeBroker("events", 1)
+    asked = asyncio.Event()
+    order: list[str] = []
+    plain = fake_edges(broker)
+
+    @dataclasses.dataclass
+    class UnwindingEdges(FakeEdges):
+        @property
+        def edges(self) -> DaemonEdges:
+            return dataclasses.replace(
+                super().edges, make_consumer=lambda: UnwindsSlowly(self.broker, asked, order)
+            )
+
+    fakes = UnwindingEdges(
+        broker, plain.producer, plain.dead_letters, plain.outcomes, plain.applier
+    )
+    settings = fake_settings(database, request_timeout_seconds=30.0)
+    async with running(settings, fakes) as (daemon, task):
+        await poll(asked.is_set, WITHIN, "the broker probe asking")
+        daemon.request_stop()
+        await asyncio.wait_for(task, STOP_WITHIN + UNWIND)
+    assert "consumer stopped" in order
+    assert order.index("probe ended") < order.index("consumer stopped"), order
 
 
 # -- the timeline (benchmarks) ------------------------------------------------------------------
