@@ -4,7 +4,9 @@ other error keeps its level; repeats are collapsed per window."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import pytest
 from aiokafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedError
@@ -13,6 +15,7 @@ from service.daemon.log_limits import (
     COORDINATOR_LOGGER,
     LOOKUP_FAILED,
     _RepeatLimiter,
+    _RetriableLookupIsInfo,
     limit_library_repeats,
 )
 
@@ -119,3 +122,86 @@ def test_a_demoted_lookup_failure_is_dropped_where_info_is_not_wanted(
             installed._last.clear()
     logger.error(LOOKUP_FAILED, CoordinatorNotAvailableError())
     assert [r for r in caplog.records if r.name == COORDINATOR_LOGGER] == []
+
+
+@pytest.fixture
+def fresh_library_loggers() -> Iterator[None]:
+    """The two chatty loggers with none of this module's filters, whatever an earlier
+    test (or the process that forked this one) installed; put back as found after."""
+    names = ("aiokafka", COORDINATOR_LOGGER)
+    saved = {name: list(logging.getLogger(name).filters) for name in names}
+    levels = {name: logging.getLogger(name).level for name in (*names, None)}
+    for name in names:
+        for installed in saved[name]:
+            if isinstance(installed, (_RepeatLimiter, _RetriableLookupIsInfo)):
+                logging.getLogger(name).removeFilter(installed)
+    try:
+        yield
+    finally:
+        for name in names:
+            logging.getLogger(name).filters[:] = saved[name]
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def kept_on(name: str) -> Iterator[_Kept]:
+    """What a handler on ``name`` itself receives (no level of its own to hide a line)."""
+    handler = _Kept()
+    logging.getLogger(name).addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger(name).removeHandler(handler)
+
+
+def test_installed_on_clean_loggers_a_storm_on_aiokafkas_logger_is_one_line(
+    fresh_library_loggers: None,
+) -> None:
+    """Installed from scratch: the same failure logged twenty times on ``aiokafka`` and
+    on the coordinator's logger reaches a handler once each (a storm, not a column)."""
+    limit_library_repeats()
+    for name in ("aiokafka", COORDINATOR_LOGGER):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+        with kept_on(name) as kept:
+            for _ in range(20):
+                logging.getLogger(name).error("Unable connect to node with id %s", 1)
+        assert [r.getMessage() for r in kept.records] == ["Unable connect to node with id 1"]
+
+
+def test_installed_on_clean_loggers_the_lookup_failure_is_demoted(
+    fresh_library_loggers: None,
+) -> None:
+    limit_library_repeats()
+    logger = logging.getLogger(COORDINATOR_LOGGER)
+    logger.setLevel(logging.DEBUG)
+    with kept_on(COORDINATOR_LOGGER) as kept:
+        logger.error(LOOKUP_FAILED, CoordinatorNotAvailableError())
+    assert [(r.levelno, r.levelname) for r in kept.records] == [(logging.INFO, "INFO")]
+
+
+@pytest.mark.parametrize(
+    ("coordinator", "root", "shown"),
+    [(logging.WARNING, logging.DEBUG, False), (logging.INFO, logging.WARNING, True)],
+)
+def test_the_coordinator_loggers_own_level_decides_whether_a_demoted_line_shows(
+    fresh_library_loggers: None, coordinator: int, root: int, shown: bool
+) -> None:
+    """Demoted to INFO, the line is shown exactly when the coordinator's logger would
+    show an INFO line: quieted to WARNING it is dropped even under a chatty root; set to
+    INFO it shows even under a quiet root."""
+    limit_library_repeats()
+    logging.getLogger(COORDINATOR_LOGGER).setLevel(coordinator)
+    logging.getLogger().setLevel(root)
+    with kept_on(COORDINATOR_LOGGER) as kept:
+        logging.getLogger(COORDINATOR_LOGGER).error(LOOKUP_FAILED, CoordinatorNotAvailableError())
+    assert [r.levelno for r in kept.records] == ([logging.INFO] if shown else [])
