@@ -152,3 +152,20 @@ def test_the_token_file_is_read_once_per_version_and_each_load_or_loss_logged_on
     assert tokens.accepts("three-token-3")  # not UTF-8 now: the tokens read last are kept
     assert [e["error"] for e in _token_events(caplog)] == ["UnicodeDecodeError"]
     assert "token-" not in caplog.text
+
+
+def test_a_token_file_unreadable_at_start_says_why_in_the_operators_words(
+    tmp_path: Path,
+) -> None:
+    """The setting, the file and the reason: the system's own words for a file that
+    cannot be opened, "not UTF-8 text" for one that is not text."""
+    setting = "CONSUMERGEN_READ_API_TOKENS_FILE"
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError) as raised:
+        ReadApiTokens(file=missing)
+    assert str(raised.value) == f"{setting}: cannot read {missing}: No such file or directory"
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError) as raised:
+        ReadApiTokens(file=binary)
+    assert str(raised.value) == f"{setting}: cannot read {binary}: not UTF-8 text"
