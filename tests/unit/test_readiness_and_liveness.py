@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -282,3 +284,25 @@ def test_a_server_not_started_has_no_port_and_takes_no_callback() -> None:
         _ = server.port
     with pytest.raises(RuntimeError, match=r"^the HTTP server is not started$"):
         server.call_soon_threadsafe(lambda: None)
+
+
+async def test_the_health_server_answers_on_the_port_it_is_given_from_a_thread_named_for_it() -> (
+    None
+):
+    """The orchestrator probes the configured port, not one the server picks; and a
+    thread dump (py-spy, faulthandler) names the health server's thread."""
+    with socket.socket() as held:
+        # Bound, not listening, SO_REUSEADDR: the port is ours (nobody else can take
+        # it), and the server, binding with SO_REUSEADDR too, can have it.
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        port = int(held.getsockname()[1])
+        server = HealthServer("127.0.0.1", port, Readiness(started=True), DaemonMetrics())
+        await asyncio.to_thread(server.start)
+        try:
+            assert server.port == port
+            assert "health-http" in {thread.name for thread in threading.enumerate()}
+            status, _, body = await fetch(f"http://127.0.0.1:{port}/readyz")
+            assert (status, json.loads(body)["ready"]) == (200, True)
+        finally:
+            await asyncio.to_thread(server.stop)
