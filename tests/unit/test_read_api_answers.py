@@ -5,6 +5,8 @@ each refusal's status, body and headers over real HTTP, on SQLite, without a dae
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from service.daemon.read_api import read_api_server
 from service.daemon.read_tokens import ReadApiTokens
@@ -24,7 +27,7 @@ TOKEN = "the-token-1"
 
 
 @contextlib.asynccontextmanager
-async def serving(url: str, tokens: ReadApiTokens | None) -> AsyncIterator[str]:
+async def serving(url: str, tokens: ReadApiTokens | SecretStr | None) -> AsyncIterator[str]:
     settings = settings_for(url)
     server = read_api_server("127.0.0.1", 0, lambda: create_engine(settings), tokens)
     server.start()
@@ -78,3 +81,39 @@ async def test_a_database_that_cannot_answer_is_a_503_and_a_warning(
                 warned.append(event)
     assert len(warned) == 1 and warned[0]["level"] == "warning"
     assert str(warned[0]["error"]).startswith(("ConnectionRefusedError", "OSError")), warned
+
+
+async def test_a_single_token_given_as_a_secret_is_required(sqlite_url: str) -> None:
+    """The read API given one token as a secret (not a token set) refuses a request
+    without it, and lets it through with it: never an open API."""
+    await upgrade(settings_for(sqlite_url))
+    async with serving(sqlite_url, SecretStr(TOKEN)) as base:
+        url = base + str(uuid.uuid4())
+        status, body, _ = await get(url)
+        assert (status, body) == (401, {"error": "a bearer token is required"})
+        status, body, _ = await get(url, Authorization=f"Bearer {TOKEN}")
+        assert (status, body) == (404, {"error": "no such consumer"})
+
+
+async def test_the_read_api_answers_on_the_port_it_is_given_from_a_thread_named_for_it(
+    sqlite_url: str,
+) -> None:
+    """Producers call the configured port, not one the server picks; and a thread dump
+    (py-spy, faulthandler) names the read API's thread."""
+    await upgrade(settings_for(sqlite_url))
+    settings = settings_for(sqlite_url)
+    with socket.socket() as held:
+        # Bound, not listening, SO_REUSEADDR: the port is ours (nobody else can take
+        # it), and the server, binding with SO_REUSEADDR too, can have it.
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        port = int(held.getsockname()[1])
+        server = read_api_server("127.0.0.1", port, lambda: create_engine(settings), None)
+        server.start()
+        try:
+            assert server.port == port
+            assert "read-api-http" in {thread.name for thread in threading.enumerate()}
+            status, body, _ = await get(f"http://127.0.0.1:{port}/v1/consumers/{uuid.uuid4()}")
+            assert (status, body) == (404, {"error": "no such consumer"})
+        finally:
+            server.stop()
