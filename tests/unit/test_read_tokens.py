@@ -4,8 +4,10 @@ refused moment), kept hashed, never logged."""
 from __future__ import annotations
 
 import json
+import locale
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,19 @@ def test_a_token_file_unreadable_at_start_says_why_in_the_operators_words(
     with pytest.raises(ConfigError) as raised:
         ReadApiTokens(file=binary)
     assert str(raised.value) == f"{setting}: cannot read {binary}: not UTF-8 text"
+
+
+def test_the_token_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """A Secret's bytes are UTF-8; a host whose locale says ASCII (``LC_CTYPE=C``
+    without Python's UTF-8 mode) must read the same token from them."""
+    file = tmp_path / "tokens"
+    file.write_bytes("jeton-été-1\n".encode())
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        if sys.flags.utf8_mode or locale.getencoding().lower() in ("utf-8", "utf8"):
+            pytest.fail("the C locale here is UTF-8: this test cannot tell the encodings apart")
+        tokens = ReadApiTokens(file=file)
+        assert tokens.accepts("jeton-été-1") and not tokens.accepts("jeton-t-1")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
