@@ -130,7 +130,7 @@ def fresh_library_loggers() -> Iterator[None]:
     test (or the process that forked this one) installed; put back as found after."""
     names = ("aiokafka", COORDINATOR_LOGGER)
     saved = {name: list(logging.getLogger(name).filters) for name in names}
-    levels = {name: logging.getLogger(name).level for name in (*names, None)}
+    levels = {logger: logger.level for logger in (*map(logging.getLogger, names), logging.root)}
     for name in names:
         for installed in saved[name]:
             if isinstance(installed, (_RepeatLimiter, _RetriableLookupIsInfo)):
@@ -140,8 +140,8 @@ def fresh_library_loggers() -> Iterator[None]:
     finally:
         for name in names:
             logging.getLogger(name).filters[:] = saved[name]
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 class _Kept(logging.Handler):
