@@ -213,7 +213,7 @@ def no_hooks_yet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         set_on_retry_hooks(before)
 
 
-async def _fails_then_works(failures: int) -> Callable[[], Awaitable[str]]:
+def _fails_then_works(failures: int) -> Callable[[], Awaitable[str]]:
     calls = {"n": 0}
 
     async def flaky() -> str:
@@ -231,7 +231,7 @@ async def test_the_first_install_makes_retries_count_in_the_daemons_registry() -
     install_retry_hooks()
     with retry_scope(metrics, "commit"):
         result = await retry_until_stopped(
-            await _fails_then_works(1),
+            _fails_then_works(1),
             stop=asyncio.Event(),
             wait_initial=0.01,
             wait_max=0.02,
@@ -273,7 +273,7 @@ async def test_the_first_wait_is_wait_initial() -> None:
     with retry_scope(DaemonMetrics(), "fetch", on_retry=heard):
         result = await asyncio.wait_for(
             retry_until_stopped(
-                await _fails_then_works(5),
+                _fails_then_works(5),
                 stop=stop,
                 wait_initial=7.0,
                 wait_max=7.0,
@@ -293,7 +293,7 @@ async def test_retries_never_end_by_time(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(tenacity, "time", SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
     result = await asyncio.wait_for(
         retry_until_stopped(
-            await _fails_then_works(4),
+            _fails_then_works(4),
             stop=asyncio.Event(),
             wait_initial=0.001,
             wait_max=0.002,
@@ -341,7 +341,7 @@ def _others() -> set[asyncio.Task[object]]:
 
 async def test_an_answer_leaves_no_task_of_its_own_behind() -> None:
     result = await retry_until_stopped(
-        await _fails_then_works(0),
+        _fails_then_works(0),
         stop=asyncio.Event(),
         wait_initial=0.01,
         wait_max=0.02,
