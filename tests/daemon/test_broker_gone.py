@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,17 +33,6 @@ OUTAGE_SECONDS = 60.0
 #: coordinator and metadata without backoff; docs/benchmarks.md, broker gone).  The
 #: bound sits between the two: loose against noise, and the old spin fails it.
 CPU_BOUND = 0.025
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A broker of this test's own: stopping it must not disturb the rest of the suite."""
-    own = KafkaBroker(tmp_path / "kafka")
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 @pytest.mark.timeout(600)  # a minute of outage plus a broker restart on 2 shared cores

@@ -8,7 +8,6 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,6 @@ from service.testing.workload import expected_state, mixed_stream
 from tests.support.process_logs import scan_daemon_logs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A broker of this test's own: stopping it must not disturb the rest of the suite."""
-    own = KafkaBroker(tmp_path / "kafka")
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 async def create_topics(bootstrap: str) -> Topics:

@@ -20,7 +20,7 @@ import asyncio
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -46,17 +46,6 @@ STALL_SECONDS = 20.0
 #: The daemons' shutdown grace, so their revoke grace: the time a revoked partition's
 #: batch, stuck on the absent database, holds the rebalance before it is abandoned.
 REVOKE_GRACE_SECONDS = 4.0
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A broker of this test's own: stopping it must not disturb the rest of the suite."""
-    own = KafkaBroker(tmp_path / "kafka")
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 class Database:
