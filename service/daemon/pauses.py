@@ -1,9 +1,9 @@
 """Why each partition is paused at the consumer; it resumes when no reason is left.
 
-Three sources pause a partition independently: backpressure (its worker has too much
-queued), a failing step of its worker (infrastructure), and the broker probe (the
-broker is away).  Each clears only its own reason, so one recovering cannot resume a
-partition another still holds.
+Two sources pause a partition independently: backpressure (its worker has too much
+queued) and a failing step of its worker (infrastructure).  Each clears only its own
+reason, so one recovering cannot resume a partition another still holds.  A broker that
+is away pauses nothing here: the clients are parked instead (``daemon.outage``).
 """
 
 from __future__ import annotations
